@@ -1,0 +1,57 @@
+"""The ``depthmux`` command line: thin sub-commands over the library.
+
+``depthmux mux ...``  data multiplexing (RevMUX) on a frozen encoder;
+``depthmux lm ...``   recursive transformers and Mixture-of-Recursions.
+
+User errors (:class:`depthmux.errors.DepthmuxError`) are printed as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from depthmux.errors import DepthmuxError
+
+app = typer.Typer(
+    name="depthmux",
+    help="Cheaper batch inference of pretrained transformers: multiplexing (width) and recursion (depth).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from depthmux.cli import mux
+
+    app.add_typer(mux.app, name="mux")
+    try:
+        from depthmux.cli import lm
+    except ImportError:  # the depth side is optional while it is being built
+        return
+    app.add_typer(lm.app, name="lm")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the Typer app, turning :class:`DepthmuxError` into a one-line message."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except DepthmuxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except typer.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            raise SystemExit(e.exit_code) from None
+        if isinstance(e, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        raise

@@ -1,0 +1,1 @@
+"""Small shared utilities: atomic checkpoints, seeding, device choice."""

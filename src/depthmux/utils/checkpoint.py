@@ -1,0 +1,89 @@
+"""Atomic checkpoints: tensors in safetensors, everything else in JSON.
+
+A checkpoint is a folder ``<dir>/`` holding ``model.safetensors`` (or any named tensor files)
+and ``state.json``. Writes go to a temporary sibling folder that is renamed into place, so an
+interrupted write never leaves a half-written checkpoint: the previous one stays valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from depthmux.errors import DepthmuxError
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, dict[str, torch.Tensor]],
+                    state: dict[str, Any]) -> Path:
+    """Atomically write a checkpoint folder.
+
+    Args:
+        directory: target folder; replaced as a whole.
+        tensors: file stem -> {name: tensor}; each becomes ``<stem>.safetensors``.
+        state: JSON-serialisable metadata (config, step, RNG seeds, metrics), ``state.json``.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        for stem, named in tensors.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in named.items()},
+                      str(tmp / f"{stem}.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Read a folder written by :func:`save_checkpoint`; clear errors if missing or corrupt."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DepthmuxError(f"checkpoint not found: {directory}")
+    state_path = directory / "state.json"
+    if not state_path.is_file():
+        raise DepthmuxError(f"corrupt checkpoint {directory}: state.json is missing")
+    try:
+        state = json.loads(state_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DepthmuxError(f"corrupt checkpoint {directory}: state.json is not valid JSON ({e.msg})") from None
+    tensors = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        try:
+            tensors[f.stem] = load_file(str(f))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise DepthmuxError(f"corrupt checkpoint {directory}: cannot read {f.name} ({e})") from None
+    return tensors, state
