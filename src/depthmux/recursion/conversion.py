@@ -1,0 +1,243 @@
+"""Turn a pretrained LLaMA-family model into a (relaxed) recursive one (SPEC 3), and load checkpoints.
+
+``convert_llama_to_recursive(model_or_path, num_recursions, sharing, init, relaxation_rank)``:
+
+* The effective depth stays L (the original's ``num_hidden_layers``); effective position p plays
+  the role of original layer p. Positions tied together (``config.layer_schedule()``) share one
+  unique layer, initialised by
+  - ``"stepwise"``: K evenly spaced original layers of the shared range, first and last included
+    (``round(i * (n - 1) / (K - 1))`` for i = 0..K-1 over the n layers of the range);
+  - ``"average"``: the mean of the original layers tied to it;
+  - ``"lower"``: the first K layers of the shared range.
+  For middle_* sharing the first and last original layers are copied as the unique layers.
+* RMSNorm gains of the shared layers are folded into the linear maps they feed
+  (``W diag(g)``, exact) and the shared norms set to 1, so no per-layer information is lost to
+  tying a norm.
+* Relaxation (``relaxation_rank`` r > 0): for each tied position (loop i) and each linear,
+  ``B_i A_i`` = rank-r truncated SVD of ``W_layer - W_shared`` with scaling 1; at full rank
+  (r >= min(in, out)) the converted model reproduces the original exactly (float error).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from depthmux.errors import DepthmuxError
+from depthmux.recursion.config import RecursiveConfig
+from depthmux.recursion.modeling import RecursiveForCausalLM
+
+INIT_METHODS = ("stepwise", "average", "lower")
+_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _load_llama(model_or_path: Any):
+    """A LlamaForCausalLM (float32) from a model object or a local folder."""
+    if isinstance(model_or_path, torch.nn.Module):
+        return model_or_path
+    path = Path(model_or_path)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise DepthmuxError(f"no model folder with a config.json at {path}")
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except Exception as e:  # transformers raises many types for bad folders
+        raise DepthmuxError(f"cannot load a causal LM from {path}: {_one_line(e)}") from None
+
+
+def recursive_config_from_llama(llama_config, num_recursions: int = 1, sharing: str = "none",
+                                relaxation_rank: int = 0, **overrides) -> RecursiveConfig:
+    """A :class:`RecursiveConfig` with the shapes of a ``LlamaConfig`` (same L, d, heads, vocab, RoPE)."""
+    c = llama_config
+    rope = getattr(c, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type not in (None, "default"):
+        raise DepthmuxError(f"unsupported RoPE type {rope_type!r} (only the default LLaMA RoPE is implemented)")
+    theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+    theta = theta if theta is not None else getattr(c, "rope_theta", 10000.0)
+    if getattr(c, "attention_bias", False) or getattr(c, "mlp_bias", False):
+        raise DepthmuxError("models with attention or MLP biases are not supported")
+    if getattr(c, "hidden_act", "silu") != "silu":
+        raise DepthmuxError(f"unsupported activation {c.hidden_act!r} (SwiGLU with silu only)")
+    kw = dict(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+        head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        rms_norm_eps=c.rms_norm_eps, rope_theta=float(theta),
+        max_position_embeddings=getattr(c, "max_position_embeddings", 2048),
+        initializer_range=getattr(c, "initializer_range", 0.02),
+        tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+        bos_token_id=getattr(c, "bos_token_id", None), eos_token_id=getattr(c, "eos_token_id", None),
+        pad_token_id=getattr(c, "pad_token_id", None),
+        num_recursions=num_recursions, sharing=sharing, relaxation_rank=relaxation_rank,
+    )
+    kw.update(overrides)
+    return RecursiveConfig(**kw)
+
+
+def _layer_weights(sd: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    p = f"model.layers.{i}."
+    out = {}
+    for name in _ATTN:
+        out[name] = sd[p + f"self_attn.{name}.weight"].float()
+    for name in _MLP:
+        out[name] = sd[p + f"mlp.{name}.weight"].float()
+    out["input_layernorm"] = sd[p + "input_layernorm.weight"].float()
+    out["post_attention_layernorm"] = sd[p + "post_attention_layernorm.weight"].float()
+    return out
+
+
+def _fold_norms(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fold RMSNorm gains into the following linears (exact): ``W diag(g)``; gains become 1."""
+    w = dict(w)
+    g1, g2 = w["input_layernorm"], w["post_attention_layernorm"]
+    for name in ("q_proj", "k_proj", "v_proj"):
+        w[name] = w[name] * g1[None, :]
+    for name in ("gate_proj", "up_proj"):
+        w[name] = w[name] * g2[None, :]
+    w["input_layernorm"] = torch.ones_like(g1)
+    w["post_attention_layernorm"] = torch.ones_like(g2)
+    return w
+
+
+def _stepwise_indices(n: int, k: int) -> list[int]:
+    if k == 1:
+        return [0]
+    return [round(i * (n - 1) / (k - 1)) for i in range(k)]
+
+
+def _copy_layer(layer, w: dict[str, torch.Tensor]) -> None:
+    for name in _ATTN:
+        getattr(layer.self_attn, name).weight.copy_(w[name])
+    for name in _MLP:
+        getattr(layer.mlp, name).weight.copy_(w[name])
+    layer.input_layernorm.weight.copy_(w["input_layernorm"])
+    layer.post_attention_layernorm.weight.copy_(w["post_attention_layernorm"])
+
+
+def _svd_lora(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A [r, in], B [out, r])`` with ``B @ A`` the best rank-r approximation of ``residual``."""
+    U, S, Vh = torch.linalg.svd(residual.double(), full_matrices=False)
+    r = min(rank, S.shape[0])
+    A = torch.zeros(rank, residual.shape[1], dtype=torch.float64)
+    B = torch.zeros(residual.shape[0], rank, dtype=torch.float64)
+    root = S[:r].sqrt()
+    A[:r] = root[:, None] * Vh[:r]
+    B[:, :r] = U[:, :r] * root[None, :]
+    return A.float(), B.float()
+
+
+def recursive_from_llama_state_dict(state_dict: dict[str, torch.Tensor], config: RecursiveConfig,
+                                    init: str = "stepwise") -> RecursiveForCausalLM:
+    """Build a :class:`RecursiveForCausalLM` for ``config`` from a LLaMA ``state_dict``.
+
+    ``config.num_hidden_layers`` must equal the number of layers in ``state_dict``. With
+    ``sharing="none"`` this is a plain copy (the vanilla model equals ``LlamaForCausalLM``).
+    """
+    if init not in INIT_METHODS:
+        raise DepthmuxError(f"unknown init {init!r}; choose one of {', '.join(INIT_METHODS)}")
+    L = config.num_hidden_layers
+    n_src = len({k.split(".")[2] for k in state_dict if k.startswith("model.layers.")})
+    if n_src != L:
+        raise DepthmuxError(f"the source model has {n_src} layers but the config asks for {L}")
+    model = RecursiveForCausalLM(config)
+    orig = [_layer_weights(state_dict, i) for i in range(L)]
+    schedule = config.layer_schedule()
+    pre, K, n = config.num_prefix_layers, config.block_size, config.num_recursions
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(state_dict["model.embed_tokens.weight"].float())
+        model.model.norm.weight.copy_(state_dict["model.norm.weight"].float())
+        if not config.tie_word_embeddings:
+            head = state_dict.get("lm_head.weight", state_dict["model.embed_tokens.weight"])
+            model.lm_head.weight.copy_(head.float())
+        if config.sharing == "none":
+            for p in range(L):
+                _copy_layer(model.model.layers[p], orig[p])
+            return model
+        if pre:
+            _copy_layer(model.model.layers[0], orig[0])
+            _copy_layer(model.model.layers[pre + K], orig[L - 1])
+        shared_positions = [p for p, (_, loop) in enumerate(schedule) if loop >= 0]
+        folded = {p: _fold_norms(orig[p]) for p in shared_positions}
+        shared: dict[int, dict[str, torch.Tensor]] = {}
+        for u in range(pre, pre + K):
+            tied = [p for p in shared_positions if schedule[p][0] == u]
+            if init == "average":
+                shared[u] = {name: torch.stack([folded[p][name] for p in tied]).mean(0) for name in folded[tied[0]]}
+            elif init == "lower":
+                shared[u] = folded[shared_positions[u - pre]]
+            else:
+                picks = _stepwise_indices(len(shared_positions), K)
+                shared[u] = folded[shared_positions[picks[u - pre]]]
+            _copy_layer(model.model.layers[u], shared[u])
+        if config.relaxation_rank > 0:
+            for p in shared_positions:
+                u, loop = schedule[p]
+                layer = model.model.layers[u]
+                for name in _ATTN + _MLP:
+                    lin = getattr(layer.self_attn if name in _ATTN else layer.mlp, name)
+                    A, B = _svd_lora(folded[p][name] - shared[u][name], config.relaxation_rank)
+                    lin.lora_A[loop].copy_(A)
+                    lin.lora_B[loop].copy_(B)
+    return model
+
+
+def convert_llama_to_recursive(model_or_path: Any, num_recursions: int, sharing: str = "cycle",
+                               init: str = "stepwise", relaxation_rank: int = 0,
+                               **config_overrides) -> RecursiveForCausalLM:
+    """Convert a pretrained LLaMA-family causal LM into a :class:`RecursiveForCausalLM` (SPEC 3).
+
+    Args:
+        model_or_path: a ``LlamaForCausalLM`` (or compatible) or a local folder, e.g.
+            ``depthmux.assets.smollm2_path()``.
+        num_recursions: N_r loops of the shared block.
+        sharing: "cycle", "sequence", "middle_cycle", "middle_sequence" or "none".
+        init: "stepwise", "average" or "lower".
+        relaxation_rank: per-loop LoRA rank r (0 = none), SVD-initialised (scaling 1).
+        **config_overrides: extra :class:`RecursiveConfig` fields (e.g. ``mor_router="expert"``).
+    Returns: the recursive model in float32, eval mode.
+    """
+    src = _load_llama(model_or_path)
+    cfg = recursive_config_from_llama(src.config, num_recursions=num_recursions, sharing=sharing,
+                                      relaxation_rank=relaxation_rank, **config_overrides)
+    sd = {k: v.detach().cpu() for k, v in src.state_dict().items()}
+    if "lm_head.weight" not in sd and not cfg.tie_word_embeddings:
+        raise DepthmuxError("the source model has no lm_head.weight and untied embeddings")
+    model = recursive_from_llama_state_dict(sd, cfg, init=init)
+    return model.eval()
+
+
+def load_recursive_model(path: str | os.PathLike, **kwargs) -> RecursiveForCausalLM:
+    """``RecursiveForCausalLM.from_pretrained(path)`` with one-line :class:`DepthmuxError` on bad folders."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DepthmuxError(f"no model folder at {path}")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise DepthmuxError(f"{path} has no config.json")
+    try:
+        model_type = json.loads(cfg_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise DepthmuxError(f"{cfg_file} is not valid JSON: {_one_line(e)}") from None
+    if model_type != RecursiveConfig.model_type:
+        raise DepthmuxError(f"{path} holds a {model_type!r} model, not {RecursiveConfig.model_type!r}")
+    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
+        raise DepthmuxError(f"{path} has no weight files (*.safetensors)")
+    try:
+        return RecursiveForCausalLM.from_pretrained(path, **kwargs)
+    except DepthmuxError:
+        raise
+    except Exception as e:
+        raise DepthmuxError(f"cannot load recursive model from {path}: {_one_line(e)}") from None
