@@ -219,7 +219,8 @@ class RecursiveCausalLMOutput(ModelOutput):
         logits: [B, T, V].
         cache: the :class:`RecursiveCache` (also as ``past_key_values``) when ``use_cache``.
         aux_losses: unweighted auxiliary losses by name ("router_bce", "balance", "z_loss").
-        router_stats: ``tokens_per_recursion`` [N_r] (long, summed over the batch);
+        router_stats: ``tokens_per_recursion`` [N_r] (long, summed over the batch),
+            ``selected`` [B, N_r, T] (bool, which tokens ran each recursion);
             expert-choice: ``causal_agreement`` [N_r] (fraction of candidates where
             ``sigmoid(logit) > 0.5`` equals the selection), ``capacity_k`` [B, N_r];
             token-choice: ``tokens_per_depth`` [N_r]. Tensors are detached.
@@ -381,7 +382,7 @@ class RecursiveModel(RecursivePreTrainedModel):
         n = cfg.num_recursions
         B, T, _ = x.shape
         share_first = cfg.mor_kv == "share_first"
-        tokens_per_rec = []
+        tokens_per_rec, selected = [], []
 
         depth = gate_tc = None
         if cfg.mor_router == "token":
@@ -404,8 +405,10 @@ class RecursiveModel(RecursivePreTrainedModel):
                     sel = topk_select(logits, candidates, k)
                 else:
                     sel = causal_select(logits, candidates)
-                if share_first and r == 0:
-                    sel = candidates  # the shared KV must hold every token
+                if cfg.capacities()[r] >= 1.0 or (share_first and r == 0):
+                    # capacity 1 keeps every candidate whatever the logits (as top-k does in
+                    # training); recursive KV sharing needs every token at the first recursion
+                    sel = candidates
                 bce_terms.append(router_bce(logits, sel, candidates))
                 z_terms.append(z_loss(logits, candidates, token_choice=False))
                 with torch.no_grad():
@@ -420,9 +423,11 @@ class RecursiveModel(RecursivePreTrainedModel):
             else:
                 sel = valid
             tokens_per_rec.append(sel.sum().detach())
+            selected.append(sel.detach())
             x = self._apply_selected(x, sel, gate, r, pos, slot, seg, seg_all, cache)
 
         stats["tokens_per_recursion"] = torch.stack(tokens_per_rec)
+        stats["selected"] = torch.stack(selected, dim=1)  # [B, N_r, T]
         if cfg.mor_router == "expert":
             aux["router_bce"] = torch.stack(bce_terms).mean()
             aux["z_loss"] = torch.stack(z_terms).mean()
