@@ -128,3 +128,32 @@ def test_train_errors(tmp_path, data):
         train_lm(tiny_llama(tok.vocab_size), train, None, LMTrainConfig(out_dir=str(tmp_path), steps=0))
     with pytest.raises(DepthmuxError, match="model not found"):
         load_lm(tmp_path / "nope")
+
+
+def test_resume_mor_expert(tmp_path, data):
+    """Resume is exact for a MoR expert-choice model too (router weights, aux losses)."""
+    rec = pytest.importorskip("depthmux.recursion")
+    tok, train, held = data
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return rec.RecursiveForCausalLM(rec.RecursiveConfig(
+            vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, sharing="middle_cycle", num_recursions=2,
+            mor_router="expert"))
+
+    common = dict(batch_size=4, lr=3e-3, warmup_steps=2, steps=6, progress=False)
+    a = make(0)
+    ra = train_lm(a, train, held, LMTrainConfig(out_dir=str(tmp_path / "a"), **common))
+    b = make(0)
+    train_lm(b, train, None, LMTrainConfig(out_dir=str(tmp_path / "b"), checkpoint_every=3,
+                                           max_flops=ra.train_flops / 2 - 1, **common))
+    c = make(7)
+    rc = train_lm(c, train, held, LMTrainConfig(out_dir=str(tmp_path / "b"), resume=True, **common))
+    for (n, p), (_, q) in zip(a.named_parameters(), c.named_parameters()):
+        assert torch.equal(p, q), n
+    recs = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert "router_bce" in recs[0]["aux"] and "causal_agreement" in recs[0]["router_stats"]
+    topk = evaluate_lm(a, held, routing="topk")
+    assert len(topk["router_stats"]["causal_agreement"]) == 2
+    assert rc.eval["nll"] == pytest.approx(ra.eval["nll"])

@@ -154,10 +154,17 @@ class FlopMeter:
         self._handles: list = []
         self._head = getattr(model, "get_output_embeddings", lambda: None)()
 
-    def _linear_hook(self, mod: nn.Linear, args, out) -> None:
-        x = args[0]
+    def _linear_hook(self, mod: nn.Module, args, kwargs, out) -> None:
+        x = args[0] if args else kwargs.get("input", kwargs.get("x"))
+        if not isinstance(x, torch.Tensor):
+            return
         rows = x.numel() // max(x.shape[-1], 1)
         macs = rows * mod.in_features * mod.out_features
+        # per-loop LoRA of depthmux.recursion.RelaxedLinear: forward(x, loop), active for loop >= 0
+        rank = getattr(mod, "rank", 0) if getattr(mod, "lora_A", None) is not None else 0
+        loop = args[1] if len(args) > 1 else kwargs.get("loop", -1)
+        if rank and isinstance(loop, int) and loop >= 0:
+            macs += rows * rank * (mod.in_features + mod.out_features)
         self.flops += 2.0 * macs
         if mod is not self._head:
             self.non_embedding_macs += macs
@@ -168,14 +175,20 @@ class FlopMeter:
             return
         b, t, d = x.shape
         q = getattr(mod, "q_proj", None)
-        d_attn = q.out_features if isinstance(q, nn.Linear) else d
+        d_attn = q.out_features if isinstance(getattr(q, "out_features", None), int) else d
         self.flops += 4.0 * b * t * ((t + 1) / 2) * d_attn
+
+    @staticmethod
+    def _is_linear(m: nn.Module) -> bool:
+        return isinstance(m, nn.Linear) or (
+            isinstance(getattr(m, "in_features", None), int) and isinstance(getattr(m, "out_features", None), int)
+            and isinstance(getattr(m, "weight", None), nn.Parameter))
 
     def __enter__(self) -> FlopMeter:
         for m in self.model.modules():
-            if isinstance(m, nn.Linear):
-                self._handles.append(m.register_forward_hook(self._linear_hook))
-            elif type(m).__name__.endswith("Attention") and any(isinstance(c, nn.Linear) for c in m.children()):
+            if self._is_linear(m):
+                self._handles.append(m.register_forward_hook(self._linear_hook, with_kwargs=True))
+            elif type(m).__name__.endswith("Attention") and any(self._is_linear(c) for c in m.children()):
                 self._handles.append(m.register_forward_hook(self._attn_hook, with_kwargs=True))
         return self
 
@@ -218,14 +231,25 @@ def _accepts(model: nn.Module, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _forward(model: nn.Module, batch: dict[str, torch.Tensor], labels: bool = True):
+def _forward(model: nn.Module, batch: dict[str, torch.Tensor], labels: bool = True, routing: str | None = None):
     base = getattr(model, "module", model)
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     if labels:
         kwargs["labels"] = batch["labels"]
     if _accepts(base, "use_cache"):
         kwargs["use_cache"] = False
+    if routing is not None and _routes(base):
+        kwargs["routing"] = routing
     return model(**kwargs)
+
+
+def _routes(model: nn.Module) -> bool:
+    """Whether ``model`` is a MoR model whose forward takes ``routing`` ("topk" | "causal")."""
+    cfg = getattr(model, "config", None)
+    try:
+        return getattr(cfg, "mor_router", None) is not None and "routing" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _scalar(x) -> float:
@@ -257,50 +281,61 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 
 
 class RouterStatsAccumulator:
-    """Token-weighted mean of every numeric entry of ``out.router_stats`` over batches.
+    """Aggregate ``out.router_stats`` (SPEC 4) over batches.
 
-    Each entry may be a number, a list of numbers or a tensor (e.g. one value per recursion).
-    :meth:`result` adds ``dead_token_ratio`` when a per-recursion token share is present (see
-    :func:`summarize_router_stats`).
+    Entries named ``tokens_per_*`` (counts summed over a batch, one per recursion / depth) are
+    summed; every other numeric entry (e.g. ``causal_agreement`` [N_r], a fraction) is averaged
+    weighted by the batch's token count; entries with a batch dimension (``[B, N_r]``, e.g.
+    ``capacity_k``) are first averaged over it. :meth:`result` adds shares and
+    ``dead_token_ratio`` (see :func:`summarize_router_stats`).
     """
 
     def __init__(self) -> None:
         self.sums: dict[str, np.ndarray] = {}
         self.weights: dict[str, float] = {}
+        self.tokens = 0.0
 
-    def add(self, stats: dict | None, weight: float) -> None:
+    def add(self, stats: dict | None, tokens: float) -> None:
         if not stats:
             return
+        self.tokens += tokens
         for k, v in stats.items():
-            if isinstance(v, dict):
-                self.add({f"{k}.{kk}": vv for kk, vv in v.items()}, weight)
-                continue
             try:
                 arr = np.asarray(v.detach().float().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
             except (TypeError, ValueError):
                 continue
+            if arr.ndim > 1:
+                arr = arr.mean(axis=0)
             if k in self.sums and self.sums[k].shape != arr.shape:
                 continue
-            self.sums[k] = self.sums.get(k, 0.0) + weight * arr
-            self.weights[k] = self.weights.get(k, 0.0) + weight
+            w = 1.0 if k.startswith("tokens_per") else tokens
+            self.sums[k] = self.sums.get(k, 0.0) + w * arr
+            self.weights[k] = self.weights.get(k, 0.0) + w
 
     def result(self) -> dict[str, Any]:
-        out = {k: (self.sums[k] / self.weights[k]).tolist() for k in self.sums if self.weights[k] > 0}
+        out: dict[str, Any] = {}
+        for k, total in self.sums.items():
+            if k.startswith("tokens_per"):
+                out[k] = total.tolist()
+                if self.tokens > 0:
+                    out[k.replace("tokens_per", "share_per", 1)] = (total / self.tokens).tolist()
+            elif self.weights[k] > 0:
+                out[k] = (total / self.weights[k]).tolist()
         return summarize_router_stats(out)
 
 
 def summarize_router_stats(stats: dict[str, Any]) -> dict[str, Any]:
-    """Add derived MoR metrics to averaged router stats.
+    """Add derived MoR metrics to aggregated router stats.
 
     ``dead_token_ratio``: share of tokens never selected beyond recursion 1, i.e.
-    ``1 - n_2 / n_1`` with ``n_r`` the tokens that run recursion r (taken from the first entry
-    whose name contains ``tokens_per_recursion``; needs at least two recursions).
+    ``1 - n_2 / n_1`` with ``n_r`` the tokens that run recursion r (``tokens_per_recursion``;
+    needs N_r >= 2). With expert-choice top-k routing it equals ``1 - capacity_2`` by
+    construction; it is informative for the causal (decoding) rule and for token-choice.
     """
     out = dict(stats)
-    for k, v in stats.items():
-        if "tokens_per_recursion" in k and isinstance(v, list) and len(v) >= 2 and v[0] > 0:
-            out["dead_token_ratio"] = 1.0 - float(v[1]) / float(v[0])
-            break
+    v = stats.get("tokens_per_recursion")
+    if isinstance(v, list) and len(v) >= 2 and v[0] > 0:
+        out["dead_token_ratio"] = 1.0 - float(v[1]) / float(v[0])
     return out
 
 
@@ -311,7 +346,7 @@ def summarize_router_stats(stats: dict[str, Any]) -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate_lm(model: nn.Module, blocks: PackedBlocks, batch_size: int = 8,
-                max_batches: int | None = None, accelerator=None) -> dict[str, Any]:
+                max_batches: int | None = None, accelerator=None, routing: str | None = None) -> dict[str, Any]:
     """Held-out next-token NLL (nats per target token), perplexity and MoR router stats.
 
     Args:
@@ -321,6 +356,9 @@ def evaluate_lm(model: nn.Module, blocks: PackedBlocks, batch_size: int = 8,
         max_batches: evaluate only the first ``max_batches`` batches.
         accelerator: when given (several processes), each process takes a strided share of
             the batches and sums are reduced across processes.
+        routing: MoR expert-choice only: ``"topk"`` (the training rule; ``causal_agreement``
+            then measures how often ``sigmoid(logit) > 0.5`` matches top-k) or ``"causal"``
+            (the decoding rule). ``None``: the model's eval default (causal for MoR).
 
     Returns:
         ``{"nll", "ppl", "targets", "model_loss", "router_stats"}``; ``nll`` is computed here
@@ -344,7 +382,7 @@ def evaluate_lm(model: nn.Module, blocks: PackedBlocks, batch_size: int = 8,
     router = RouterStatsAccumulator()
     for i in range(rank, n_batches, world):
         batch = {k: v.to(device) for k, v in blocks.batch(slice(i * batch_size, (i + 1) * batch_size)).items()}
-        out = _forward(model, batch)
+        out = _forward(model, batch, routing=routing)
         nll, cnt = token_nll(out.logits, batch["labels"])
         nll_sum += nll.double()
         n_tgt += cnt.double()
@@ -361,7 +399,8 @@ def evaluate_lm(model: nn.Module, blocks: PackedBlocks, batch_size: int = 8,
         raise DepthmuxError("evaluation blocks contain no targets")
     nll_mean = float(nll_sum / n_tgt)
     return {"nll": nll_mean, "ppl": math.exp(min(nll_mean, 50.0)), "targets": int(n_tgt),
-            "model_loss": float(loss_sum / n_tgt), "router_stats": router.result()}
+            "model_loss": float(loss_sum / n_tgt), "router_stats": router.result(),
+            **({"routing": routing} if routing else {})}
 
 
 # --------------------------------------------------------------------------------------------
@@ -657,7 +696,7 @@ def train_lm(model: nn.Module, train_blocks: PackedBlocks, eval_blocks: PackedBl
         stats = _out_get(out, "router_stats")
         if stats:
             acc = RouterStatsAccumulator()
-            acc.add(stats, 1.0)
+            acc.add(stats, float(batch["input_ids"].numel()))
             record["router_stats"] = acc.result()
         if cfg.log_every and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             log(record)
@@ -731,13 +770,218 @@ def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> nn.M
         raise DepthmuxError(f"cannot read {d / 'config.json'}: {e}") from None
     if "recursive" in str(cfg.get("model_type", "")):
         try:
-            from depthmux.recursion import load_recursive_model
+            import depthmux.recursion as rec  # registers the model type with the Auto classes
         except ImportError as e:
             raise DepthmuxError(f"{d} holds a recursive model but depthmux.recursion is unavailable ({e})") from None
-        return load_recursive_model(d)
+        if hasattr(rec, "load_recursive_model"):
+            return rec.load_recursive_model(d)
     from transformers import AutoModelForCausalLM
 
     try:
         return AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
     except (OSError, ValueError) as e:
         raise DepthmuxError(f"cannot load a causal LM from {d}: {str(e).splitlines()[0]}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Model and data specs (what the CLI and the experiment scripts build from)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LMModelSpec:
+    """How to obtain the model to train (SPEC 3, SPEC 4).
+
+    From scratch (``from_pretrained is None``): a :class:`depthmux.recursion.RecursiveConfig`
+    decoder with ``layers`` effective layers of width ``hidden`` (``sharing="none"``: vanilla;
+    every variant uses the same implementation, so comparisons differ only in sharing/routing).
+    ``intermediate`` defaults to the SwiGLU width ``8/3 * hidden`` rounded up to a multiple of 32.
+
+    From a pretrained model: ``from_pretrained`` is ``"smollm2"`` (the packaged SmolLM2-135M) or
+    a folder. With ``convert=True`` a LLaMA model is converted into a recursive one with
+    ``recursions``, ``sharing``, ``init`` ("stepwise" | "average" | "lower") and ``lora_rank``
+    (SVD-initialised per-loop LoRA, SPEC 3); otherwise it is loaded as is.
+    """
+
+    sharing: str = "none"
+    recursions: int = 1
+    router: str | None = None
+    kv: str = "recursion_wise"
+    hidden: int = 256
+    layers: int = 8
+    heads: int = 4
+    kv_heads: int | None = None
+    intermediate: int | None = None
+    lora_rank: int = 0
+    from_pretrained: str | None = None
+    convert: bool = False
+    init: str = "stepwise"
+    seed: int = 0
+
+
+def _pretrained_path(name: str) -> Path:
+    if name == "smollm2":
+        from depthmux.assets import smollm2_path
+
+        return smollm2_path()
+    p = Path(name)
+    if not p.exists():
+        raise DepthmuxError(f"pretrained model not found: {p}")
+    return resolve_model_dir(p)
+
+
+def build_lm_model(spec: LMModelSpec, vocab_size: int | None = None, eos_token_id: int | None = None) -> nn.Module:
+    """Instantiate the model described by ``spec`` (float32, train mode)."""
+    router = None if spec.router in (None, "", "none") else spec.router
+    if spec.from_pretrained:
+        path = _pretrained_path(spec.from_pretrained)
+        if spec.convert:
+            from depthmux.recursion import convert_llama_to_recursive
+
+            extra = {"mor_router": router, "mor_kv": spec.kv} if router else {}
+            model = convert_llama_to_recursive(path, num_recursions=spec.recursions, sharing=spec.sharing,
+                                               init=spec.init, relaxation_rank=spec.lora_rank, **extra)
+        else:
+            model = load_lm(path)
+        if vocab_size is not None and model.get_input_embeddings().num_embeddings < vocab_size:
+            raise DepthmuxError(f"the tokenizer has {vocab_size} tokens but {spec.from_pretrained} only "
+                                f"{model.get_input_embeddings().num_embeddings}: use its own tokenizer")
+        return model.train()
+    if vocab_size is None:
+        raise DepthmuxError("a model from scratch needs the tokenizer's vocabulary size")
+    from depthmux.recursion import RecursiveConfig, RecursiveForCausalLM
+
+    if spec.hidden % spec.heads:
+        raise DepthmuxError(f"--hidden {spec.hidden} is not a multiple of --heads {spec.heads}")
+    inter = spec.intermediate or 32 * math.ceil(8 * spec.hidden / 3 / 32)
+    cfg = RecursiveConfig(vocab_size=vocab_size, hidden_size=spec.hidden, intermediate_size=inter,
+                          num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+                          num_key_value_heads=spec.kv_heads or spec.heads, num_recursions=spec.recursions,
+                          sharing=spec.sharing, relaxation_rank=spec.lora_rank, mor_router=router,
+                          mor_kv=spec.kv, eos_token_id=eos_token_id, use_cache=False)
+    torch.manual_seed(spec.seed)
+    return RecursiveForCausalLM(cfg).train()
+
+
+@dataclass
+class LMDataSpec:
+    """Corpus, tokenizer and packing (see :mod:`depthmux.data.text`).
+
+    ``tokenizer``: ``"smollm2"`` (default; vocab 49152), ``"bpe:N"`` (a byte-level BPE with N
+    tokens trained on the training split only) or a tokenizer folder. ``max_train_blocks`` /
+    ``max_eval_blocks`` cap the packed blocks (quick runs).
+    """
+
+    corpus: str = "shakespeare"
+    tokenizer: str = "smollm2"
+    block_size: int = 256
+    holdout: float = 0.1
+    seed: int = 0
+    max_train_blocks: int | None = None
+    max_eval_blocks: int | None = None
+
+
+def prepare_lm_data(spec: LMDataSpec, tokenizer=None):
+    """Load, split (by document, seeded), tokenize and pack. Returns ``(tokenizer, train, eval)``
+    (both :class:`PackedBlocks` ``[N, T]``). A given ``tokenizer`` replaces ``spec.tokenizer``."""
+    from depthmux.data.text import load_corpus, load_tokenizer, pack_documents, split_documents, train_bpe_tokenizer
+
+    docs = load_corpus(spec.corpus)
+    train_docs, eval_docs = split_documents(docs, spec.holdout, spec.seed)
+    if tokenizer is None:
+        if str(spec.tokenizer).startswith("bpe:"):
+            try:
+                n = int(str(spec.tokenizer)[4:])
+            except ValueError:
+                raise DepthmuxError(f"bad tokenizer '{spec.tokenizer}': use bpe:<vocab size>") from None
+            tokenizer = train_bpe_tokenizer(train_docs, n)
+        else:
+            tokenizer = load_tokenizer(spec.tokenizer)
+    train = pack_documents(train_docs, tokenizer, spec.block_size, seed=spec.seed, max_blocks=spec.max_train_blocks)
+    held = pack_documents(eval_docs, tokenizer, spec.block_size, seed=spec.seed,
+                          max_blocks=spec.max_eval_blocks) if eval_docs else None
+    return tokenizer, train, held
+
+
+def _saved_tokenizer(model_dir: Path):
+    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError):
+        return None
+
+
+def run_lm_train(model_spec: LMModelSpec, data_spec: LMDataSpec, config: LMTrainConfig) -> LMTrainResult:
+    """Build data and model, train, save: what ``depthmux lm train`` does.
+
+    With ``config.resume`` the run folder's stored model and data settings are used (the
+    tokenizer and model class come from the newest checkpoint; weights, optimizer and RNG are
+    restored by :func:`train_lm`), so only ``out_dir`` and ``resume`` need to be given.
+    """
+    out = Path(config.out_dir)
+    if config.resume:
+        meta_path = out / "train_config.json"
+        ckpts = list_checkpoints(out)
+        if not ckpts or not meta_path.is_file():
+            raise DepthmuxError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+        meta = json.loads(meta_path.read_text())
+        data_spec = LMDataSpec(**meta["data"])
+        model_spec = LMModelSpec(**meta["model_spec"])
+        stored = meta["train"]
+        stored.update(resume=True, progress=config.progress, out_dir=str(out))
+        stored["betas"] = tuple(stored["betas"])
+        config = LMTrainConfig(**stored)
+        model_dir = ckpts[-1][1] / "model"
+        tok = _saved_tokenizer(model_dir)
+        tokenizer, train, held = prepare_lm_data(data_spec, tokenizer=tok)
+        model = load_lm(model_dir).train()
+    else:
+        tokenizer, train, held = prepare_lm_data(data_spec)
+        model = build_lm_model(model_spec, len(tokenizer), tokenizer.eos_token_id)
+    extra = {"data": asdict(data_spec), "model_spec": asdict(model_spec),
+             "data_stats": {"train_blocks": len(train), "eval_blocks": len(held) if held else 0,
+                            "block_size": train.block_size, "vocab_size": len(tokenizer)}}
+    return train_lm(model, train, held, config, tokenizer=tokenizer, extra_state=extra)
+
+
+def _find_run_meta(path: Path) -> dict | None:
+    for d in (path, path.parent, path.parent.parent.parent):
+        f = d / "train_config.json"
+        if f.is_file():
+            try:
+                return json.loads(f.read_text())
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def run_lm_eval(model: str | os.PathLike, data_spec: LMDataSpec | None = None, batch_size: int = 8,
+                max_batches: int | None = None, routing: str | None = None) -> dict[str, Any]:
+    """Evaluate a saved model on held-out text: what ``depthmux lm eval`` does.
+
+    ``model`` is a run folder, a checkpoint's ``model/`` or any model folder. Without
+    ``data_spec`` the run's stored data settings are reused (the same held-out documents), or
+    the default Shakespeare split. For MoR expert-choice models both routings are reported:
+    the result's top level uses the decoding rule (``causal``) and ``"topk"`` holds the top-k
+    result whose ``router_stats.causal_agreement`` is the causal-vs-top-k agreement.
+    """
+    path = Path(model)
+    model_dir = resolve_model_dir(path)
+    meta = _find_run_meta(path if path != model_dir else model_dir)
+    if data_spec is None:
+        data_spec = LMDataSpec(**meta["data"]) if meta and "data" in meta else LMDataSpec()
+    tok = _saved_tokenizer(model_dir)
+    tokenizer, _, held = prepare_lm_data(data_spec, tokenizer=tok)
+    if held is None:
+        raise DepthmuxError("no held-out documents: use a holdout fraction > 0 and at least two documents")
+    lm = load_lm(model_dir)
+    params = count_parameters(lm)
+    is_expert = getattr(getattr(lm, "config", None), "mor_router", None) == "expert"
+    result = evaluate_lm(lm, held, batch_size, max_batches, routing=routing or ("causal" if is_expert else None))
+    if is_expert and routing is None:
+        result["topk"] = evaluate_lm(lm, held, batch_size, max_batches, routing="topk")
+    result.update(model=str(model_dir), params=params, corpus=data_spec.corpus, block_size=data_spec.block_size)
+    return result

@@ -1,0 +1,165 @@
+"""``depthmux lm``: train, evaluate and convert recursive / MoR language models (SPEC 3, SPEC 4).
+
+Thin over :mod:`depthmux.training.lm` (``run_lm_train``, ``run_lm_eval``) and
+:func:`depthmux.recursion.convert_llama_to_recursive`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from depthmux.errors import DepthmuxError
+
+app = typer.Typer(
+    help="Recursive transformers and Mixture-of-Recursions: train from scratch or from SmolLM2, "
+         "evaluate held-out NLL, convert a pretrained LLaMA into a recursive model.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+def _quiet_transformers() -> None:
+    """No per-shard progress bars from transformers' save/load (our own bar shows training)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+_SHARING = "none (vanilla) | cycle | sequence | middle_cycle | middle_sequence"
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", help="Run folder: log.jsonl, checkpoints/, model/."),
+    corpus: str = typer.Option("shakespeare", help="shakespeare[:play] | kjv[:book] | PATH (.txt, .jsonl or a folder)."),
+    tokenizer: str = typer.Option("smollm2", help="smollm2 | bpe:N (byte-level BPE trained on the training split) | "
+                                                  "a tokenizer folder. Ignored with --from-pretrained (its own)."),
+    sharing: str = typer.Option("none", help=f"Layer sharing: {_SHARING}."),
+    recursions: int = typer.Option(1, help="N_r, loops of the shared block (1 for vanilla)."),
+    router: str = typer.Option("none", help="MoR router: none | expert | token (needs cycle/middle_cycle)."),
+    kv: str = typer.Option("recursion_wise", help="MoR KV caching: recursion_wise | share_first."),
+    hidden: int = typer.Option(256, help="Model width d (from scratch)."),
+    layers: int = typer.Option(8, help="Effective depth L (from scratch)."),
+    heads: int = typer.Option(4, help="Attention heads (from scratch)."),
+    kv_heads: Optional[int] = typer.Option(None, help="KV heads for GQA (default: --heads)."),
+    intermediate: Optional[int] = typer.Option(None, help="SwiGLU width (default 8/3 d, rounded up to 32)."),
+    from_pretrained: Optional[str] = typer.Option(None, "--from-pretrained",
+                                                  help="smollm2 | a model folder: start from these weights."),
+    convert: bool = typer.Option(False, "--convert", help="Convert --from-pretrained (LLaMA) into a recursive "
+                                                          "model with --sharing/--recursions/--init/--lora-rank."),
+    init: str = typer.Option("stepwise", help="Conversion init: stepwise | average | lower (SPEC 3)."),
+    lora_rank: int = typer.Option(0, "--lora-rank", help="Per-loop LoRA relaxation rank (0 = off, SPEC 3)."),
+    steps: int = typer.Option(1000, help="Optimizer steps."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Blocks per step (per process)."),
+    block_size: int = typer.Option(256, "--block-size", help="Tokens per block T."),
+    warmup: int = typer.Option(20, help="Linear warmup steps (WSD schedule)."),
+    decay_fraction: float = typer.Option(0.2, help="Share of steps in the final decay (WSD)."),
+    weight_decay: float = typer.Option(0.1, help="AdamW weight decay (matrices only)."),
+    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip (0 = off)."),
+    holdout: float = typer.Option(0.1, help="Held-out share of documents (seeded split)."),
+    max_train_blocks: Optional[int] = typer.Option(None, help="Use at most this many training blocks."),
+    max_eval_blocks: Optional[int] = typer.Option(64, help="Evaluate on at most this many held-out blocks."),
+    checkpoint_every: int = typer.Option(0, help="Checkpoint every K steps (0 = only at the end)."),
+    eval_every: int = typer.Option(0, help="Evaluate every K steps (0 = only at the end)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
+                                                        "with its stored settings (exactly reproducible)."),
+    seed: int = typer.Option(0, help="Seed for init, split, packing order and batches."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a vanilla / recursive / MoR decoder on packed documents (AdamW, WSD, clipping)."""
+    from depthmux.training.lm import LMDataSpec, LMModelSpec, LMTrainConfig, run_lm_train
+
+    _quiet_transformers()
+
+    if from_pretrained and tokenizer == "smollm2":
+        tokenizer = str(Path(from_pretrained)) if from_pretrained != "smollm2" else "smollm2"
+    model_spec = LMModelSpec(sharing=sharing, recursions=recursions, router=router, kv=kv, hidden=hidden, layers=layers,
+                             heads=heads, kv_heads=kv_heads, intermediate=intermediate, lora_rank=lora_rank,
+                             from_pretrained=from_pretrained, convert=convert, init=init, seed=seed)
+    if convert and not from_pretrained:
+        raise DepthmuxError("--convert needs --from-pretrained (smollm2 or a folder)")
+    data_spec = LMDataSpec(corpus=corpus, tokenizer=tokenizer, block_size=block_size, holdout=holdout, seed=seed,
+                           max_train_blocks=max_train_blocks, max_eval_blocks=max_eval_blocks)
+    cfg = LMTrainConfig(out_dir=str(out), steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                        warmup_steps=min(warmup, steps), decay_fraction=decay_fraction, grad_clip=grad_clip,
+                        checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume, seed=seed,
+                        progress=progress)
+    res = run_lm_train(model_spec, data_spec, cfg)
+    msg = f"step {res.step}: train loss {res.train_loss:.4f}, {res.train_flops:.3e} training FLOPs"
+    if res.eval:
+        msg += f", held-out NLL {res.eval['nll']:.4f} (ppl {res.eval['ppl']:.2f})"
+    typer.echo(msg + f"; model in {out / 'model'}")
+
+
+@app.command("eval")
+def eval_(
+    model: Path = typer.Option(..., "--model", help="A run folder (from `lm train`), a checkpoint or a model folder."),
+    corpus: Optional[str] = typer.Option(None, help="Override the corpus (default: the run's, else shakespeare)."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="Override the block size."),
+    holdout: Optional[float] = typer.Option(None, help="Override the held-out share."),
+    seed: Optional[int] = typer.Option(None, help="Override the split seed."),
+    max_blocks: Optional[int] = typer.Option(64, help="Evaluate at most this many held-out blocks."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Blocks per forward."),
+    routing: Optional[str] = typer.Option(None, help="MoR expert-choice routing: topk | causal "
+                                                     "(default: causal, plus top-k for the agreement)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+) -> None:
+    """Held-out NLL / perplexity (and MoR router statistics) of a saved model."""
+    from dataclasses import replace
+
+    from depthmux.training.lm import LMDataSpec, _find_run_meta, resolve_model_dir, run_lm_eval
+
+    _quiet_transformers()
+
+    if routing not in (None, "topk", "causal"):
+        raise DepthmuxError(f"unknown routing '{routing}': use topk or causal")
+    meta = _find_run_meta(model) if model.exists() else None
+    spec = LMDataSpec(**meta["data"]) if meta and "data" in meta else LMDataSpec()
+    if not model.exists():
+        resolve_model_dir(model)  # raises the one-line error
+    overrides = {k: v for k, v in dict(corpus=corpus, block_size=block_size, holdout=holdout, seed=seed).items()
+                 if v is not None}
+    spec = replace(spec, max_eval_blocks=max_blocks, **overrides)
+    res = run_lm_eval(model, spec, batch_size=batch_size, routing=routing)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"{res['model']}: held-out NLL {res['nll']:.4f}, ppl {res['ppl']:.2f} "
+               f"({res['targets']} tokens of {res['corpus']}, {res['params']['total']:,} params)")
+    rs = res.get("router_stats") or {}
+    if rs.get("share_per_recursion"):
+        typer.echo("  tokens per recursion: " + ", ".join(f"{x:.3f}" for x in rs["share_per_recursion"]))
+    if "topk" in res:
+        agree = res["topk"]["router_stats"].get("causal_agreement", [])
+        typer.echo(f"  top-k routing NLL {res['topk']['nll']:.4f}; causal-vs-top-k agreement per recursion: "
+                   + ", ".join(f"{a:.3f}" for a in agree))
+
+
+@app.command()
+def convert(
+    out: Path = typer.Option(..., "--out", help="Folder for the recursive model (save_pretrained + tokenizer)."),
+    source: str = typer.Option("smollm2", "--from", help="smollm2 (packaged SmolLM2-135M) or a LLaMA model folder."),
+    recursions: int = typer.Option(3, help="N_r, loops of the shared block."),
+    sharing: str = typer.Option("cycle", help=f"Layer sharing: {_SHARING}."),
+    init: str = typer.Option("stepwise", help="stepwise | average | lower (SPEC 3)."),
+    lora_rank: int = typer.Option(0, "--lora-rank", help="Per-loop LoRA rank, SVD-initialised (0 = off)."),
+) -> None:
+    """Convert a pretrained LLaMA (default SmolLM2-135M) into a (relaxed) recursive model folder."""
+    from depthmux.training.lm import LMModelSpec, _pretrained_path, _saved_tokenizer, build_lm_model, count_parameters
+
+    _quiet_transformers()
+
+    spec = LMModelSpec(from_pretrained=source, convert=True, recursions=recursions, sharing=sharing, init=init,
+                       lora_rank=lora_rank)
+    model = build_lm_model(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tok = _saved_tokenizer(_pretrained_path(source))
+    if tok is not None:
+        tok.save_pretrained(str(out))
+    n = count_parameters(model)["total"]
+    typer.echo(f"recursive model ({sharing}, N_r={recursions}, init={init}, LoRA rank {lora_rank}, {n:,} params) in {out}")
