@@ -129,14 +129,23 @@ def _copy_layer(layer, w: dict[str, torch.Tensor]) -> None:
 
 def _svd_lora(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A [r, in], B [out, r])`` with ``B @ A`` the best rank-r approximation of ``residual``."""
-    U, S, Vh = torch.linalg.svd(residual.double(), full_matrices=False)
+    residual = residual.float()
+    small = min(residual.shape)
+    if rank + 16 < small // 2:
+        # randomized truncated SVD (Halko et al.), seeded: same result every call, much faster
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            U, S, V = torch.svd_lowrank(residual, q=rank + 16, niter=4)
+        Vh = V.T
+    else:
+        U, S, Vh = torch.linalg.svd(residual, full_matrices=False)
     r = min(rank, S.shape[0])
-    A = torch.zeros(rank, residual.shape[1], dtype=torch.float64)
-    B = torch.zeros(residual.shape[0], rank, dtype=torch.float64)
+    A = torch.zeros(rank, residual.shape[1])
+    B = torch.zeros(residual.shape[0], rank)
     root = S[:r].sqrt()
     A[:r] = root[:, None] * Vh[:r]
     B[:, :r] = U[:, :r] * root[None, :]
-    return A.float(), B.float()
+    return A, B
 
 
 def recursive_from_llama_state_dict(state_dict: dict[str, torch.Tensor], config: RecursiveConfig,
@@ -152,7 +161,15 @@ def recursive_from_llama_state_dict(state_dict: dict[str, torch.Tensor], config:
     n_src = len({k.split(".")[2] for k in state_dict if k.startswith("model.layers.")})
     if n_src != L:
         raise DepthmuxError(f"the source model has {n_src} layers but the config asks for {L}")
-    model = RecursiveForCausalLM(config)
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # every tensor is overwritten below (LoRA zeroed when unused)
+        model = RecursiveForCausalLM(config)
+    if model.model.router is not None:  # the only tensors not copied from the source
+        for module in model.model.router.modules():
+            model._init_weights(module)
+    if config.tie_word_embeddings:
+        model.tie_weights()
     orig = [_layer_weights(state_dict, i) for i in range(L)]
     schedule = config.layer_schedule()
     pre, K, n = config.num_prefix_layers, config.block_size, config.num_recursions
