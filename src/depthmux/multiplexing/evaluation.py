@@ -1,0 +1,120 @@
+"""Evaluation over random groupings (SPEC 1.4) and the speed benchmark (SPEC 1.5)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from depthmux.backbones import EncodedBatch
+from depthmux.multiplexing.model import MultiplexedClassifier, speedup_ceiling
+from depthmux.training.features import FeatureCache
+
+
+def binary_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
+    tp = ((pred == 1) & (gold == 1)).sum().item()
+    fp = ((pred == 1) & (gold == 0)).sum().item()
+    fn = ((pred == 0) & (gold == 1)).sum().item()
+    return 2 * tp / max(1, 2 * tp + fp + fn)
+
+
+@dataclass
+class GroupedScore:
+    """Accuracy (and F1) as mean ± std over random groupings of the evaluation set."""
+
+    accuracy_mean: float
+    accuracy_std: float
+    f1_mean: float
+    f1_std: float
+    accuracies: list[float]
+    shuffles: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{100 * self.accuracy_mean:.2f} ± {100 * self.accuracy_std:.2f}"
+
+
+@torch.no_grad()
+def predict_cached(model: MultiplexedClassifier, cache: FeatureCache, order: torch.Tensor,
+                   batch_size: int = 64) -> torch.Tensor:
+    """Predictions for ``cache`` examples grouped in ``order`` (consecutive N share a pass): [M]."""
+    model.eval()
+    n = model.config.n
+    batch_size = max(n, batch_size - batch_size % n)
+    preds = torch.empty(len(order), dtype=torch.long)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        hidden, mask = cache.batch(model.start_layer, idx)
+        preds[idx] = model.forward_from_prefill(hidden, mask).logits.argmax(-1)
+    return preds
+
+
+def evaluate_grouped(model: MultiplexedClassifier, cache: FeatureCache, shuffles: int = 10, seed: int = 0,
+                     batch_size: int = 64, progress: bool = True) -> GroupedScore:
+    """Accuracy/F1 over ``shuffles`` random groupings (a single pass when N = 1: nothing to group)."""
+    runs = 1 if model.config.n == 1 else shuffles
+    accs, f1s = [], []
+    for r in tqdm(range(runs), desc=f"eval N={model.config.n}", leave=False, disable=not progress):
+        order = torch.randperm(len(cache), generator=torch.Generator().manual_seed(seed + r))
+        pred = predict_cached(model, cache, order, batch_size)
+        accs.append((pred == cache.labels).float().mean().item())
+        f1s.append(binary_f1(pred, cache.labels))
+    std = statistics.stdev if len(accs) > 1 else (lambda _: 0.0)
+    return GroupedScore(statistics.fmean(accs), std(accs), statistics.fmean(f1s), std(f1s), accs, runs)
+
+
+@dataclass
+class BenchResult:
+    teacher_samples_per_s: float
+    mux_samples_per_s: float
+    speedup: float           # median over repetitions of the per-repetition ratio
+    speedup_min: float
+    speedup_max: float
+    ceiling: float
+    fraction_of_ceiling: float
+    n: int
+    prefill_layers: int
+    num_layers: int
+    batch_size: int
+    samples: int
+    repetitions: int
+    threads: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _time(fn, batches: list[EncodedBatch]) -> float:
+    t0 = time.perf_counter()
+    for b in batches:
+        fn(b)
+    return time.perf_counter() - t0
+
+
+@torch.inference_mode()
+def benchmark(teacher: MultiplexedClassifier, mux: MultiplexedClassifier, texts: list, batch_size: int = 64,
+              repetitions: int = 5, progress: bool = True) -> BenchResult:
+    """Samples/s of the teacher path and the multiplexed path on the same tokenised batches, in
+    one process, interleaved repetitions (SPEC 1.5). Both include embeddings; the multiplexed
+    path includes prefill, f_down, mux, demux, f_up and the head. Tokenisation is excluded."""
+    body = mux.body
+    batch_size = max(mux.config.n, batch_size - batch_size % mux.config.n)
+    batches = [body.tokenize(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    teacher.eval(), mux.eval()
+    _time(teacher, batches[:2]), _time(mux, batches[:2])  # warm-up
+    t_times, m_times = [], []
+    for _ in tqdm(range(repetitions), desc="bench", leave=False, disable=not progress):
+        t_times.append(_time(teacher, batches))
+        m_times.append(_time(mux, batches))
+    ratios = [t / m for t, m in zip(t_times, m_times)]
+    cfg = mux.config
+    ceiling = speedup_ceiling(body.num_layers, cfg.prefill_layers, cfg.n)
+    speedup = statistics.median(ratios)
+    return BenchResult(len(texts) / statistics.median(t_times), len(texts) / statistics.median(m_times), speedup,
+                       min(ratios), max(ratios), ceiling, speedup / ceiling, cfg.n, cfg.prefill_layers,
+                       body.num_layers, batch_size, len(texts), repetitions, torch.get_num_threads())

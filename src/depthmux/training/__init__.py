@@ -1,0 +1,1 @@
+"""Training loops: thin, over library modules."""
