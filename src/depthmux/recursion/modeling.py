@@ -554,6 +554,18 @@ class RecursiveForCausalLM(RecursivePreTrainedModel, GenerationMixin):
         return RecursiveCausalLMOutput(loss=loss, lm_loss=lm_loss, logits=logits, cache=cache if use_cache else None,
                                        aux_losses=aux, router_stats=stats)
 
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        """Carry our cache between ``generate`` steps on every transformers 5.x.
+
+        transformers >= 5.2x reads ``outputs["cache"]``; older 5.x read ``outputs["past_key_values"]``,
+        a key our output does not hold, so hand the cache over under that name there.
+        """
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        cache = getattr(outputs, "cache", None)
+        if cache is not None and "cache" not in model_kwargs:
+            model_kwargs["past_key_values"] = cache
+        return model_kwargs
+
     def _reorder_cache(self, cache: RecursiveCache, beam_idx: torch.Tensor) -> RecursiveCache:
         cache.reorder_cache(beam_idx)
         return cache
