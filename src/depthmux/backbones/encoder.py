@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 from transformers.masking_utils import create_bidirectional_mask
 
 from depthmux.assets import minilm_path
@@ -65,6 +66,7 @@ class HFEncoderBackbone(FrozenBackbone):
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, readout: str | None = None) -> "HFEncoderBackbone":
         path = resolve_model_path(model)
+        hf_logging.disable_progress_bar()  # a sub-second bar per load is noise in our own progress output
         try:
             hf = AutoModel.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
             tok = AutoTokenizer.from_pretrained(path)

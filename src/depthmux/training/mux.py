@@ -9,7 +9,6 @@ run would.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,8 +35,20 @@ class MuxTrainConfig:
     save_every: int = 200       # steps between resumable checkpoints
 
 
-def _epoch_order(n_examples: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int, pool: int = 50) -> list[torch.Tensor]:
+    """Length-bucketed random batches, a function of (seed, epoch) only (so resuming is exact).
+
+    Shuffle, cut into pools of ``pool`` batches, sort each pool by length, cut it into batches,
+    shuffle the batches. Padding waste drops several-fold on short-phrase data like SST-2 train.
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(lengths), generator=g)
+    batches = []
+    for start in range(0, len(order), batch_size * pool):
+        chunk = order[start:start + batch_size * pool]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches.extend(chunk.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
 def _validation_accuracy(model: MultiplexedClassifier, cache: FeatureCache, seed: int) -> float:
@@ -64,7 +75,6 @@ def train_mux(model: MultiplexedClassifier, train: FeatureCache, validation: Fea
         raise DepthmuxError("nothing to train at N = 1: the teacher path has no adapters")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val": -1.0, "best_epoch": -1,
              "history": [], "train_config": asdict(cfg)}
     out = Path(out_dir) if out_dir is not None else None
@@ -87,13 +97,14 @@ def train_mux(model: MultiplexedClassifier, train: FeatureCache, validation: Fea
                         {"position": state, "optimizer": opt_meta, "config": asdict(model.config)})
 
     sums = {"loss": 0.0, "ce": 0.0, "info": 0.0, "acc": 0.0, "count": 0}
+    lengths = torch.tensor([h.shape[0] for h in train.prefill[model.config.prefill_layers]])
     for epoch in range(state["epoch"], cfg.epochs):
-        order = _epoch_order(len(train), cfg.seed, epoch)
+        batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
         model.train()
-        bar = tqdm(range(state["step_in_epoch"], steps_per_epoch), desc=f"N={model.config.n} epoch {epoch + 1}/{cfg.epochs}",
+        bar = tqdm(range(state["step_in_epoch"], len(batches)), desc=f"N={model.config.n} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
         for step in bar:
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = batches[step]
             hidden, mask = train.batch(model.config.prefill_layers, idx)
             logits, recovered = model.forward_from_prefill(hidden, mask)
             loss, parts = revmux_loss(logits, train.labels[idx], recovered, train.teacher[idx],

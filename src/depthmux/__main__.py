@@ -1,0 +1,5 @@
+"""``python -m depthmux`` is the ``depthmux`` command."""
+
+from depthmux.cli import main
+
+main()
