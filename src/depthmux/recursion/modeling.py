@@ -376,7 +376,16 @@ class RecursiveModel(RecursivePreTrainedModel):
     def _recursions(self, x, valid, pos, slot, seg, seg_all, cache, routing, aux, stats) -> torch.Tensor:
         """The recursion block applied N_r times, with MoR routing when configured (SPEC 4).
 
-        x: [B, T, d] = H^1. Returns H^{N_r + 1} [B, T, d].
+        x: [B, T, d] = H^1. Returns H^{N_r + 1} [B, T, d]. With f(H) = block(H) - H (the block's
+        residual update):
+
+        * no router: every token, ``H^{r+1} = block(H^r)``;
+        * expert-choice: ``H^{r+1} = H^r + g * f(H^r)`` for the tokens selected at r (top-k of the
+          candidates, or ``sigmoid(logit) > 0.5`` in causal routing; a recursion with capacity 1
+          keeps all candidates), ``g = alpha * sigmoid(logit)``; others keep ``H^r``;
+        * token-choice: a token with depth d runs recursions 1..d; the updates before its last are
+          ungated (``H + f(H)``), the last is gated by ``g = alpha * p_d`` so the router gets a
+          gradient from the LM loss.
         """
         cfg = self.config
         n = cfg.num_recursions
