@@ -64,6 +64,10 @@ def smollm2_path() -> Path:
         tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
     except ImportError as e:
         raise DepthmuxError(f"reading GGUF needs the 'gguf' package: pip install gguf ({e})") from None
+    # the weights are already dequantised to float32: drop the GGUF quantizer so it saves as plain safetensors
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

@@ -124,7 +124,7 @@ def evaluate(
     model = MultiplexedClassifier.from_pretrained(checkpoint)
     cfg = model.config
     data = load_task(task or cfg.task or "tweets", split, data_dir)
-    cache = build_feature_cache(model.body, data, sorted({0, cfg.prefill_layers}))
+    cache = build_feature_cache(model.body, data, [cfg.prefill_layers])
     teacher = MultiplexedClassifier(MuxConfig(**{**asdict(cfg), "n": 1}), model.body, model.head)
     scores = {"teacher": evaluate_grouped(teacher, cache), "mux": evaluate_grouped(model, cache, shuffles, seed)}
     if as_json:

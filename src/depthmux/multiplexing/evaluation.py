@@ -45,6 +45,8 @@ def predict_cached(model: MultiplexedClassifier, cache: FeatureCache, order: tor
     """Predictions for ``cache`` examples grouped in ``order`` (consecutive N share a pass): [M]."""
     model.eval()
     n = model.config.n
+    if n == 1:  # the teacher's read-outs are cached already: only the frozen head remains
+        return model.head(cache.teacher).argmax(-1)
     batch_size = max(n, batch_size - batch_size % n)
     preds = torch.empty(len(order), dtype=torch.long)
     for s in range(0, len(order), batch_size):

@@ -110,7 +110,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> list[ResultR
     dev_data = load_task(cfg.task, "dev", cfg.data_dir)
     for note in dev_data.notes:
         console.print(f"[dim]note: {note}[/dim]")
-    layers = sorted(set(cfg.prefill_layers) | {0})
+    layers = sorted(set(cfg.prefill_layers))
     console.print(f"caching frozen {backbone.name} features for {len(train_data)} train / {len(val_data)} "
                   f"validation / {len(dev_data)} dev examples at layers {layers}")
     caches = {name: build_feature_cache(backbone, d, layers, max_length=cfg.max_length, desc=f"cache {name}")
