@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     except DepthmuxError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is intact; rerun the same command with --resume", file=sys.stderr)
+        raise SystemExit(130) from None
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except Exception as e:  # click usage errors

@@ -35,20 +35,15 @@ class MuxTrainConfig:
     save_every: int = 200       # steps between resumable checkpoints
 
 
-def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int, pool: int = 50) -> list[torch.Tensor]:
-    """Length-bucketed random batches, a function of (seed, epoch) only (so resuming is exact).
+def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Random batches, a function of (seed, epoch) only, so a resumed run is exact.
 
-    Shuffle, cut into pools of ``pool`` batches, sort each pool by length, cut it into batches,
-    shuffle the batches. Padding waste drops several-fold on short-phrase data like SST-2 train.
+    Batches are not length-bucketed on purpose: bucketing makes every training group hold
+    inputs of similar length, while evaluation groups are random, and it cost ~8 points of
+    validation accuracy at N = 2 on SST-2 in a 4k-example trial.
     """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(len(lengths), generator=g)
-    batches = []
-    for start in range(0, len(order), batch_size * pool):
-        chunk = order[start:start + batch_size * pool]
-        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
-        batches.extend(chunk.split(batch_size))
-    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return list(torch.randperm(num_examples, generator=g).split(batch_size))
 
 
 def _validation_accuracy(model: MultiplexedClassifier, cache: FeatureCache, seed: int) -> float:
@@ -97,9 +92,8 @@ def train_mux(model: MultiplexedClassifier, train: FeatureCache, validation: Fea
                         {"position": state, "optimizer": opt_meta, "config": asdict(model.config)})
 
     sums = {"loss": 0.0, "ce": 0.0, "info": 0.0, "acc": 0.0, "count": 0}
-    lengths = torch.tensor([h.shape[0] for h in train.prefill[model.config.prefill_layers]])
     for epoch in range(state["epoch"], cfg.epochs):
-        batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+        batches = epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch)
         model.train()
         bar = tqdm(range(state["step_in_epoch"], len(batches)), desc=f"N={model.config.n} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
