@@ -75,8 +75,12 @@ def train(
 
     _quiet_transformers()
 
-    if from_pretrained and tokenizer == "smollm2":
-        tokenizer = str(Path(from_pretrained)) if from_pretrained != "smollm2" else "smollm2"
+    if from_pretrained and from_pretrained != "smollm2":
+        from depthmux.training.lm import resolve_model_dir
+
+        tokenizer = str(resolve_model_dir(from_pretrained))  # the pretrained model's own tokenizer
+    elif from_pretrained:
+        tokenizer = "smollm2"
     model_spec = LMModelSpec(sharing=sharing, recursions=recursions, router=router, kv=kv, hidden=hidden, layers=layers,
                              heads=heads, kv_heads=kv_heads, intermediate=intermediate, lora_rank=lora_rank,
                              from_pretrained=from_pretrained, convert=convert, init=init, seed=seed)
