@@ -97,9 +97,9 @@ def run(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/quickstart"),
     threads: ThreadsOpt = None,
 ) -> None:
-    """The main job with no flags: RevMUX N=2 on frozen MiniLM, embedded tweets (negative vs
+    """The main job with no flags: RevMUX N=2, l=1 on frozen MiniLM, embedded tweets (negative vs
     positive); prints teacher vs multiplexed accuracy and speed."""
-    _train("tweets", None, "minilm", "2", "0", "reversible", 3, 32, 1e-3, 0.25, 0.05, 8000, 10, True, 512, 5, 0,
+    _train("tweets", None, "minilm", "2", "1", "reversible", 3, 32, 1e-3, 0.25, 0.05, 8000, 10, True, 512, 5, 0,
            out, False, threads, False)
 
 
