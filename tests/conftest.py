@@ -27,6 +27,8 @@ def glue_dir() -> Path | None:
 def glue() -> Path:
     path = glue_dir()
     if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("GLUE data not found in CI: expected ../shared/data/glue or $DEPTHMUX_GLUE_DIR")
         pytest.skip("GLUE data not found (set DEPTHMUX_GLUE_DIR)")
     return path
 
