@@ -37,16 +37,24 @@ def _register() -> None:
 _register()
 
 
+def _interrupted() -> None:
+    print("interrupted: the last checkpoint is intact; rerun the same command with --resume", file=sys.stderr)
+    raise SystemExit(130) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the Typer app, turning :class:`DepthmuxError` into a one-line message."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if code == 130:  # Typer turns Ctrl-C into a return value in non-standalone mode
+            _interrupted()
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except DepthmuxError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is intact; rerun the same command with --resume", file=sys.stderr)
-        raise SystemExit(130) from None
+        _interrupted()
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except Exception as e:  # click usage errors
@@ -55,6 +63,6 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, click.exceptions.ClickException):
             e.show()
             raise SystemExit(e.exit_code) from None
-        if isinstance(e, click.exceptions.Abort):
-            raise SystemExit(1) from None
+        if isinstance(e, click.exceptions.Abort):  # click's wrapper around Ctrl-C
+            _interrupted()
         raise
