@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,7 +16,7 @@ from depthmux.errors import DepthmuxError
 
 app = typer.Typer(help="RevMUX: N inputs share one pass of a frozen backbone; only small reversible adapters train.",
                   no_args_is_help=True)
-out_console = Console()
+out_console = Console(width=None if sys.stdout.isatty() else 120)
 
 TaskOpt = Annotated[str, typer.Option(help="sst2 | mrpc | rte | qnli (GLUE, needs --data-dir) or tweets (embedded).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option(help="Folder with GLUE TSVs (SST-2/, MRPC/, ...). "

@@ -9,6 +9,7 @@ run would.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def train_mux(model: MultiplexedClassifier, train: FeatureCache, validation: Fea
         if progress:
             h = state["history"][-1]
             tqdm.write(f"  N={model.config.n} l={model.config.prefill_layers} {model.config.mixer} epoch {epoch + 1}: "
-                       f"loss {h['loss']:.3f} train acc {h['train_acc']:.3f} val acc {val:.3f}")
+                       f"loss {h['loss']:.3f} train acc {h['train_acc']:.3f} val acc {val:.3f}", file=sys.stderr)
         checkpoint()
     model.load_state_dict(best_sd, strict=False)
     model.eval()
