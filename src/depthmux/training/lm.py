@@ -62,7 +62,13 @@ from torch import nn
 from depthmux.data.text import IGNORE_INDEX, PackedBlocks
 from depthmux.errors import DepthmuxError
 from depthmux.training.schedules import WSD
-from depthmux.utils.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from depthmux.utils.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    save_checkpoint,
+)
 
 CKPT_RE = re.compile(r"^step-(\d+)$")
 
@@ -421,32 +427,6 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _optimizer_to_tensors(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, meta = {}, {}
-    for idx, st in opt_state["state"].items():
-        meta[str(idx)] = {}
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{idx}.{k}"] = v
-            else:
-                meta[str(idx)][k] = v
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt_state["param_groups"]]
-    return tensors, {"state_meta": meta, "param_groups": groups}
-
-
-def _optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict, template: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    for idx, extra in meta["state_meta"].items():
-        state.setdefault(int(idx), {}).update(extra)
-    groups = []
-    for g, tg in zip(meta["param_groups"], template["param_groups"]):
-        groups.append({k: (tuple(v) if isinstance(tg.get(k), tuple) else v) for k, v in g.items()})
-    return {"state": state, "param_groups": groups}
-
-
 def _jsonable(obj):
     try:
         json.dumps(obj)
@@ -506,7 +486,7 @@ def save_training_checkpoint(out_dir: str | os.PathLike, step: int, model: nn.Mo
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
         try:
             _save_model(model, tmp / "model", accelerator, tokenizer)
-            opt_tensors, opt_meta = _optimizer_to_tensors(optimizer.state_dict())
+            opt_tensors, opt_meta = optimizer_tensors(optimizer)
             rng_tensors, rng_meta = _rng_state()
             state_all.update({"step": step, "optimizer": opt_meta, "rng": rng_meta,
                               "scheduler": _jsonable(scheduler.state_dict())})
@@ -627,8 +607,7 @@ def train_lm(model: nn.Module, train_blocks: PackedBlocks, eval_blocks: PackedBl
         if state.get("total_steps") != cfg.steps:
             raise DepthmuxError(f"--resume: checkpoint was for {state.get('total_steps')} steps, "
                                 f"this run asks for {cfg.steps} (the schedule would differ)")
-        optimizer.load_state_dict(_optimizer_from_tensors(tensors.get("optimizer", {}), state["optimizer"],
-                                                          optimizer.state_dict()))
+        load_optimizer_tensors(optimizer, tensors.get("optimizer", {}), state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(tensors["rng"], state["rng"])
         start_step = int(state["step"])

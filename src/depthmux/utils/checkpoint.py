@@ -90,7 +90,8 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, dict[str, t
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer's state into flat tensors (for safetensors) and JSON metadata."""
+    """Split an optimizer's state into flat tensors (``"<param id>.<name>"``, for safetensors)
+    and JSON metadata (non-tensor state and param groups)."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
@@ -99,14 +100,18 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
                 tensors[f"{pid}.{name}"] = value
             else:
                 scalars[f"{pid}.{name}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
 
 
 def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                            meta: dict[str, Any]) -> None:
-    """Inverse of :func:`optimizer_tensors`."""
+    """Inverse of :func:`optimizer_tensors`: tuples (e.g. Adam's betas) come back as tuples."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in list(tensors.items()) + list(meta.get("scalars", {}).items()):
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    template = optimizer.state_dict()["param_groups"]
+    groups = [{k: (tuple(v) if isinstance(t.get(k), tuple) else v) for k, v in g.items()}
+              for g, t in zip(meta["param_groups"], template)]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
