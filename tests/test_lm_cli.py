@@ -7,21 +7,7 @@ from typer.testing import CliRunner
 
 from depthmux.errors import DepthmuxError
 
-try:
-    from depthmux.cli.lm import app
-    ROOT_CLI = True
-except ImportError:  # the root CLI imports sibling sub-apps that may not exist yet: load ours alone
-    import importlib.util
-    from pathlib import Path
-
-    import depthmux
-
-    _spec = importlib.util.spec_from_file_location(
-        "depthmux_cli_lm", Path(depthmux.__file__).parent / "cli" / "lm.py")
-    _mod = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_mod)
-    app = _mod.app
-    ROOT_CLI = False
+from depthmux.cli.lm import app
 
 runner = CliRunner()
 
@@ -33,7 +19,6 @@ def test_help(cmd):
     assert "Usage" in res.output
 
 
-@pytest.mark.skipif(not ROOT_CLI, reason="depthmux.cli root not importable yet")
 def test_root_registers_lm(capsys):
     from depthmux.cli import main
 

@@ -24,13 +24,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from depthmux.cli import mux
+    from depthmux.cli import lm, mux
 
     app.add_typer(mux.app, name="mux")
-    try:
-        from depthmux.cli import lm
-    except ImportError:  # the depth side is optional while it is being built
-        return
     app.add_typer(lm.app, name="lm")
 
 
