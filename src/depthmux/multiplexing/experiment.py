@@ -45,7 +45,7 @@ class ExperimentConfig:
     mixers: list[str] = field(default_factory=lambda: ["reversible"])
     max_train: int | None = 8000        # subsample of the train split (None: all of it)
     max_validation: int = 1000          # model selection split (carved from train)
-    max_length: int = 128               # longer inputs are an error, not silently cut
+    max_length: int = 512               # the model limit; longer inputs are an error, never silently cut
     shuffles: int = 10                  # random groupings of the evaluation set (SPEC 1.4)
     bench: bool = True
     bench_samples: int = 512
