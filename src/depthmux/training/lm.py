@@ -63,6 +63,7 @@ from depthmux.data.text import IGNORE_INDEX, PackedBlocks
 from depthmux.errors import DepthmuxError
 from depthmux.training.schedules import WSD
 from depthmux.utils.checkpoint import (
+    atomic_directory,
     atomic_write_text,
     load_checkpoint,
     load_optimizer_tensors,
@@ -476,27 +477,19 @@ def _save_model(model: nn.Module, directory: Path, accelerator, tokenizer=None) 
 def save_training_checkpoint(out_dir: str | os.PathLike, step: int, model: nn.Module, optimizer,
                              scheduler, accelerator, state: dict, tokenizer=None,
                              keep: int = 2) -> Path:
-    """Write ``checkpoints/step-XXXXXX/{model,trainer}`` atomically (temp folder + rename) and
+    """Write ``checkpoints/step-<step>/{model,trainer}`` atomically (temp folder + rename) and
     prune older checkpoints beyond ``keep``. Main process only writes."""
     root = Path(out_dir) / "checkpoints"
     final = root / f"step-{step:06d}"
     state_all = dict(state)
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
-        try:
+        with atomic_directory(final) as tmp:
             _save_model(model, tmp / "model", accelerator, tokenizer)
             opt_tensors, opt_meta = optimizer_tensors(optimizer)
             rng_tensors, rng_meta = _rng_state()
             state_all.update({"step": step, "optimizer": opt_meta, "rng": rng_meta,
                               "scheduler": _jsonable(scheduler.state_dict())})
             save_checkpoint(tmp / "trainer", {"optimizer": opt_tensors, "rng": rng_tensors}, state_all)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         ckpts = list_checkpoints(out_dir)
         for _, d in ckpts[:-keep] if keep > 0 else []:
             shutil.rmtree(d, ignore_errors=True)
@@ -702,16 +695,8 @@ def train_lm(model: nn.Module, train_blocks: PackedBlocks, eval_blocks: PackedBl
         eval_result = evaluate_lm(model, eval_blocks, cfg.eval_batch_size, cfg.eval_max_batches, accelerator)
         log({"step": step, "eval": eval_result, "final": True})
     if accelerator.is_main_process:
-        final = out_dir / "model"
-        tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".model.", suffix=".tmp"))
-        try:
+        with atomic_directory(out_dir / "model") as tmp:
             _save_model(model, tmp, accelerator, tokenizer)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     accelerator.wait_for_everyone()
     return LMTrainResult(step=step, train_loss=loss_value, train_flops=flops_done, approx_flops_6nd=approx_done,
                          tokens=tokens_done, seconds=time.time() - t0, eval=eval_result, out_dir=str(out_dir))

@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +39,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, dict[str, torch.Tensor]],
-                    state: dict[str, Any]) -> Path:
-    """Atomically write a checkpoint folder.
-
-    Args:
-        directory: target folder; replaced as a whole.
-        tensors: file stem -> {name: tensor}; each becomes ``<stem>.safetensors``.
-        state: JSON-serialisable metadata (config, step, RNG seeds, metrics), ``state.json``.
-    """
+@contextmanager
+def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces ``directory`` whole
+    (the old one is renamed aside first, then removed), on error it is deleted and the old
+    ``directory`` stays as it was."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
     try:
-        for stem, named in tensors.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in named.items()},
-                      str(tmp / f"{stem}.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        yield tmp
         old = None
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
@@ -65,7 +60,23 @@ def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, dict[str, t
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
+
+
+def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, dict[str, torch.Tensor]],
+                    state: dict[str, Any]) -> Path:
+    """Atomically write a checkpoint folder.
+
+    Args:
+        directory: target folder; replaced as a whole.
+        tensors: file stem -> {name: tensor}; each becomes ``<stem>.safetensors``.
+        state: JSON-serialisable metadata (config, step, RNG seeds, metrics), ``state.json``.
+    """
+    with atomic_directory(directory) as tmp:
+        for stem, named in tensors.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in named.items()},
+                      str(tmp / f"{stem}.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    return Path(directory)
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
