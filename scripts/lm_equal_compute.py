@@ -52,7 +52,11 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--eval-blocks", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    ap.add_argument("--only", nargs="*", help="variant names to run (default: all), e.g. --only 'MoR-2 expert'")
+    ap.add_argument("--bce-coef", type=float, default=None,
+                    help="expert-choice router BCE coefficient (default: the config's, 0.001 as in SPEC 4)")
+    ap.add_argument("--aux-router", action="store_true",
+                    help="expert-choice: decode with a separate auxiliary router trained only by the BCE")
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -69,6 +73,13 @@ def main() -> None:
         spec = LMModelSpec(sharing=sharing, recursions=nr, router=router, hidden=args.hidden, layers=args.layers,
                            heads=args.heads, seed=args.seed)
         model = build_lm_model(spec, len(tok), tok.eos_token_id)
+        if args.bce_coef is not None and router == "expert":
+            model.config.mor_bce_coef = args.bce_coef
+        if args.aux_router and router == "expert":  # rebuild with the auxiliary router (same seed)
+            cfg = model.config
+            cfg.mor_aux_router = True
+            torch.manual_seed(args.seed)
+            model = type(model)(cfg).train()
         fl = measure_forward_flops(model, train, batch_size=args.batch_size)
         tokens_per_step = args.batch_size * args.block_size
         steps = max(10, int(round(args.budget / (fl["train_flops_per_token"] * tokens_per_step))))
@@ -82,6 +93,8 @@ def main() -> None:
         entry = {"sharing": sharing, "recursions": nr, "router": router, "steps": steps,
                  "params": count_parameters(model), "train_flops": r.train_flops, "tokens": r.tokens,
                  "train_flops_per_token_at_init": fl["train_flops_per_token"], "seconds": time.time() - t0,
+                 "mor_bce_coef": getattr(model.config, "mor_bce_coef", None) if router == "expert" else None,
+                 "mor_aux_router": bool(getattr(model.config, "mor_aux_router", False)),
                  "nll": r.eval["nll"], "ppl": r.eval["ppl"], "router_stats": r.eval["router_stats"]}
         if router == "expert":  # the eval default above is the causal rule; add top-k
             topk = evaluate_lm(model, held, 16, routing="topk")
@@ -89,8 +102,10 @@ def main() -> None:
             entry["router_stats_topk"] = topk["router_stats"]
         results[name] = entry
         res_path.write_text(json.dumps(results, indent=2))
+        agree = entry.get("router_stats_topk", {}).get("causal_agreement")
         print(f"{name}: {steps} steps, {r.train_flops:.3e} FLOPs, {r.tokens} tokens, held-out NLL {r.eval['nll']:.4f}"
-              f" ({time.time() - t0:.0f} s)", flush=True)
+              + (f", top-k NLL {entry['nll_topk']:.4f}, agreement {'/'.join(f'{a:.3f}' for a in agree)}" if agree else "")
+              + f" ({time.time() - t0:.0f} s)", flush=True)
         del model
         torch.set_num_threads(torch.get_num_threads())
 

@@ -218,7 +218,9 @@ class RecursiveCausalLMOutput(ModelOutput):
         lm_loss: next-token cross-entropy (None without labels).
         logits: [B, T, V].
         cache: the :class:`RecursiveCache` (also as ``past_key_values``) when ``use_cache``.
-        aux_losses: unweighted auxiliary losses by name ("router_bce", "balance", "z_loss").
+        aux_losses: unweighted auxiliary losses by name ("router_bce", "balance", "z_loss");
+            expert-choice ``router_bce`` is the sum over recursions of the mean BCE between the
+            raw router logit and the (detached) top-k selection over that recursion's candidates.
         router_stats: ``tokens_per_recursion`` [N_r] (long, summed over the batch),
             ``selected`` [B, N_r, T] (bool, which tokens ran each recursion);
             expert-choice: ``causal_agreement`` [N_r] (fraction of candidates where
@@ -288,7 +290,7 @@ class RecursiveModel(RecursivePreTrainedModel):
         self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if config.mor_router == "expert":
-            self.router = ExpertChoiceRouter(config.hidden_size, n_loops)
+            self.router = ExpertChoiceRouter(config.hidden_size, n_loops, bool(getattr(config, "mor_aux_router", False)))
         elif config.mor_router == "token":
             self.router = TokenChoiceRouter(config.hidden_size, n_loops)
         else:
@@ -409,20 +411,23 @@ class RecursiveModel(RecursivePreTrainedModel):
             gate = None
             if cfg.mor_router == "expert":
                 logits = self.router(x, r)  # [B, T]
+                # the logit the causal rule and the BCE use: the router's own (auxiliary loss) or
+                # a separate router on detached states (auxiliary router, MoR paper)
+                pred = self.router.aux_logits(x.detach(), r) if self.router.aux_routers is not None else logits
                 if routing == "topk":
                     k = capacity_k(cfg.capacities()[r], valid.long().sum(1))
                     sel = topk_select(logits, candidates, k)
                 else:
-                    sel = causal_select(logits, candidates)
+                    sel = causal_select(pred, candidates)
                 if cfg.capacities()[r] >= 1.0 or (share_first and r == 0):
                     # capacity 1 keeps every candidate whatever the logits (as top-k does in
                     # training); recursive KV sharing needs every token at the first recursion
                     sel = candidates
-                bce_terms.append(router_bce(logits, sel, candidates))
+                bce_terms.append(router_bce(pred, sel, candidates))
                 z_terms.append(z_loss(logits, candidates, token_choice=False))
                 with torch.no_grad():
                     c = candidates.sum().clamp(min=1)
-                    agree.append((((logits > 0) == sel) & candidates).sum() / c)
+                    agree.append((((pred > 0) == sel) & candidates).sum() / c)
                     ks.append(sel.long().sum(1))
                 gate = cfg.mor_alpha * torch.sigmoid(logits)
                 candidates = sel
@@ -438,7 +443,9 @@ class RecursiveModel(RecursivePreTrainedModel):
         stats["tokens_per_recursion"] = torch.stack(tokens_per_rec)
         stats["selected"] = torch.stack(selected, dim=1)  # [B, N_r, T]
         if cfg.mor_router == "expert":
-            aux["router_bce"] = torch.stack(bce_terms).mean()
+            # summed over recursions, as in the public MoR code (a mean would divide the effective
+            # coefficient by N_r)
+            aux["router_bce"] = torch.stack(bce_terms).sum()
             aux["z_loss"] = torch.stack(z_terms).mean()
             stats["causal_agreement"] = torch.stack(agree)
             stats["capacity_k"] = torch.stack(ks, dim=1)
@@ -585,7 +592,7 @@ def count_parameters_formula(config: RecursiveConfig) -> int:
 
     Per unique layer: ``d*H*D + 2*d*Hk*D + H*D*d`` (attention) + ``3*d*I`` (SwiGLU) + ``2d``
     (norms); each shared-block linear (in, out) adds ``N_r * r * (in + out)`` LoRA parameters;
-    routers add ``N_r * d``; embeddings ``V*d`` (twice when untied) and the final norm ``d``.
+    routers add ``N_r * d`` (twice with the expert-choice auxiliary router); embeddings ``V*d`` (twice when untied) and the final norm ``d``.
     """
     d, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
     H, Hk, D = config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -597,5 +604,7 @@ def count_parameters_formula(config: RecursiveConfig) -> int:
         total += config.block_size * lora
     if config.mor_router is not None:
         total += config.num_recursions * d
+        if config.mor_router == "expert" and getattr(config, "mor_aux_router", False):
+            total += config.num_recursions * d
     total += V * d * (1 if config.tie_word_embeddings else 2) + d
     return total

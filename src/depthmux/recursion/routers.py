@@ -22,14 +22,23 @@ from torch import nn
 
 
 class ExpertChoiceRouter(nn.Module):
-    """N_r linear routers d -> 1 (no bias). ``forward(h, r)`` -> logits [B, T] (float32)."""
+    """N_r linear routers d -> 1 (no bias). ``forward(h, r)`` -> logits [B, T] (float32).
 
-    def __init__(self, hidden_size: int, num_recursions: int):
+    With ``aux_router=True`` a second set of N_r linear routers (``aux_routers``) predicts the
+    selection for causal decoding (``aux_logits(h, r)``, called on detached hidden states).
+    """
+
+    def __init__(self, hidden_size: int, num_recursions: int, aux_router: bool = False):
         super().__init__()
         self.routers = nn.ModuleList(nn.Linear(hidden_size, 1, bias=False) for _ in range(num_recursions))
+        self.aux_routers = (nn.ModuleList(nn.Linear(hidden_size, 1, bias=False) for _ in range(num_recursions))
+                            if aux_router else None)
 
     def forward(self, h: torch.Tensor, r: int) -> torch.Tensor:
         return self.routers[r](h).squeeze(-1).float()
+
+    def aux_logits(self, h: torch.Tensor, r: int) -> torch.Tensor:
+        return self.aux_routers[r](h).squeeze(-1).float()
 
 
 class TokenChoiceRouter(nn.Module):
