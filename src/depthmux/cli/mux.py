@@ -100,7 +100,7 @@ def run(
 ) -> None:
     """The main job with no flags: RevMUX N=2, l=1 on frozen MiniLM, embedded tweets (negative vs
     positive); prints teacher vs multiplexed accuracy and speed."""
-    _train("tweets", None, "minilm", "2", "1", "reversible", 3, 32, 1e-3, 0.25, 0.05, 8000, 10, True, 512, 5, 0,
+    _train("tweets", None, "minilm", "2", "1", "reversible", 3, 32, 1e-3, 0.25, 0.05, 5000, 10, True, 512, 5, 0,
            out, False, threads, False)
 
 
