@@ -172,7 +172,7 @@ def recursive_from_llama_state_dict(state_dict: dict[str, torch.Tensor], config:
         model.tie_weights()
     orig = [_layer_weights(state_dict, i) for i in range(L)]
     schedule = config.layer_schedule()
-    pre, K, n = config.num_prefix_layers, config.block_size, config.num_recursions
+    pre, K = config.num_prefix_layers, config.block_size
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(state_dict["model.embed_tokens.weight"].float())
         model.model.norm.weight.copy_(state_dict["model.norm.weight"].float())

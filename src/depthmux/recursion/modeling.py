@@ -24,7 +24,7 @@ same segment. Segments come from ``position_ids`` restarting at 0 (packed docume
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -350,7 +350,7 @@ class RecursiveModel(RecursivePreTrainedModel):
         aux: dict[str, torch.Tensor] = {}
         stats: dict[str, Any] = {}
         schedule = cfg.layer_schedule()
-        pre, K, n = cfg.num_prefix_layers, cfg.block_size, cfg.num_recursions
+        pre = cfg.num_prefix_layers
 
         if not self._uses_recursion_loop():
             for p, (u, loop) in enumerate(schedule):

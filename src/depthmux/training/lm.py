@@ -41,6 +41,7 @@ forward). ``6 * N * tokens`` (N = non-embedding parameters applied per token) is
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import math
@@ -871,6 +872,8 @@ def _saved_tokenizer(model_dir: Path):
     if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return None
     from transformers import AutoTokenizer
+
+    importlib.import_module("depthmux.recursion")  # registers depthmux_recursive with the Auto classes first
 
     try:
         return AutoTokenizer.from_pretrained(str(model_dir))
