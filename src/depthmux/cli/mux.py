@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -43,24 +43,16 @@ def _threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _train(task, data_dir, model, n, prefill_layers, mixer, epochs, batch_size, lr, lambda_info, tau, max_train,
-           shuffles, bench, bench_samples, repetitions, seed, out, resume, threads, as_json) -> None:
-    from depthmux.multiplexing.experiment import ExperimentConfig, results_table, run_experiment
-    from depthmux.training.mux import MuxTrainConfig
+def _run_experiment(cfg, threads: int | None, as_json: bool) -> None:
+    from depthmux.multiplexing.experiment import results_table, run_experiment
 
     _threads(threads)
-    cfg = ExperimentConfig(
-        task=task, data_dir=str(data_dir) if data_dir else None, model=model, ns=_ints(n, "--n"),
-        prefill_layers=_ints(prefill_layers, "--prefill-layers"), mixers=[m for m in mixer.split(",") if m],
-        max_train=max_train or None, shuffles=shuffles, bench=bench, bench_samples=bench_samples,
-        bench_repetitions=repetitions, out_dir=str(out), resume=resume,
-        train=MuxTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lambda_info=lambda_info, tau=tau, seed=seed))
     rows = run_experiment(cfg)
     if as_json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
-        out_console.print(results_table(rows, task))
-        out_console.print(f"artifacts: {out}/ (results.json, results.md, results.png, checkpoints)")
+        out_console.print(results_table(rows, cfg.task))
+        out_console.print(f"artifacts: {cfg.out_dir}/ (results.json, results.md, results.png, checkpoints)")
 
 
 @app.command()
@@ -89,8 +81,16 @@ def train(
 ) -> None:
     """Train a frozen-backbone teacher probe, then RevMUX adapters for each N and l; evaluate on dev
     over random groupings and benchmark speed against the teacher."""
-    _train(task, data_dir, model, n, prefill_layers, mixer, epochs, batch_size, lr, lambda_info, tau, max_train,
-           shuffles, bench, bench_samples, repetitions, seed, out, resume, threads, as_json)
+    from depthmux.multiplexing.experiment import ExperimentConfig
+    from depthmux.training.mux import MuxTrainConfig
+
+    cfg = ExperimentConfig(
+        task=task, data_dir=str(data_dir) if data_dir else None, model=model, ns=_ints(n, "--n"),
+        prefill_layers=_ints(prefill_layers, "--prefill-layers"), mixers=[m for m in mixer.split(",") if m],
+        max_train=max_train or None, shuffles=shuffles, bench=bench, bench_samples=bench_samples,
+        bench_repetitions=repetitions, out_dir=str(out), resume=resume,
+        train=MuxTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lambda_info=lambda_info, tau=tau, seed=seed))
+    _run_experiment(cfg, threads, as_json)
 
 
 @app.command()
@@ -100,8 +100,9 @@ def run(
 ) -> None:
     """The main job with no flags: RevMUX N=2, l=1 on frozen MiniLM, embedded tweets (negative vs
     positive); prints teacher vs multiplexed accuracy and speed."""
-    _train("tweets", None, "minilm", "2", "1", "reversible", 3, 32, 1e-3, 0.25, 0.05, 5000, 10, True, 512, 5, 0,
-           out, False, threads, False)
+    from depthmux.multiplexing.experiment import QUICKSTART
+
+    _run_experiment(replace(QUICKSTART, out_dir=str(out)), threads, as_json=False)
 
 
 @app.command("eval")
@@ -117,7 +118,7 @@ def evaluate(
 ) -> None:
     """Accuracy (and F1) of a trained checkpoint over random groupings, with the teacher beside it."""
     from depthmux.data import load_task
-    from depthmux.multiplexing import MultiplexedClassifier, MuxConfig
+    from depthmux.multiplexing import MultiplexedClassifier
     from depthmux.multiplexing.evaluation import evaluate_grouped
     from depthmux.training.features import build_feature_cache
 
@@ -126,7 +127,7 @@ def evaluate(
     cfg = model.config
     data = load_task(task or cfg.task or "tweets", split, data_dir)
     cache = build_feature_cache(model.body, data, [cfg.prefill_layers])
-    teacher = MultiplexedClassifier(MuxConfig(**{**asdict(cfg), "n": 1}), model.body, model.head)
+    teacher = model.teacher()
     scores = {"teacher": evaluate_grouped(teacher, cache), "mux": evaluate_grouped(model, cache, shuffles, seed)}
     if as_json:
         print(json.dumps({"config": asdict(cfg), "split": split, "examples": len(data),
@@ -172,7 +173,7 @@ def bench(
         head = nn.Linear(backbone.hidden_size, 2)
         mux = MultiplexedClassifier(MuxConfig(n=n, prefill_layers=prefill_layers, mixer=mixer, backbone=backbone.name,
                                               readout=backbone.readout_mode), backbone, head)
-    teacher = MultiplexedClassifier(MuxConfig(**{**asdict(mux.config), "n": 1}), backbone, mux.head)
+    teacher = mux.teacher()
     texts = load_task(task, "dev", data_dir).texts[:samples]
     r = benchmark(teacher, mux, texts, batch_size, repetitions)
     if as_json:

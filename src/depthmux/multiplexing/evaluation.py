@@ -107,7 +107,8 @@ def benchmark(teacher: MultiplexedClassifier, mux: MultiplexedClassifier, texts:
     body = mux.body
     batch_size = max(mux.config.n, batch_size - batch_size % mux.config.n)
     batches = [body.tokenize(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
-    teacher.eval(), mux.eval()
+    teacher.eval()
+    mux.eval()
     _time(teacher, batches[:2]), _time(mux, batches[:2])  # warm-up
     t_times, m_times = [], []
     for _ in tqdm(range(repetitions), desc="bench", leave=False, disable=not progress):

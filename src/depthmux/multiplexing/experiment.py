@@ -56,6 +56,11 @@ class ExperimentConfig:
     resume: bool = False
 
 
+#: The main job (``depthmux mux run`` / ``make run``): N = 2, l = 1 on the embedded tweets, sized to
+#: finish within 15 minutes on a 2-core CPU, install included.
+QUICKSTART = ExperimentConfig(task="tweets", ns=[2], prefill_layers=[1], max_train=5000, out_dir="runs/quickstart")
+
+
 @dataclass
 class ResultRow:
     n: int

@@ -12,7 +12,7 @@ Only ``down``, ``mixer`` and ``up`` train. The backbone is never saved with the 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -90,6 +90,12 @@ class MultiplexedClassifier(nn.Module):
     def start_layer(self) -> int:
         """Layers run per input before the shared pass: l (multiplexed), all of them (teacher)."""
         return 0 if self.config.n == 1 else self.config.prefill_layers
+
+    def teacher(self) -> "MultiplexedClassifier":
+        """The N = 1 twin: the same frozen backbone and head, no adapters (the baseline path)."""
+        if self.config.n == 1:
+            return self
+        return MultiplexedClassifier(replace(self.config, n=1), self.body, self.head)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("head.")}

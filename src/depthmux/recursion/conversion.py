@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from depthmux.errors import DepthmuxError
 from depthmux.recursion.config import RecursiveConfig
 from depthmux.recursion.modeling import RecursiveForCausalLM
+from depthmux.utils.checkpoint import read_json
 
 INIT_METHODS = ("stepwise", "average", "lower")
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -244,10 +244,8 @@ def load_recursive_model(path: str | os.PathLike, **kwargs) -> RecursiveForCausa
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise DepthmuxError(f"{path} has no config.json")
-    try:
-        model_type = json.loads(cfg_file.read_text()).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise DepthmuxError(f"{cfg_file} is not valid JSON: {_one_line(e)}") from None
+    cfg = read_json(cfg_file, str(path))
+    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
     if model_type != RecursiveConfig.model_type:
         raise DepthmuxError(f"{path} holds a {model_type!r} model, not {RecursiveConfig.model_type!r}")
     if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):

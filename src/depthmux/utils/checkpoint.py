@@ -79,6 +79,15 @@ def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, dict[str, t
     return Path(directory)
 
 
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Parse a JSON file; a syntax or encoding error becomes ``"<what>: <name> is not valid JSON"``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DepthmuxError(f"{what}: {path.name} is not valid JSON ({str(e).splitlines()[0]})") from None
+
+
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Read a folder written by :func:`save_checkpoint`; clear errors if missing or corrupt."""
     directory = Path(directory)
@@ -87,10 +96,7 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, dict[str, t
     state_path = directory / "state.json"
     if not state_path.is_file():
         raise DepthmuxError(f"corrupt checkpoint {directory}: state.json is missing")
-    try:
-        state = json.loads(state_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DepthmuxError(f"corrupt checkpoint {directory}: state.json is not valid JSON ({e.msg})") from None
+    state = read_json(state_path, f"corrupt checkpoint {directory}")
     tensors = {}
     for f in sorted(directory.glob("*.safetensors")):
         try:
