@@ -50,6 +50,48 @@ def tiny_backbone(tokenizer):
     return make_tiny_backbone(tokenizer)
 
 
+def build_tiny_llama(vocab_size: int = 64, seed: int = 0, **overrides):
+    """A random-initialised transformers ``LlamaForCausalLM`` (2 layers, d = 32, GQA 4/2 heads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    kw.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**kw))
+
+
+def build_tiny_recursive(vocab_size: int = 61, seed: int = 0, **overrides):
+    """A random-initialised ``depthmux.recursion.RecursiveForCausalLM`` (d = 32, GQA 4/2 heads,
+    4 layers, middle-cycle with 2 recursions unless overridden)."""
+    from depthmux.recursion import RecursiveConfig, RecursiveForCausalLM
+
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+              sharing="middle_cycle", num_recursions=2)
+    kw.update(overrides)
+    return RecursiveForCausalLM(RecursiveConfig(**kw))
+
+
+@pytest.fixture
+def tiny_llama_factory():
+    """``factory(vocab_size=64, seed=0, **LlamaConfig overrides) -> LlamaForCausalLM``."""
+    return build_tiny_llama
+
+
+@pytest.fixture
+def tiny_recursive_factory():
+    """``factory(vocab_size=61, seed=0, **RecursiveConfig overrides) -> RecursiveForCausalLM``."""
+    return build_tiny_recursive
+
+
+@pytest.fixture
+def tiny_backbone_factory(tokenizer):
+    """``factory(hidden=48, layers=3, readout="mean", seed=0) -> HFEncoderBackbone`` (tiny BERT)."""
+    return lambda **kw: make_tiny_backbone(tokenizer, **kw)
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     torch.set_num_threads(1)
