@@ -1,11 +1,12 @@
 # depthmux: two commands for a new user.
 #   make run   -- set up .venv and run the main job (RevMUX N=2 on frozen MiniLM, embedded tweets)
 #   make test  -- set up .venv and run the test suite (fast tests + a few slow real-model tests)
+#   make lint  -- ruff lint + format check (settings in pyproject.toml; ruff comes with the test extra)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-fast
+.PHONY: setup run test test-fast lint
 
 $(BIN)/depthmux: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,3 +28,7 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
