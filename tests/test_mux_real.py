@@ -11,7 +11,7 @@ from depthmux.backbones import load_backbone
 from depthmux.data import load_task
 from depthmux.multiplexing import MultiplexedClassifier, MuxConfig, train_probe
 from depthmux.multiplexing.evaluation import evaluate_grouped
-from depthmux.training.features import build_feature_cache
+from depthmux.multiplexing.features import build_feature_cache
 from depthmux.training.mux import MuxTrainConfig, train_mux
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from depthmux.data import ClassificationDataset
 from depthmux.errors import DepthmuxError
 from depthmux.multiplexing import MultiplexedClassifier, MuxConfig
 from depthmux.multiplexing.evaluation import evaluate_grouped
-from depthmux.training.features import build_feature_cache
+from depthmux.multiplexing.features import build_feature_cache
 from depthmux.training.mux import MuxTrainConfig, train_mux
 
 WORDS = ["good", "bad", "great", "awful", "fine", "boring", "fun", "dull", "movie", "plot", "the", "a"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -44,7 +44,8 @@ def _threads(threads: int | None) -> None:
 
 
 def _run_experiment(cfg, threads: int | None, as_json: bool) -> None:
-    from depthmux.multiplexing.experiment import results_table, run_experiment
+    from depthmux.recipes.mux import run_experiment
+    from depthmux.recipes.reports import results_table
 
     _threads(threads)
     rows = run_experiment(cfg)
@@ -81,8 +82,7 @@ def train(
 ) -> None:
     """Train a frozen-backbone teacher probe, then RevMUX adapters for each N and l; evaluate on dev
     over random groupings and benchmark speed against the teacher."""
-    from depthmux.multiplexing.experiment import ExperimentConfig
-    from depthmux.training.mux import MuxTrainConfig
+    from depthmux.recipes.mux import ExperimentConfig, MuxTrainConfig
 
     cfg = ExperimentConfig(
         task=task, data_dir=str(data_dir) if data_dir else None, model=model, ns=_ints(n, "--n"),
@@ -100,7 +100,7 @@ def run(
 ) -> None:
     """The main job with no flags: RevMUX N=2, l=1 on frozen MiniLM, embedded tweets (negative vs
     positive); prints teacher vs multiplexed accuracy and speed."""
-    from depthmux.multiplexing.experiment import QUICKSTART
+    from depthmux.recipes.mux import QUICKSTART
 
     _run_experiment(replace(QUICKSTART, out_dir=str(out)), threads, as_json=False)
 
@@ -117,23 +117,17 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy (and F1) of a trained checkpoint over random groupings, with the teacher beside it."""
-    from depthmux.data import load_task
-    from depthmux.multiplexing import MultiplexedClassifier
-    from depthmux.multiplexing.evaluation import evaluate_grouped
-    from depthmux.training.features import build_feature_cache
+    from depthmux.recipes.mux import MuxEvalConfig, evaluate_checkpoint
 
     _threads(threads)
-    model = MultiplexedClassifier.from_pretrained(checkpoint)
-    cfg = model.config
-    data = load_task(task or cfg.task or "tweets", split, data_dir)
-    cache = build_feature_cache(model.body, data, [cfg.prefill_layers])
-    teacher = model.teacher()
-    scores = {"teacher": evaluate_grouped(teacher, cache), "mux": evaluate_grouped(model, cache, shuffles, seed)}
+    report = evaluate_checkpoint(MuxEvalConfig(str(checkpoint), task, str(data_dir) if data_dir else None, split,
+                                               shuffles, seed))
+    cfg, scores = report.config, {"teacher": report.teacher, "mux": report.mux}
     if as_json:
-        print(json.dumps({"config": asdict(cfg), "split": split, "examples": len(data),
-                          **{k: v.as_dict() for k, v in scores.items()}}, indent=2))
+        print(json.dumps(report.as_dict(), indent=2))
         return
-    out_console.print(f"{data.name} {split} ({len(data)} examples), N={cfg.n} l={cfg.prefill_layers} {cfg.mixer}")
+    out_console.print(f"{report.task} {split} ({report.examples} examples), N={cfg['n']} l={cfg['prefill_layers']} "
+                      f"{cfg['mixer']}")
     out_console.print(f"  teacher (N=1): accuracy {scores['teacher']}   F1 {100 * scores['teacher'].f1_mean:.2f}")
     out_console.print(f"  multiplexed:   accuracy {scores['mux']}   F1 {100 * scores['mux'].f1_mean:.2f} "
                       f"± {100 * scores['mux'].f1_std:.2f}  ({scores['mux'].shuffles} groupings)")
@@ -157,29 +151,16 @@ def bench(
 ) -> None:
     """Samples/s of the teacher path and the multiplexed path, same inputs and batch size, one process,
     interleaved; prints both, their ratio and the ceiling L / (l + (L - l)/N)."""
-    from torch import nn
-
-    from depthmux.backbones import load_backbone
-    from depthmux.data import load_task
-    from depthmux.multiplexing import MultiplexedClassifier, MuxConfig
-    from depthmux.multiplexing.evaluation import benchmark
+    from depthmux.recipes.mux import MuxBenchConfig, benchmark_checkpoint
 
     _threads(threads)
-    if checkpoint is not None:
-        mux = MultiplexedClassifier.from_pretrained(checkpoint)
-        backbone = mux.body
-    else:
-        backbone = load_backbone(model)
-        head = nn.Linear(backbone.hidden_size, 2)
-        mux = MultiplexedClassifier(MuxConfig(n=n, prefill_layers=prefill_layers, mixer=mixer, backbone=backbone.name,
-                                              readout=backbone.readout_mode), backbone, head)
-    teacher = mux.teacher()
-    texts = load_task(task, "dev", data_dir).texts[:samples]
-    r = benchmark(teacher, mux, texts, batch_size, repetitions)
+    r = benchmark_checkpoint(MuxBenchConfig(str(checkpoint) if checkpoint else None, model, n, prefill_layers, mixer,
+                                            task, str(data_dir) if data_dir else None, samples, batch_size,
+                                            repetitions))
     if as_json:
         print(json.dumps(r.as_dict(), indent=2))
         return
-    out_console.print(f"{len(texts)} {task} dev inputs, batch {r.batch_size}, {r.repetitions} interleaved repetitions, "
+    out_console.print(f"{r.samples} {task} dev inputs, batch {r.batch_size}, {r.repetitions} interleaved repetitions, "
                       f"{r.threads} thread(s)")
     out_console.print(f"  teacher (N=1):      {r.teacher_samples_per_s:8.1f} samples/s")
     out_console.print(f"  multiplexed (N={r.n}, l={r.prefill_layers}): {r.mux_samples_per_s:8.1f} samples/s")

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from depthmux.backbones import EncodedBatch
 from depthmux.multiplexing.model import MultiplexedClassifier, speedup_ceiling
-from depthmux.training.features import FeatureCache
+from depthmux.multiplexing.features import FeatureCache
 
 
 def binary_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:

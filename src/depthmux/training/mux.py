@@ -20,7 +20,7 @@ from depthmux.errors import DepthmuxError
 from depthmux.multiplexing.evaluation import predict_cached
 from depthmux.multiplexing.losses import revmux_loss
 from depthmux.multiplexing.model import MultiplexedClassifier
-from depthmux.training.features import FeatureCache
+from depthmux.multiplexing.features import FeatureCache
 from depthmux.utils.checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
 
 

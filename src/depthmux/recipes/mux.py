@@ -16,19 +16,18 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from rich.console import Console
-from rich.table import Table
+from torch import nn
 
 from depthmux.backbones import FrozenBackbone, load_backbone
 from depthmux.data import load_task
 from depthmux.errors import require
 from depthmux.multiplexing.evaluation import BenchResult, GroupedScore, benchmark, evaluate_grouped
+from depthmux.multiplexing.features import FeatureCache, build_feature_cache
 from depthmux.multiplexing.model import MultiplexedClassifier, MuxConfig
 from depthmux.multiplexing.teacher import train_probe
-from depthmux.training.features import FeatureCache, build_feature_cache
+from depthmux.recipes.reports import ResultRow, row_line, write_results
 from depthmux.training.mux import MuxTrainConfig, train_mux
-from depthmux.utils.checkpoint import atomic_write_text
 from depthmux.utils.seed import seed_everything
 
 console = Console(stderr=True)
@@ -59,23 +58,6 @@ class ExperimentConfig:
 #: The main job (``depthmux mux run`` / ``make run``): N = 2, l = 1 on the embedded tweets, sized to
 #: finish within 15 minutes on a 2-core CPU, install included.
 QUICKSTART = ExperimentConfig(task="tweets", ns=[2], prefill_layers=[1], max_train=5000, out_dir="runs/quickstart")
-
-
-@dataclass
-class ResultRow:
-    n: int
-    prefill_layers: int
-    mixer: str
-    accuracy: GroupedScore
-    teacher_accuracy: float
-    bench: BenchResult | None
-    checkpoint: str | None
-    best_epoch: int | None = None
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["delta_points"] = 100 * (self.accuracy.accuracy_mean - self.teacher_accuracy)
-        return d
 
 
 def _sample(data, k: int | None, seed: int):
@@ -147,74 +129,74 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> list[ResultR
                                   progress=progress) if cfg.bench else None
                 row = ResultRow(n, l, mixer, score, teacher_score.accuracy_mean, bench, str(run_dir / "best"), best_epoch)
                 rows.append(row)
-                console.print(_row_line(row))
-                write_results(rows, cfg, out)
-    write_results(rows, cfg, out)
+                console.print(row_line(row))
+                write_results(rows, asdict(cfg), cfg.task, out)
+    write_results(rows, asdict(cfg), cfg.task, out)
     return rows
 
 
-def _row_line(r: ResultRow) -> str:
-    speed = f", speedup {r.bench.speedup:.2f}x (ceiling {r.bench.ceiling:.2f}x)" if r.bench else ""
-    return (f"N={r.n} l={r.prefill_layers} {r.mixer}: accuracy {r.accuracy} "
-            f"(teacher {100 * r.teacher_accuracy:.2f}){speed}")
+@dataclass
+class MuxEvalConfig:
+    """``depthmux mux eval``: a trained checkpoint on a task split, with its teacher beside it."""
+
+    checkpoint: str
+    task: str | None = None             # None: the checkpoint's own task
+    data_dir: str | None = None
+    split: str = "dev"
+    shuffles: int = 10
+    seed: int = 0
 
 
-def results_table(rows: list[ResultRow], task: str) -> Table:
-    t = Table(title=f"RevMUX on {task}: teacher (N=1) vs multiplexed, dev accuracy over random groupings")
-    for c in ("N", "l", "mixer", "accuracy % (mean ± std)", "Δ vs teacher", "speedup", "ceiling", "of ceiling"):
-        t.add_column(c, justify="right")
-    for r in rows:
-        b = r.bench
-        t.add_row(str(r.n), "-" if r.n == 1 else str(r.prefill_layers), r.mixer, str(r.accuracy),
-                  "" if r.n == 1 else f"{100 * (r.accuracy.accuracy_mean - r.teacher_accuracy):+.2f}",
-                  f"{b.speedup:.2f}x" if b else "1.00x" if r.n == 1 else "-",
-                  f"{b.ceiling:.2f}x" if b else "-", f"{100 * b.fraction_of_ceiling:.0f}%" if b else "-")
-    return t
+@dataclass
+class MuxEvalReport:
+    config: dict                        # the checkpoint's MuxConfig as a dict
+    task: str
+    split: str
+    examples: int
+    teacher: GroupedScore
+    mux: GroupedScore
+
+    def as_dict(self) -> dict:
+        return {"config": self.config, "task": self.task, "split": self.split, "examples": self.examples,
+                "teacher": self.teacher.as_dict(), "mux": self.mux.as_dict()}
 
 
-def results_markdown(rows: list[ResultRow], cfg: ExperimentConfig) -> str:
-    f1 = cfg.task == "mrpc"
-    head = "| N | l | mixer | accuracy % (mean ± std) |" + (" F1 % |" if f1 else "") + \
-           " Δ vs teacher | speedup (min-max) | ceiling | of ceiling |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        b = r.bench
-        f1_cell = f" {100 * r.accuracy.f1_mean:.2f} ± {100 * r.accuracy.f1_std:.2f} |" if f1 else ""
-        lines.append(
-            f"| {r.n} | {'-' if r.n == 1 else r.prefill_layers} | {r.mixer} | {r.accuracy} |{f1_cell} "
-            f"{'' if r.n == 1 else f'{100 * (r.accuracy.accuracy_mean - r.teacher_accuracy):+.2f}'} | "
-            + (f"{b.speedup:.2f}x ({b.speedup_min:.2f}-{b.speedup_max:.2f}) | {b.ceiling:.2f}x | "
-               f"{100 * b.fraction_of_ceiling:.0f}% |" if b else "1.00x | - | - |"))
-    return "\n".join(lines) + "\n"
+def evaluate_checkpoint(cfg: MuxEvalConfig, progress: bool = True) -> MuxEvalReport:
+    """Accuracy (and F1) of a checkpoint over ``cfg.shuffles`` random groupings, and its teacher's."""
+    model = MultiplexedClassifier.from_pretrained(cfg.checkpoint)
+    mcfg = model.config
+    data = load_task(cfg.task or mcfg.task or "tweets", cfg.split, cfg.data_dir)
+    cache = build_feature_cache(model.body, data, [mcfg.prefill_layers])
+    teacher = evaluate_grouped(model.teacher(), cache, progress=progress)
+    mux = evaluate_grouped(model, cache, cfg.shuffles, cfg.seed, progress=progress)
+    return MuxEvalReport(asdict(mcfg), data.name, cfg.split, len(data), teacher, mux)
 
 
-def write_results(rows: list[ResultRow], cfg: ExperimentConfig, out: Path) -> None:
-    payload = {"config": asdict(cfg), "threads": torch.get_num_threads(), "rows": [r.as_dict() for r in rows]}
-    atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
-    atomic_write_text(out / "results.md", results_markdown(rows, cfg))
-    plot_results(rows, out / "results.png", cfg.task)
+@dataclass
+class MuxBenchConfig:
+    """``depthmux mux bench``: teacher vs multiplexed samples/s (SPEC 1.5). Without a checkpoint the
+    adapters are randomly initialised (speed does not depend on their values)."""
+
+    checkpoint: str | None = None
+    model: str = "minilm"
+    n: int = 2
+    prefill_layers: int = 0
+    mixer: str = "reversible"
+    task: str = "tweets"
+    data_dir: str | None = None
+    samples: int = 512
+    batch_size: int = 64
+    repetitions: int = 5
 
 
-def plot_results(rows: list[ResultRow], path: Path, task: str) -> None:
-    """Accuracy (mean ± std) against measured speedup, one point per configuration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        x = r.bench.speedup if r.bench else 1.0
-        ax.errorbar(x, 100 * r.accuracy.accuracy_mean, yerr=100 * r.accuracy.accuracy_std, fmt="o", capsize=3)
-        ax.annotate("teacher" if r.n == 1 else f"N={r.n} l={r.prefill_layers} {r.mixer[:3]}", (x, 100 * r.accuracy.accuracy_mean),
-                    fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("measured speedup vs teacher (x)")
-    ax.set_ylabel("dev accuracy % (10 groupings)")
-    ax.set_title(f"RevMUX on {task}, frozen backbone")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+def benchmark_checkpoint(cfg: MuxBenchConfig, progress: bool = True) -> BenchResult:
+    """Time the teacher path and the multiplexed path on the first ``cfg.samples`` dev inputs."""
+    if cfg.checkpoint is not None:
+        mux = MultiplexedClassifier.from_pretrained(cfg.checkpoint)
+    else:
+        backbone = load_backbone(cfg.model)
+        head = nn.Linear(backbone.hidden_size, 2)
+        mux = MultiplexedClassifier(MuxConfig(n=cfg.n, prefill_layers=cfg.prefill_layers, mixer=cfg.mixer,
+                                              backbone=backbone.name, readout=backbone.readout_mode), backbone, head)
+    texts = load_task(cfg.task, "dev", cfg.data_dir).texts[: cfg.samples]
+    return benchmark(mux.teacher(), mux, texts, cfg.batch_size, cfg.repetitions, progress=progress)
