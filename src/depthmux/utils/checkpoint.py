@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``<dir>/`` holding ``model.safetensors`` (or any named tensor files)
 and ``state.json``. Writes go to a temporary sibling folder that is renamed into place, so an
-interrupted write never leaves a half-written checkpoint: the previous one stays valid.
+interrupted write never leaves a half-written checkpoint: the previous one stays loadable at every
+crash point (:func:`atomic_directory`, :func:`existing_directory`).
 """
 
 from __future__ import annotations
@@ -39,26 +40,62 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def _aside(directory: Path) -> Path:
+    """Where :func:`atomic_directory` parks the previous ``directory`` while swapping in a new one."""
+    return directory.with_name(f".{directory.name}.old")
+
+
+def existing_directory(directory: str | os.PathLike) -> Path:
+    """``directory``, or the previous version parked aside by a save interrupted between its
+    two renames (see :func:`atomic_directory`); read-only, safe to call while a writer runs."""
+    directory = Path(directory)
+    if not directory.exists() and _aside(directory).is_dir():
+        return _aside(directory)
+    return directory
+
+
+def recover_directory(directory: str | os.PathLike) -> None:
+    """Finish or undo a save of ``directory`` that was interrupted (writers only, under the run's lock):
+    a previous version parked aside comes back when ``directory`` is missing, and is deleted when the
+    new ``directory`` is in place."""
+    directory = Path(directory)
+    aside = _aside(directory)
+    if not aside.exists():
+        return
+    if directory.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(aside, directory)
+
+
 @contextmanager
 def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces ``directory`` whole
-    (the old one is renamed aside first, then removed), on error it is deleted and the old
-    ``directory`` stays as it was."""
+    """Yield a temporary sibling folder to fill; on success it replaces ``directory`` whole.
+
+    Replacing takes two renames (the old folder to ``.<name>.old``, the new one into place), then
+    the old one is deleted. A crash at any point leaves a loadable version: before the first rename
+    the old ``directory``; between the renames the old one at ``.<name>.old``, which
+    :func:`existing_directory` reads and :func:`recover_directory` (run at the start of the next
+    save) puts back; after the second rename the new one. On an error the old ``directory`` is
+    restored and the temporary folder deleted.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(directory)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    aside = _aside(directory)
     try:
         yield tmp
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
+        moved = directory.exists()
+        if moved:
+            os.replace(directory, aside)
         os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if moved:
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if aside.exists() and not directory.exists():
+            os.replace(aside, directory)
         raise
 
 
@@ -90,7 +127,7 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Read a folder written by :func:`save_checkpoint`; clear errors if missing or corrupt."""
-    directory = Path(directory)
+    directory = existing_directory(directory)
     if not directory.is_dir():
         raise DepthmuxError(f"checkpoint not found: {directory}")
     state_path = directory / "state.json"
