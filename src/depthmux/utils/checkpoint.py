@@ -167,5 +167,5 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         state.setdefault(int(pid), {})[name] = value
     template = optimizer.state_dict()["param_groups"]
     groups = [{k: (tuple(v) if isinstance(t.get(k), tuple) else v) for k, v in g.items()}
-              for g, t in zip(meta["param_groups"], template)]
+              for g, t in zip(meta["param_groups"], template, strict=True)]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
