@@ -1,4 +1,4 @@
-"""``python -m depthmux`` is the ``depthmux`` command."""
+"""``python -m depthmux`` is the ``depthmux`` command (the entry point above the CLI, docs/CONVENTIONS.md)."""
 
 from depthmux.cli import main
 
