@@ -4,12 +4,24 @@ SPEC 3 (Relaxed Recursive Transformers) and SPEC 4 (Mixture-of-Recursions). Publ
 
 * :class:`RecursiveConfig`, :class:`RecursiveForCausalLM` (registered with transformers' Auto
   classes as model type ``"depthmux_recursive"``), :class:`RecursiveCausalLMOutput`;
+* the public model stages of :class:`RecursiveModel` (``make_context``, ``embed``, ``prefix``,
+  ``route``, ``recursion`` / ``run_block``, ``suffix``) and ``RecursiveForCausalLM.logits``, with
+  their :class:`TokenContext`, :class:`LayerContext` and :class:`RouteDecision`;
 * :class:`RecursiveCache`, :class:`LayerKV`, :func:`kv_cache_entries`;
 * :func:`count_parameters_formula`;
 * :func:`convert_llama_to_recursive`, :func:`load_recursive_model`, :func:`recursive_from_llama_state_dict`.
 """
 
-from depthmux.recursion.config import MOR_KV_STRATEGIES, MOR_ROUTERS, SHARING_STRATEGIES, RecursiveConfig, default_capacities
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from depthmux.recursion.config import (
+    MOR_KV_STRATEGIES,
+    MOR_ROUTERS,
+    MOR_UPDATES,
+    SHARING_STRATEGIES,
+    RecursiveConfig,
+    default_capacities,
+)
 from depthmux.recursion.conversion import (
     INIT_METHODS,
     convert_llama_to_recursive,
@@ -19,28 +31,27 @@ from depthmux.recursion.conversion import (
 )
 from depthmux.recursion.kv_cache import LayerKV, RecursiveCache, kv_cache_entries
 from depthmux.recursion.modeling import (
+    BlockLayer,
+    LayerContext,
     RecursiveCausalLMOutput,
     RecursiveForCausalLM,
     RecursiveModel,
     RelaxedLinear,
+    TokenContext,
     count_parameters_formula,
 )
-from depthmux.recursion.routers import capacity_k, expected_counts
+from depthmux.recursion.routers import RouteDecision, capacity_k, expected_counts
 
-try:  # registration is a convenience; never fail the import over it
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    AutoConfig.register(RecursiveConfig.model_type, RecursiveConfig, exist_ok=True)
-    AutoModelForCausalLM.register(RecursiveConfig, RecursiveForCausalLM, exist_ok=True)
-except Exception:  # pragma: no cover
-    pass
+AutoConfig.register(RecursiveConfig.model_type, RecursiveConfig, exist_ok=True)
+AutoModelForCausalLM.register(RecursiveConfig, RecursiveForCausalLM, exist_ok=True)
 
 __all__ = [
-    "MOR_KV_STRATEGIES", "MOR_ROUTERS", "SHARING_STRATEGIES",
+    "MOR_KV_STRATEGIES", "MOR_ROUTERS", "MOR_UPDATES", "SHARING_STRATEGIES",
     "RecursiveConfig", "default_capacities",
     "LayerKV", "RecursiveCache", "kv_cache_entries",
-    "RecursiveCausalLMOutput", "RecursiveForCausalLM", "RecursiveModel", "RelaxedLinear", "count_parameters_formula",
-    "capacity_k", "expected_counts",
+    "BlockLayer", "LayerContext", "RecursiveCausalLMOutput", "RecursiveForCausalLM", "RecursiveModel", "RelaxedLinear",
+    "TokenContext", "count_parameters_formula",
+    "RouteDecision", "capacity_k", "expected_counts",
     "INIT_METHODS", "convert_llama_to_recursive", "load_recursive_model", "recursive_config_from_llama",
     "recursive_from_llama_state_dict",
 ]

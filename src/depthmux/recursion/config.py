@@ -25,6 +25,7 @@ from depthmux.errors import DepthmuxError
 SHARING_STRATEGIES = ("none", "cycle", "sequence", "middle_cycle", "middle_sequence")
 MOR_ROUTERS = (None, "expert", "token")
 MOR_KV_STRATEGIES = ("recursion_wise", "share_first")
+MOR_UPDATES = ("published", "gated_delta")
 
 
 def default_capacities(num_recursions: int) -> list[float]:
@@ -91,6 +92,7 @@ class RecursiveConfig(PretrainedConfig):
         mor_z_loss_coef: float | None = None,
         mor_causal_inference: bool = True,
         mor_aux_router: bool = False,
+        mor_update: str = "gated_delta",
         use_cache: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -128,6 +130,7 @@ class RecursiveConfig(PretrainedConfig):
         self.mor_z_loss_coef = mor_z_loss_coef
         self.mor_causal_inference = mor_causal_inference
         self.mor_aux_router = mor_aux_router
+        self.mor_update = mor_update
         self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,
@@ -178,7 +181,9 @@ class RecursiveConfig(PretrainedConfig):
         if self.mor_router is not None:
             if self.sharing not in ("middle_cycle", "cycle"):
                 raise DepthmuxError(f"mor_router={self.mor_router!r} needs sharing 'middle_cycle' or 'cycle', got {self.sharing!r}")
-        if getattr(self, "mor_aux_router", False) and self.mor_router != "expert":
+        if self.mor_update not in MOR_UPDATES:
+            raise DepthmuxError(f"unknown mor_update {self.mor_update!r}; choose one of {', '.join(MOR_UPDATES)}")
+        if self.mor_aux_router and self.mor_router != "expert":
             raise DepthmuxError("mor_aux_router needs mor_router='expert'")
         if self.mor_capacity is not None:
             caps = self.mor_capacity

@@ -34,18 +34,24 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.modeling_outputs import ModelOutput
 
+from depthmux.errors import DepthmuxError
 from depthmux.recursion.config import RecursiveConfig
 from depthmux.recursion.kv_cache import LayerKV, RecursiveCache
 from depthmux.recursion.routers import (
     ExpertChoiceRouter,
+    RouteDecision,
     TokenChoiceRouter,
     balance_loss,
     capacity_k,
     causal_select,
+    collect_router_outputs,
+    expert_choice_update,
     router_bce,
+    token_choice_update,
     topk_select,
     z_loss,
 )
+from depthmux.utils.flops import add_flops, attention_flops, counting, linear_flops
 
 # ---------------------------------------------------------------------------------------------
 # building blocks
@@ -117,6 +123,60 @@ class RelaxedLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, lora_rank={self.rank}"
 
 
+@dataclass
+class TokenContext:
+    """Per-call context of the tokens a stage processes: a whole chunk [B, T], or the compact subset
+    [B, M] of it routed to a recursion (:meth:`subset`).
+
+    Attributes:
+        positions: [B, M] long, RoPE positions.
+        slots: [B, M] long, absolute cache slots (from :meth:`RecursiveCache.extend`).
+        segments: [B, M] long, document segment of each token (packed documents never attend across).
+        write: [B, M] bool, real tokens: they store K/V and their attention is counted; False for
+            padding and for the filler rows of a compact subset.
+        cos, sin: [B, M, D] rotary tables of ``positions``.
+        cache: the :class:`RecursiveCache` read and extended (``cache.seg`` [B, S]: segment of every slot).
+    """
+
+    positions: torch.Tensor
+    slots: torch.Tensor
+    segments: torch.Tensor
+    write: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    cache: RecursiveCache
+
+    def subset(self, index: torch.Tensor, write: torch.Tensor) -> TokenContext:
+        """The context of the tokens ``index`` [B, M] (indices into this context's T), ``write`` [B, M]."""
+        D = self.cos.shape[-1]
+        rows = index[..., None].expand(*index.shape, D)
+        return TokenContext(positions=self.positions.gather(1, index), slots=self.slots.gather(1, index),
+                            segments=self.segments.gather(1, index), write=write, cos=self.cos.gather(1, rows),
+                            sin=self.sin.gather(1, rows), cache=self.cache)
+
+    def layer(self, kv_position: int, loop: int = -1, read_only: bool = False) -> LayerContext:
+        """The context of one layer call that reads (and, unless ``read_only``, extends) the KV of
+        effective position ``kv_position``, with per-loop LoRA ``loop`` (-1: none)."""
+        return LayerContext(tokens=self, kv=self.cache.layer(kv_position), loop=loop, read_only=read_only)
+
+
+@dataclass
+class LayerContext:
+    """Everything one :class:`DecoderLayer` call needs besides its input.
+
+    Attributes:
+        tokens: the :class:`TokenContext` of the tokens processed.
+        kv: the :class:`LayerKV` of the layer position (a temporary cache's when no cache is kept).
+        loop: LoRA loop index of a shared layer (-1: unique layer, or no relaxation).
+        read_only: read ``kv`` without writing (recursive KV sharing at recursions r > 0).
+    """
+
+    tokens: TokenContext
+    kv: LayerKV
+    loop: int = -1
+    read_only: bool = False
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped KV heads (GQA) and RoPE."""
 
@@ -129,38 +189,36 @@ class Attention(nn.Module):
         self.v_proj = RelaxedLinear(d, Hk * D, num_loops, rank)
         self.o_proj = RelaxedLinear(H * D, d, num_loops, rank)
 
-    def forward(self, h: torch.Tensor, loop: int, cos: torch.Tensor, sin: torch.Tensor, q_slot: torch.Tensor,
-                q_seg: torch.Tensor, write: torch.Tensor, kv: LayerKV, seg_all: torch.Tensor,
-                read_only: bool = False) -> torch.Tensor:
-        """Attention of the queries in ``h`` over the keys held by ``kv``.
+    def forward(self, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        """Attention of the queries in ``h`` [B, M, d] (normed) over the keys held by ``ctx.kv``.
 
-        Args:
-            h: [B, T, d] normed hidden states of the tokens processed here.
-            cos, sin: [B, T, D] rotary tables of their positions.
-            q_slot, q_seg: [B, T] absolute slots and document segments of the queries.
-            write: [B, T] bool, tokens whose K/V are appended to ``kv`` (ignored if ``read_only``).
-            kv: the layer position's cache; ``read_only`` reuses it without writing (KV sharing).
-            seg_all: [B, S] segment of every slot (to place cached keys in their documents).
-        Returns: [B, T, d].
+        A query at slot s in segment g sees the cached keys with slot <= s in segment g. Unless
+        ``ctx.read_only``, the K/V of the tokens with ``ctx.tokens.write`` are appended first.
+        Declares ``4 * allowed_pairs * head_dim`` FLOPs per query head (real queries only).
+        Returns: [B, M, d].
         """
-        B, T, _ = h.shape
-        q = self.q_proj(h, loop).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        q = apply_rope(q, cos, sin)
-        if not read_only:
-            k = self.k_proj(h, loop).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-            v = self.v_proj(h, loop).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-            kv.append(apply_rope(k, cos, sin), v, q_slot, write)
-        K, V, k_slot = kv.view()
-        k_seg = seg_all.gather(1, k_slot.clamp(min=0))
-        allowed = ((k_slot[:, None, :] >= 0) & (k_slot[:, None, :] <= q_slot[:, :, None])
-                   & (k_seg[:, None, :] == q_seg[:, :, None]))
+        t = ctx.tokens
+        B, M, _ = h.shape
+        q = self.q_proj(h, ctx.loop).view(B, M, self.num_heads, self.head_dim).transpose(1, 2)
+        q = apply_rope(q, t.cos, t.sin)
+        if not ctx.read_only:
+            k = self.k_proj(h, ctx.loop).view(B, M, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(h, ctx.loop).view(B, M, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            ctx.kv.append(apply_rope(k, t.cos, t.sin), v, t.slots, t.write)
+        K, V, k_slot = ctx.kv.view()
+        k_seg = t.cache.seg.gather(1, k_slot.clamp(min=0))
+        allowed = ((k_slot[:, None, :] >= 0) & (k_slot[:, None, :] <= t.slots[:, :, None])
+                   & (k_seg[:, None, :] == t.segments[:, :, None]))
+        if counting():
+            pairs = int((allowed & t.write[:, :, None]).sum())
+            add_flops(attention_flops(pairs, 1, self.num_heads * self.head_dim))
         # padding queries may see nothing: let them see everything (their outputs are discarded)
         allowed = allowed | ~allowed.any(-1, keepdim=True)
         rep = self.num_heads // self.num_kv_heads
         if rep > 1:
             K, V = K.repeat_interleave(rep, dim=1), V.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), attn_mask=allowed[:, None])
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1), loop)
+        return self.o_proj(out.transpose(1, 2).reshape(B, M, -1), ctx.loop)
 
 
 class MLP(nn.Module):
@@ -178,7 +236,7 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm LLaMA block: ``x + attn(norm(x))`` then ``+ mlp(norm(.))``. [B, T, d] -> [B, T, d]."""
+    """Pre-norm LLaMA block: ``x + attn(norm(x))`` then ``+ mlp(norm(.))``. [B, M, d] -> [B, M, d]."""
 
     def __init__(self, config: RecursiveConfig, num_loops: int = 1, rank: int = 0):
         super().__init__()
@@ -187,22 +245,21 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config, num_loops, rank)
 
-    def forward(self, x: torch.Tensor, loop: int, ctx: "_Tokens", kv: LayerKV, read_only: bool = False) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), loop, ctx.cos, ctx.sin, ctx.slot, ctx.seg, ctx.write, kv,
-                               ctx.seg_all, read_only)
-        return x + self.mlp(self.post_attention_layernorm(x), loop)
+    def forward(self, x: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), ctx)
+        return x + self.mlp(self.post_attention_layernorm(x), ctx.loop)
 
 
-@dataclass
-class _Tokens:
-    """The tokens one layer call processes (a subset of the chunk for MoR): all [B, T] / [B, T, D]."""
+@dataclass(frozen=True)
+class BlockLayer:
+    """One layer call of a recursion step: effective ``position``, ``unique`` layer index, LoRA
+    ``loop`` (-1 none), the effective position whose KV it uses (``kv_position``) and ``read_only``."""
 
-    slot: torch.Tensor
-    seg: torch.Tensor
-    write: torch.Tensor
-    cos: torch.Tensor
-    sin: torch.Tensor
-    seg_all: torch.Tensor
+    position: int
+    unique: int
+    loop: int
+    kv_position: int
+    read_only: bool
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,11 +327,23 @@ class RecursivePreTrainedModel(PreTrainedModel):
 
 
 class RecursiveModel(RecursivePreTrainedModel):
-    """The decoder body: embeddings -> layer schedule (with optional MoR routing) -> final norm.
+    """The decoder body, as public stages (SPEC 4, SPEC 5: the decode engine calls them).
+
+    ``forward`` is exactly::
+
+        ctx = make_context(input_ids, attention_mask, position_ids, cache)
+        x = prefix(embed(input_ids), ctx)
+        decision = None
+        for r in range(num_recursion_steps):
+            decision = route(x, r, ctx, decision, routing)
+            x = recursion(x, decision, ctx)
+        hidden = suffix(x, ctx)
 
     ``layers`` holds the unique layers only: prefix (0 or 1), the shared block (K), suffix (0 or 1).
     A shared layer is one ``nn.Module`` reused at every loop position, so its parameters are one
-    tensor each (SPEC 3).
+    tensor each (SPEC 3). Cycle-shaped sharing ("cycle", "middle_cycle") has N_r recursion steps,
+    step r running the K block layers once at loop r; "none" (vanilla) and sequence-shaped sharing
+    (each layer repeated in place, no recursion to route) have one step over all middle positions.
     """
 
     def __init__(self, config: RecursiveConfig):
@@ -290,11 +359,12 @@ class RecursiveModel(RecursivePreTrainedModel):
         self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if config.mor_router == "expert":
-            self.router = ExpertChoiceRouter(config.hidden_size, n_loops, bool(getattr(config, "mor_aux_router", False)))
+            self.router = ExpertChoiceRouter(config.hidden_size, n_loops, config.mor_aux_router)
         elif config.mor_router == "token":
             self.router = TokenChoiceRouter(config.hidden_size, n_loops)
         else:
             self.router = None
+        self._steps = self._plan_steps()
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -303,30 +373,50 @@ class RecursiveModel(RecursivePreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.embed_tokens = value
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _uses_recursion_loop(self) -> bool:
-        """Cycle-shaped sharing runs as recursions of a block (needed for MoR and KV sharing)."""
+    # -- layout ----------------------------------------------------------------------------
+    @property
+    def recursion_loop(self) -> bool:
+        """Cycle-shaped sharing runs as N_r recursions of a block (needed for MoR and KV sharing)."""
         return self.config.sharing in ("cycle", "middle_cycle")
 
-    def _tokens(self, slot, seg, write, pos, seg_all, dtype) -> _Tokens:
-        cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta, dtype)
-        return _Tokens(slot=slot, seg=seg, write=write, cos=cos, sin=sin, seg_all=seg_all)
+    @property
+    def num_recursion_steps(self) -> int:
+        """Recursion steps of :meth:`forward`: N_r for cycle-shaped sharing, else 1."""
+        return len(self._steps)
 
-    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, cache: RecursiveCache | None = None,
-                routing: str = "topk") -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
-        """Run the body.
+    def step_layers(self, r: int) -> tuple[BlockLayer, ...]:
+        """The layer calls of recursion step ``r``, in order."""
+        return self._steps[r]
+
+    def _plan_steps(self) -> list[tuple[BlockLayer, ...]]:
+        cfg = self.config
+        schedule = cfg.layer_schedule()
+        pre, K = cfg.num_prefix_layers, cfg.block_size
+        if not self.recursion_loop:
+            middle = range(pre, cfg.num_hidden_layers - cfg.num_suffix_layers)
+            return [tuple(BlockLayer(p, schedule[p][0], schedule[p][1], p, False) for p in middle)]
+        share = cfg.mor_kv == "share_first"
+        steps = []
+        for r in range(cfg.num_recursions):
+            read_only = share and r > 0
+            steps.append(tuple(BlockLayer(pre + r * K + j, pre + j, r, pre + j if read_only else pre + r * K + j,
+                                          read_only) for j in range(K)))
+        return steps
+
+    # -- stages ----------------------------------------------------------------------------
+    def make_context(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+                     position_ids: torch.LongTensor | None = None,
+                     cache: RecursiveCache | None = None) -> TokenContext:
+        """Register the new tokens in ``cache`` and describe them for the layers.
 
         Args:
             input_ids: [B, T] new tokens (the ones not yet in ``cache``).
             attention_mask: [B, T] or [B, S + T] (1 = real token); padding never enters the cache.
             position_ids: [B, T] RoPE positions; restarts at 0 mark packed documents. Default:
                 running count of real tokens (left padding handled).
-            cache: a :class:`RecursiveCache` to read and extend (a temporary one if None).
-            routing: "topk" (training, non-causal) or "causal" (decoding rule), SPEC 4.
-        Returns: hidden states [B, T, d] after the final norm, aux losses, router stats.
+            cache: a :class:`RecursiveCache` to read and extend (a new temporary one if None).
+        Returns: the :class:`TokenContext` of the chunk ([B, T]).
         """
-        cfg = self.config
         B, T = input_ids.shape
         device = input_ids.device
         cache = cache if cache is not None else RecursiveCache()
@@ -334,8 +424,9 @@ class RecursiveModel(RecursivePreTrainedModel):
             valid = torch.ones(B, T, dtype=torch.bool, device=device)
         else:
             valid = attention_mask[:, -T:].to(torch.bool)
-        past_valid = cache.num_valid if cache.num_valid is not None else torch.zeros(B, dtype=torch.long, device=device)
-        last_seg = cache.last_seg if cache.last_seg is not None else torch.zeros(B, dtype=torch.long, device=device)
+        zeros = torch.zeros(B, dtype=torch.long, device=device)
+        past_valid = cache.num_valid if cache.num_valid is not None else zeros
+        last_seg = cache.last_seg if cache.last_seg is not None else zeros
         if position_ids is None:
             pos = (past_valid[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
             seg = last_seg[:, None].expand(B, T).clone()
@@ -343,145 +434,156 @@ class RecursiveModel(RecursivePreTrainedModel):
             pos = position_ids.to(device).long().expand(B, T)
             seg = last_seg[:, None] + (pos == 0).long().cumsum(1)
         slot = cache.extend(seg, valid)
-        seg_all = cache.seg
+        cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta, self.embed_tokens.weight.dtype)
+        return TokenContext(positions=pos, slots=slot, segments=seg, write=valid, cos=cos, sin=sin, cache=cache)
 
-        x = self.embed_tokens(input_ids)
-        full = self._tokens(slot, seg, valid, pos, seg_all, x.dtype)
-        aux: dict[str, torch.Tensor] = {}
-        stats: dict[str, Any] = {}
-        schedule = cfg.layer_schedule()
-        pre = cfg.num_prefix_layers
+    def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Token embeddings: [B, T] -> [B, T, d]."""
+        return self.embed_tokens(input_ids)
 
-        if not self._uses_recursion_loop():
-            for p, (u, loop) in enumerate(schedule):
-                x = self.layers[u](x, loop, full, cache.layer(p))
-            return self.norm(x), aux, stats
-
-        for p in range(pre):
-            x = self.layers[p](x, -1, full, cache.layer(p))
-        x = self._recursions(x, valid, pos, slot, seg, seg_all, cache, routing, aux, stats)
-        for p in range(cfg.num_hidden_layers - cfg.num_suffix_layers, cfg.num_hidden_layers):
-            u, _ = schedule[p]
-            x = self.layers[u](x, -1, full, cache.layer(p))
-        return self.norm(x), aux, stats
-
-    def _run_block(self, h: torch.Tensor, r: int, toks: _Tokens, cache: RecursiveCache) -> torch.Tensor:
-        """Apply the K shared layers once as recursion r (0-based) to ``h`` [B, M, d]."""
-        cfg = self.config
-        pre, K = cfg.num_prefix_layers, cfg.block_size
-        share = cfg.mor_kv == "share_first" and r > 0
-        for j in range(K):
-            p = pre + (0 if share else r) * K + j
-            h = self.layers[pre + j](h, r, toks, cache.layer(p), read_only=share)
-        return h
-
-    def _recursions(self, x, valid, pos, slot, seg, seg_all, cache, routing, aux, stats) -> torch.Tensor:
-        """The recursion block applied N_r times, with MoR routing when configured (SPEC 4).
-
-        x: [B, T, d] = H^1. Returns H^{N_r + 1} [B, T, d]. With f(H) = block(H) - H (the block's
-        residual update):
-
-        * no router: every token, ``H^{r+1} = block(H^r)``;
-        * expert-choice: ``H^{r+1} = H^r + g * f(H^r)`` for the tokens selected at r (top-k of the
-          candidates, or ``sigmoid(logit) > 0.5`` in causal routing; a recursion with capacity 1
-          keeps all candidates), ``g = alpha * sigmoid(logit)``; others keep ``H^r``;
-        * token-choice: a token with depth d runs recursions 1..d; the updates before its last are
-          ungated (``H + f(H)``), the last is gated by ``g = alpha * p_d`` so the router gets a
-          gradient from the LM loss.
-        """
-        cfg = self.config
-        n = cfg.num_recursions
-        B, T, _ = x.shape
-        share_first = cfg.mor_kv == "share_first"
-        tokens_per_rec, selected = [], []
-
-        depth = gate_tc = None
-        if cfg.mor_router == "token":
-            logits = self.router(x)  # [B, T, N_r]
-            probs = logits.softmax(-1)
-            depth = probs.argmax(-1)  # [B, T] 0-based: recursions 0..depth are applied
-            gate_tc = cfg.mor_alpha * probs.gather(-1, depth[..., None]).squeeze(-1)
-            aux["balance"] = balance_loss(probs, depth, valid)
-            aux["z_loss"] = z_loss(logits, valid, token_choice=True)
-            stats["tokens_per_depth"] = torch.stack([((depth == i) & valid).sum() for i in range(n)]).detach()
-
-        candidates = valid
-        bce_terms, z_terms, agree, ks = [], [], [], []
-        for r in range(n):
-            gate = None
-            if cfg.mor_router == "expert":
-                logits = self.router(x, r)  # [B, T]
-                # the logit the causal rule and the BCE use: the router's own (auxiliary loss) or
-                # a separate router on detached states (auxiliary router, MoR paper)
-                pred = self.router.aux_logits(x.detach(), r) if self.router.aux_routers is not None else logits
-                if routing == "topk":
-                    k = capacity_k(cfg.capacities()[r], valid.long().sum(1))
-                    sel = topk_select(logits, candidates, k)
-                else:
-                    sel = causal_select(pred, candidates)
-                if cfg.capacities()[r] >= 1.0 or (share_first and r == 0):
-                    # capacity 1 keeps every candidate whatever the logits (as top-k does in
-                    # training); recursive KV sharing needs every token at the first recursion
-                    sel = candidates
-                bce_terms.append(router_bce(pred, sel, candidates))
-                z_terms.append(z_loss(logits, candidates, token_choice=False))
-                with torch.no_grad():
-                    c = candidates.sum().clamp(min=1)
-                    agree.append((((pred > 0) == sel) & candidates).sum() / c)
-                    ks.append(sel.long().sum(1))
-                gate = cfg.mor_alpha * torch.sigmoid(logits)
-                candidates = sel
-            elif cfg.mor_router == "token":
-                sel = valid & (depth >= r)
-                gate = torch.where(depth == r, gate_tc, torch.ones_like(gate_tc))
-            else:
-                sel = valid
-            tokens_per_rec.append(sel.sum().detach())
-            selected.append(sel.detach())
-            x = self._apply_selected(x, sel, gate, r, pos, slot, seg, seg_all, cache)
-
-        stats["tokens_per_recursion"] = torch.stack(tokens_per_rec)
-        stats["selected"] = torch.stack(selected, dim=1)  # [B, N_r, T]
-        if cfg.mor_router == "expert":
-            # summed over recursions, as in the public MoR code (a mean would divide the effective
-            # coefficient by N_r)
-            aux["router_bce"] = torch.stack(bce_terms).sum()
-            aux["z_loss"] = torch.stack(z_terms).mean()
-            stats["causal_agreement"] = torch.stack(agree)
-            stats["capacity_k"] = torch.stack(ks, dim=1)
+    def prefix(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
+        """The unique layers before the shared block (none unless middle_* sharing). [B, T, d] -> [B, T, d]."""
+        for p in range(self.config.num_prefix_layers):
+            x = self.layers[p](x, ctx.layer(p))
         return x
 
-    def _apply_selected(self, x, sel, gate, r, pos, slot, seg, seg_all, cache) -> torch.Tensor:
-        """``H <- H + gate * (block(H) - H)`` on the selected tokens only, others unchanged.
+    def route(self, h: torch.Tensor, r: int, ctx: TokenContext, previous: RouteDecision | None = None,
+              routing: str = "topk") -> RouteDecision:
+        """The router decision for recursion ``r`` (0-based) over the chunk's tokens (SPEC 4).
 
-        Selected tokens are gathered into a compact [B, M, d] batch (M = most selected in a row),
-        so attention at recursion r runs among the routed tokens only (recursion-wise KV) or over
-        the first recursion's keys (recursive sharing).
+        Args:
+            h: [B, T, d], H^r, the state entering recursion r.
+            ctx: the chunk's context (``ctx.write``: the real tokens).
+            previous: the decision for r - 1 (None at r = 0); its selection is this step's candidates
+                (hierarchical filtering), and token-choice carries its depths, weights and H^1.
+            routing: expert-choice "topk" (per-row top-k of the candidates, ``k`` from the capacity;
+                training) or "causal" (``sigmoid(logit) > 0.5``; decoding). A recursion with capacity
+                1, and the first recursion under recursive KV sharing, keep every candidate.
+        Returns: a :class:`RouteDecision` ([B, T] masks and gates, this recursion's aux losses and stats).
         """
+        cfg = self.config
+        candidates = previous.selected if previous is not None else ctx.write
+        if cfg.mor_router == "expert":
+            logits = self.router(h, r)  # [B, T]
+            # the logit the causal rule and the BCE use: the router's own (auxiliary loss) or a
+            # separate router on detached states (auxiliary router, MoR paper)
+            pred = self.router.aux_logits(h.detach(), r) if self.router.aux_routers is not None else logits
+            capacity = cfg.capacities()[r]
+            if capacity >= 1.0 or (cfg.mor_kv == "share_first" and r == 0):
+                # capacity 1 keeps every candidate whatever the logits (as top-k does in training);
+                # recursive KV sharing needs every token at the first recursion
+                sel = candidates
+            elif routing == "topk":
+                sel = topk_select(logits, candidates, capacity_k(capacity, ctx.write.long().sum(1)))
+            else:
+                sel = causal_select(pred, candidates)
+            with torch.no_grad():
+                agree = (((pred > 0) == sel) & candidates).sum() / candidates.sum().clamp(min=1)
+            return RouteDecision(
+                r, "expert", sel, gate=cfg.mor_alpha * torch.sigmoid(logits),
+                aux_losses={"router_bce": router_bce(pred, sel, candidates),
+                            "z_loss": z_loss(logits, candidates, token_choice=False)},
+                stats={"causal_agreement": agree, "capacity_k": sel.long().sum(1)})
+        if cfg.mor_router == "token":
+            if previous is not None:
+                return RouteDecision(r, "token", candidates & (previous.depth >= r), depth=previous.depth,
+                                     weight=previous.weight, first_state=previous.first_state)
+            logits = self.router(h)  # [B, T, N_r]
+            probs = logits.softmax(-1)
+            depth = probs.argmax(-1)  # [B, T] 0-based: recursions 0..depth are applied
+            weight = cfg.mor_alpha * probs.gather(-1, depth[..., None]).squeeze(-1)
+            valid = ctx.write
+            tokens_per_depth = torch.stack([((depth == i) & valid).sum() for i in range(cfg.num_recursions)])
+            return RouteDecision(
+                r, "token", valid.clone(), depth=depth, weight=weight, first_state=h,
+                aux_losses={"balance": balance_loss(probs, depth, valid),
+                            "z_loss": z_loss(logits, valid, token_choice=True)},
+                stats={"tokens_per_depth": tokens_per_depth.detach()})
+        return RouteDecision(r, "none", candidates)
+
+    def run_block(self, h: torch.Tensor, r: int, ctx: TokenContext) -> torch.Tensor:
+        """``f(h)``: the shared block's full output at recursion step ``r`` on exactly the given tokens.
+
+        Args:
+            h: [B, M, d] states of the tokens (any subset, e.g. the ones routed to r, compacted).
+            r: recursion step (LoRA loop and KV positions: recursion-wise KV writes and reads
+                recursion r's cache; recursive sharing at r > 0 reads recursion 0's keys, writing none).
+            ctx: their :class:`TokenContext` ([B, M]; ``write`` False on filler rows).
+        Returns: [B, M, d].
+        """
+        for call in self._steps[r]:
+            h = self.layers[call.unique](h, ctx.layer(call.kv_position, call.loop, call.read_only))
+        return h
+
+    def recursion(self, x: torch.Tensor, decision: RouteDecision, ctx: TokenContext) -> torch.Tensor:
+        """Recursion step ``decision.recursion`` on the selected tokens; the others keep their state.
+
+        The selected tokens are gathered into a compact [B, M, d] batch (M = most selected in a
+        row), so attention runs among the routed tokens only (recursion-wise KV) or over the
+        first recursion's keys (recursive sharing). Their new state is ``f = run_block(h)`` without
+        a router, else the MoR update rule (module docstring, ``config.mor_update``).
+        Args: x [B, T, d]; decision from :meth:`route`; ctx the chunk's context. Returns: [B, T, d].
+        """
+        sel = decision.selected
         B, T, d = x.shape
         counts = sel.long().sum(1)
-        M = int(counts.max().item()) if B else 0
+        M = int(counts.max()) if B else 0
         if M == 0:
             return x
         if M == T and bool(sel.all()):
-            idx = None
-            h_in, ok = x, sel
-            toks = self._tokens(slot, seg, sel, pos, seg_all, x.dtype)
+            index, h, sub, dec, real = None, x, ctx, decision, sel
         else:
             key = (~sel).long() * T + torch.arange(T, device=x.device)
-            idx = key.argsort(dim=1)[:, :M]  # selected tokens first, in time order
-            ok = torch.arange(M, device=x.device)[None, :] < counts[:, None]
-            h_in = x.gather(1, idx[..., None].expand(B, M, d))
-            toks = self._tokens(slot.gather(1, idx), seg.gather(1, idx), ok, pos.gather(1, idx), seg_all, x.dtype)
-        h_out = self._run_block(h_in, r, toks, cache)
-        delta = h_out - h_in
-        if gate is not None:
-            g = gate if idx is None else gate.gather(1, idx)
-            delta = delta * g[..., None].to(delta.dtype)
-        delta = delta * ok[..., None].to(delta.dtype)
-        if idx is None:
-            return x + delta
-        return x.scatter_add(1, idx[..., None].expand(B, M, d), delta)
+            index = key.argsort(dim=1)[:, :M]  # selected tokens first, in time order (distinct indices)
+            real = torch.arange(M, device=x.device)[None, :] < counts[:, None]
+            h = x.gather(1, index[..., None].expand(B, M, d))
+            sub, dec = ctx.subset(index, real), decision.gather(index)
+        f = self.run_block(h, decision.recursion, sub)
+        new = self._update(h, f, dec)
+        new = torch.where(real[..., None], new, h)
+        if index is None:
+            return new
+        return x.scatter(1, index[..., None].expand(B, M, d), new)
+
+    def _update(self, h: torch.Tensor, f: torch.Tensor, decision: RouteDecision) -> torch.Tensor:
+        rule = self.config.mor_update
+        if decision.kind == "expert":
+            return expert_choice_update(h, f, decision.gate, rule)
+        if decision.kind == "token":
+            return token_choice_update(h, f, decision.recursion, decision.depth, decision.weight,
+                                       decision.first_state, rule)
+        return f
+
+    def suffix(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
+        """The unique layers after the shared block, then the final norm. [B, T, d] -> [B, T, d]."""
+        cfg = self.config
+        L = cfg.num_hidden_layers
+        for p in range(L - cfg.num_suffix_layers, L):
+            x = self.layers[cfg.num_prefix_layers + cfg.block_size](x, ctx.layer(p))
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, cache: RecursiveCache | None = None,
+                routing: str = "topk") -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        """Run the body: the stages in order (class docstring).
+
+        Args: see :meth:`make_context`; routing: "topk" (training) or "causal" (decoding rule), SPEC 4.
+        Returns: hidden states [B, T, d] after the final norm, aux losses, router stats (empty for
+        models without a recursion loop).
+        """
+        ctx = self.make_context(input_ids, attention_mask, position_ids, cache)
+        x = self.prefix(self.embed(input_ids), ctx)
+        decisions: list[RouteDecision] = []
+        decision = None
+        for r in range(self.num_recursion_steps):
+            decision = self.route(x, r, ctx, decision, routing)
+            x = self.recursion(x, decision, ctx)
+            decisions.append(decision)
+        x = self.suffix(x, ctx)
+        if not self.recursion_loop:
+            return x, {}, {}
+        aux, stats = collect_router_outputs(decisions)
+        return x, aux, stats
 
 
 class RecursiveForCausalLM(RecursivePreTrainedModel, GenerationMixin):
@@ -518,6 +620,13 @@ class RecursiveForCausalLM(RecursivePreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on final-normed hidden states: [B, T, d] -> [B, T, V] (declares its FLOPs as embedding)."""
+        if counting():
+            add_flops(linear_flops(hidden.numel() // hidden.shape[-1], hidden.shape[-1], self.lm_head.out_features),
+                      embedding=True)
+        return self.lm_head(hidden)
+
     def default_routing(self) -> str:
         if not self.training and self.config.mor_causal_inference:
             return "causal"
@@ -551,12 +660,12 @@ class RecursiveForCausalLM(RecursivePreTrainedModel, GenerationMixin):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         routing = routing or self.default_routing()
         if routing not in ("topk", "causal"):
-            raise ValueError(f"routing must be 'topk' or 'causal', got {routing!r}")
+            raise DepthmuxError(f"routing must be 'topk' or 'causal', got {routing!r}")
         if use_cache and cache is None:
             cache = RecursiveCache()
         hidden, aux, stats = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                         cache=cache, routing=routing)
-        logits = self.lm_head(hidden)
+        logits = self.logits(hidden)
         lm_loss = loss = None
         if labels is not None:
             lm_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
