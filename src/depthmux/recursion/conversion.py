@@ -58,29 +58,29 @@ def _load_llama(model_or_path: Any):
 
 def recursive_config_from_llama(llama_config, num_recursions: int = 1, sharing: str = "none",
                                 relaxation_rank: int = 0, **overrides) -> RecursiveConfig:
-    """A :class:`RecursiveConfig` with the shapes of a ``LlamaConfig`` (same L, d, heads, vocab, RoPE)."""
+    """A :class:`RecursiveConfig` with the shapes of a ``LlamaConfig`` (same L, d, heads, vocab, RoPE).
+
+    Only ``model_type == "llama"`` configs are accepted (every field read here exists on them); a
+    non-default RoPE, biases or an activation other than SiLU raise a one-line :class:`DepthmuxError`.
+    """
     c = llama_config
-    rope = getattr(c, "rope_parameters", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-    if rope_type not in (None, "default"):
+    if c.model_type != "llama":
+        raise DepthmuxError(f"only LLaMA models (model_type 'llama') can be converted, got {c.model_type!r}")
+    rope = c.rope_parameters or {}
+    rope_type = rope.get("rope_type", "default")
+    if rope_type != "default":
         raise DepthmuxError(f"unsupported RoPE type {rope_type!r} (only the default LLaMA RoPE is implemented)")
-    theta = rope.get("rope_theta") if isinstance(rope, dict) else None
-    theta = theta if theta is not None else getattr(c, "rope_theta", 10000.0)
-    if getattr(c, "attention_bias", False) or getattr(c, "mlp_bias", False):
+    if c.attention_bias or c.mlp_bias:
         raise DepthmuxError("models with attention or MLP biases are not supported")
-    if getattr(c, "hidden_act", "silu") != "silu":
+    if c.hidden_act != "silu":
         raise DepthmuxError(f"unsupported activation {c.hidden_act!r} (SwiGLU with silu only)")
     kw = dict(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
         num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
-        head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-        rms_norm_eps=c.rms_norm_eps, rope_theta=float(theta),
-        max_position_embeddings=getattr(c, "max_position_embeddings", 2048),
-        initializer_range=getattr(c, "initializer_range", 0.02),
-        tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
-        bos_token_id=getattr(c, "bos_token_id", None), eos_token_id=getattr(c, "eos_token_id", None),
-        pad_token_id=getattr(c, "pad_token_id", None),
+        num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps,
+        rope_theta=float(rope.get("rope_theta", 10000.0)), max_position_embeddings=c.max_position_embeddings,
+        initializer_range=c.initializer_range, tie_word_embeddings=bool(c.tie_word_embeddings),
+        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
         num_recursions=num_recursions, sharing=sharing, relaxation_rank=relaxation_rank,
     )
     kw.update(overrides)

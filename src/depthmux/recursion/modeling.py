@@ -653,10 +653,7 @@ class RecursiveForCausalLM(RecursivePreTrainedModel, GenerationMixin):
         if cache is None:
             cache = past_key_values
         if cache is not None and not isinstance(cache, RecursiveCache):
-            if hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0:
-                cache = None  # an empty foreign cache object: start our own
-            else:
-                raise TypeError(f"RecursiveForCausalLM needs a RecursiveCache, got {type(cache).__name__}")
+            raise DepthmuxError(f"RecursiveForCausalLM needs a RecursiveCache, got {type(cache).__name__}")
         use_cache = self.config.use_cache if use_cache is None else use_cache
         routing = routing or self.default_routing()
         if routing not in ("topk", "causal"):
@@ -686,7 +683,7 @@ class RecursiveForCausalLM(RecursivePreTrainedModel, GenerationMixin):
         a key our output does not hold, so hand the cache over under that name there.
         """
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
-        cache = getattr(outputs, "cache", None)
+        cache = outputs.cache
         if cache is not None and "cache" not in model_kwargs:
             model_kwargs["past_key_values"] = cache
         return model_kwargs
@@ -713,7 +710,7 @@ def count_parameters_formula(config: RecursiveConfig) -> int:
         total += config.block_size * lora
     if config.mor_router is not None:
         total += config.num_recursions * d
-        if config.mor_router == "expert" and getattr(config, "mor_aux_router", False):
+        if config.mor_router == "expert" and config.mor_aux_router:
             total += config.num_recursions * d
     total += V * d * (1 if config.tie_word_embeddings else 2) + d
     return total
