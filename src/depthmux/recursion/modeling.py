@@ -108,8 +108,16 @@ class RelaxedLinear(nn.Module):
             self.lora_A = self.lora_B = None
 
     def forward(self, x: torch.Tensor, loop: int = -1) -> torch.Tensor:
+        """[..., in] -> [..., out]; declares ``2*rows*in*out`` FLOPs (+ ``2*rows*r*(in+out)`` with LoRA)."""
+        lora = self.lora_A is not None and loop >= 0
+        if counting():
+            rows = x.numel() // self.in_features
+            cost = linear_flops(rows, self.in_features, self.out_features)
+            if lora:
+                cost += linear_flops(rows, self.in_features, self.rank) + linear_flops(rows, self.rank, self.out_features)
+            add_flops(cost)
         y = F.linear(x, self.weight)
-        if self.lora_A is not None and loop >= 0:
+        if lora:
             y = y + F.linear(F.linear(x, self.lora_A[loop]), self.lora_B[loop])
         return y
 
@@ -626,6 +634,15 @@ class RecursiveForCausalLM(RecursivePreTrainedModel, GenerationMixin):
             add_flops(linear_flops(hidden.numel() // hidden.shape[-1], hidden.shape[-1], self.lm_head.out_features),
                       embedding=True)
         return self.lm_head(hidden)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Unique parameters (a tied LM head counted once): ``{"total", "embedding", "non_embedding"}``;
+        ``embedding`` is the input embedding plus an untied LM head."""
+        total = sum(p.numel() for p in self.parameters())  # parameters() yields each tensor once
+        embedding = self.model.embed_tokens.weight.numel()
+        if self.lm_head.weight is not self.model.embed_tokens.weight:
+            embedding += self.lm_head.weight.numel()
+        return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
 
     def default_routing(self) -> str:
         if not self.training and self.config.mor_causal_inference:
