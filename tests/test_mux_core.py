@@ -10,6 +10,7 @@ from depthmux.backbones import EncodedBatch, FrozenBackbone
 from depthmux.errors import DepthmuxError
 from depthmux.multiplexing import (
     MIXERS,
+    LinearProbeHead,
     MultiplexedClassifier,
     MuxConfig,
     ReversibleMultiplexer,
@@ -75,7 +76,7 @@ def test_pipeline_roundtrip_with_identity_backbone_keeps_order(n):
     torch.manual_seed(0)
     d = 12 * n
     backbone = IdentityBackbone(d)
-    model = MultiplexedClassifier(MuxConfig(n=n, prefill_layers=1, readout="mean"), backbone, nn.Linear(d, 2))
+    model = MultiplexedClassifier(MuxConfig(n=n, prefill_layers=1, readout="mean"), backbone, LinearProbeHead(d, 2))
     model.up = nn.Identity()  # expose the demultiplexed, pooled slot vectors directly
     model.head = nn.Identity()
     B, S = 2 * n + 1, 6                      # not a multiple of n: dummy inputs complete the last group
@@ -90,11 +91,12 @@ def test_pipeline_roundtrip_with_identity_backbone_keeps_order(n):
 
 def test_group_mask_is_or_of_member_masks():
     backbone = IdentityBackbone(8)
-    model = MultiplexedClassifier(MuxConfig(n=2, prefill_layers=0), backbone, nn.Linear(8, 2))
+    model = MultiplexedClassifier(MuxConfig(n=2, prefill_layers=0), backbone, LinearProbeHead(8, 2))
     mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]])
     model.forward_from_prefill(torch.randn(3, 4, 8), mask)
     group_mask = backbone.seen_masks[-1]
-    assert group_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0]]  # dummy partner adds nothing
+    # padding is cut to the longest input; the dummy partner of the last input adds nothing
+    assert group_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
 
 
 @pytest.mark.parametrize("kind", sorted(MIXERS))
@@ -111,12 +113,12 @@ def test_wrong_n_for_hidden_size_is_a_clear_error():
     with pytest.raises(DepthmuxError, match="N=5 does not divide the hidden size 384"):
         ReversibleMultiplexer(5, 384)
     with pytest.raises(DepthmuxError, match="N=5 does not divide the hidden size 8"):
-        MultiplexedClassifier(MuxConfig(n=5), IdentityBackbone(8), nn.Linear(8, 2))
+        MultiplexedClassifier(MuxConfig(n=5), IdentityBackbone(8), LinearProbeHead(8, 2))
 
 
 def test_prefill_layers_out_of_range_is_a_clear_error():
     with pytest.raises(DepthmuxError, match=r"prefill layers l=4 must satisfy 0 <= l < 4"):
-        MultiplexedClassifier(MuxConfig(n=2, prefill_layers=4), IdentityBackbone(8), nn.Linear(8, 2))
+        MultiplexedClassifier(MuxConfig(n=2, prefill_layers=4), IdentityBackbone(8), LinearProbeHead(8, 2))
 
 
 def test_unknown_mixer_is_a_clear_error():
@@ -142,7 +144,7 @@ def test_backbone_never_changes_during_training(tiny_backbone):
     from depthmux.multiplexing.losses import revmux_loss
 
     before = {k: v.clone() for k, v in tiny_backbone.state_dict().items()}
-    head = nn.Linear(tiny_backbone.hidden_size, 2)
+    head = LinearProbeHead(tiny_backbone.hidden_size, 2)
     model = MultiplexedClassifier(MuxConfig(n=2, prefill_layers=1), tiny_backbone, head)
     head_before = head.weight.clone()
     adapters_before = {k: v.clone() for k, v in model.trainable_state_dict().items()}

@@ -9,7 +9,7 @@ import torch
 
 from depthmux.backbones import load_backbone
 from depthmux.data import load_task
-from depthmux.multiplexing import MultiplexedClassifier, MuxConfig, train_probe
+from depthmux.multiplexing import MultiplexedClassifier, MuxConfig, TeacherClassifier, TeacherConfig, train_probe
 from depthmux.multiplexing.evaluation import evaluate_grouped
 from depthmux.multiplexing.features import build_feature_cache
 from depthmux.training.mux import MuxTrainConfig, train_mux
@@ -45,7 +45,7 @@ def test_short_sst2_run_learns_and_stays_frozen(minilm, glue):
     before = {k: v.clone() for k, v in minilm.state_dict().items()}
     caches = [build_feature_cache(minilm, d, [3]) for d in (train, val, dev)]
     head, info = train_probe(caches[0].teacher, caches[0].labels, caches[1].teacher, caches[1].labels, 2)
-    teacher = MultiplexedClassifier(MuxConfig(n=1), minilm, head)
+    teacher = TeacherClassifier(TeacherConfig(), minilm, head)
     teacher_acc = evaluate_grouped(teacher, caches[2], progress=False).accuracy_mean
     assert teacher_acc > 0.7
     torch.manual_seed(0)

@@ -6,11 +6,10 @@ import random
 
 import pytest
 import torch
-from torch import nn
 
 from depthmux.data import ClassificationDataset
 from depthmux.errors import DepthmuxError
-from depthmux.multiplexing import MultiplexedClassifier, MuxConfig
+from depthmux.multiplexing import LinearProbeHead, MultiplexedClassifier, MuxConfig
 from depthmux.multiplexing.evaluation import evaluate_grouped
 from depthmux.multiplexing.features import build_feature_cache
 from depthmux.training.mux import MuxTrainConfig, train_mux
@@ -36,7 +35,8 @@ def caches(tiny_backbone):
 
 def new_model(backbone, n=2):
     torch.manual_seed(0)
-    head = nn.Linear(backbone.hidden_size, 2)
+    head = LinearProbeHead(backbone.hidden_size, 2)
+    torch.nn.init.normal_(head.weight)
     return MultiplexedClassifier(MuxConfig(n=n, prefill_layers=1, backbone="tiny"), backbone, head)
 
 

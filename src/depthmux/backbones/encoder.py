@@ -1,9 +1,9 @@
-"""Hugging Face encoders (BERT, RoBERTa, MPNet, ... anything exposing ``embeddings`` and
-``encoder.layer``) as :class:`FrozenBackbone`. The default is the packaged all-MiniLM-L6-v2."""
+"""Hugging Face encoders (the BERT family: bert, roberta, xlm-roberta; see
+:data:`depthmux.backbones.registry.BACKBONE_FAMILIES`) as a :class:`FrozenBackbone`, run layer
+range by layer range. The default is the packaged all-MiniLM-L6-v2 (a BERT, mean pooling)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,7 +14,8 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from depthmux.assets import minilm_path
 from depthmux.backbones.base import EncodedBatch, FrozenBackbone
-from depthmux.errors import DepthmuxError
+from depthmux.errors import DepthmuxError, require
+from depthmux.utils.checkpoint import read_json
 
 DEFAULT_MODEL = "minilm"  # resolves to the packaged MiniLM, see resolve_model_path
 
@@ -36,8 +37,8 @@ def _default_readout(path: Path) -> str:
     """Mean pooling for sentence-transformers folders that say so, [CLS] otherwise."""
     pooling = path / "1_Pooling" / "config.json"
     if pooling.is_file():
-        cfg = json.loads(pooling.read_text())
-        if cfg.get("pooling_mode_mean_tokens"):
+        cfg = read_json(pooling, f"model folder {path}")
+        if isinstance(cfg, dict) and cfg.get("pooling_mode_mean_tokens"):
             return "mean"
     return "cls"
 
@@ -46,7 +47,8 @@ class HFEncoderBackbone(FrozenBackbone):
     """A frozen Hugging Face encoder with layer-range execution.
 
     Args:
-        model: a ``transformers`` encoder model with ``.embeddings`` and ``.encoder.layer``.
+        model: a ``transformers`` BERT-family encoder (``.embeddings``, ``.encoder.layer``); load
+            folders through :func:`~depthmux.backbones.load_backbone`, which checks the family.
         tokenizer: its tokenizer.
         readout: "cls" or "mean" (SPEC 1.1 step 5: the read-out position).
         name: the string that reloads it (``"minilm"`` or a path), stored in checkpoints.
@@ -54,13 +56,12 @@ class HFEncoderBackbone(FrozenBackbone):
 
     def __init__(self, model, tokenizer, readout: str = "cls", name: str = DEFAULT_MODEL) -> None:
         super().__init__()
-        if not hasattr(model, "embeddings") or not hasattr(getattr(model, "encoder", None), "layer"):
-            raise DepthmuxError(f"{type(model).__name__} is not a BERT-style encoder (needs embeddings and encoder.layer)")
+        require(readout in ("cls", "mean"), f"unknown readout {readout!r} for an encoder: choose cls or mean")
         self.model = model
         self.tokenizer = tokenizer
         self.readout_mode = readout
         self.name = name
-        self.max_length = int(getattr(model.config, "max_position_embeddings", 512))
+        self.max_length = int(model.config.max_position_embeddings)
         self.freeze()
 
     @classmethod
@@ -116,7 +117,3 @@ class HFEncoderBackbone(FrozenBackbone):
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
-
-def load_backbone(model: str | os.PathLike | None = None, readout: str | None = None) -> FrozenBackbone:
-    """Load a frozen backbone by name or path (``None`` or "minilm": the packaged MiniLM)."""
-    return HFEncoderBackbone.from_pretrained(model, readout)

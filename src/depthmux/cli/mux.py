@@ -126,11 +126,12 @@ def evaluate(
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
         return
-    out_console.print(f"{report.task} {split} ({report.examples} examples), N={cfg['n']} l={cfg['prefill_layers']} "
-                      f"{cfg['mixer']}")
+    what = f"N={cfg['n']} l={cfg['prefill_layers']} {cfg['mixer']}" if "n" in cfg else "teacher checkpoint"
+    out_console.print(f"{report.task} {split} ({report.examples} examples), {what}")
     out_console.print(f"  teacher (N=1): accuracy {scores['teacher']}   F1 {100 * scores['teacher'].f1_mean:.2f}")
-    out_console.print(f"  multiplexed:   accuracy {scores['mux']}   F1 {100 * scores['mux'].f1_mean:.2f} "
-                      f"± {100 * scores['mux'].f1_std:.2f}  ({scores['mux'].shuffles} groupings)")
+    if scores["mux"] is not None:
+        out_console.print(f"  multiplexed:   accuracy {scores['mux']}   F1 {100 * scores['mux'].f1_mean:.2f} "
+                          f"± {100 * scores['mux'].f1_std:.2f}  ({scores['mux'].shuffles} groupings)")
 
 
 @app.command()

@@ -13,7 +13,7 @@ a document per chapter, ``"kjv:book"`` per book), or a path: a ``.txt`` file (do
 by blank lines), a folder of ``.txt`` files (one file = one document), a ``.jsonl`` file (one
 document per line, in its ``text`` field).
 
-Packing convention (what the training loop and :func:`depthmux.training.lm.evaluate_lm` assume):
+Packing convention (what the LM training loop and the LM evaluation assume):
 
 * every document is tokenized without special tokens and followed by one EOS token; the
   documents (in a seeded order) are concatenated into one stream cut into blocks of ``T``;
@@ -27,6 +27,9 @@ Packing convention (what the training loop and :func:`depthmux.training.lm.evalu
   asked to predict the first token of document B (which it cannot see), while EOS itself is a
   target (the model learns where documents end). The final partial block is padded with EOS
   whose labels are ``-100``.
+
+Length: one pipeline (corpora -> documents -> tokenizer -> packed blocks) under the one packing
+convention stated above; split into files, the convention would be stated in none of them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
-"""Cached frozen-backbone features (SPEC 1.1 step 1, 1.3).
+"""The prefill feature cache, a RevMUX component (SPEC 1.1 step 1, 1.3).
 
 The backbone never changes, so each example's prefill states ``h_k = Encoder_{0:l}(X_k)`` and
 the teacher read-out are computed once (in length-sorted batches, under no_grad) and reused by
 every epoch, every N and every mixer.
+
+:meth:`FeatureCache.batch` right-pads the selected examples with zeros to their longest one:
+exactly what ``MultiplexedClassifier.forward_from_prefill`` makes of a real tokenised batch
+(it zeroes padded positions and cuts to the longest input), so the cached and the real path
+are one computation (SPEC 1.1, last paragraph).
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from depthmux.data import ClassificationDataset
 
 @dataclass
 class FeatureCache:
-    """Per-example prefill states (unpadded, one [S_i, d] tensor each) for several l, plus the
-    teacher read-outs [M, d] and labels [M]."""
+    """Per-example prefill states for several l (``prefill[l][i]``: unpadded [S_i, d]), the
+    teacher read-outs [M, d] and the labels [M]."""
 
     prefill: dict[int, list[torch.Tensor]]
     teacher: torch.Tensor

@@ -1,19 +1,28 @@
-"""The multiplexed classifier: prefill -> f_down -> mux -> frozen body -> demux -> f_up -> head.
+"""The two RevMUX classifiers around one frozen backbone and one frozen task head (SPEC 1.1, 1.2).
 
-One module serves both paths of every report (SPEC 1.1, 1.2):
+* :class:`TeacherClassifier` (N = 1): each input alone through the whole frozen backbone, its
+  read-out, the head. The accuracy and speed baseline of every report; the head (a linear probe
+  today) is trained on its read-outs.
+* :class:`MultiplexedClassifier` (N >= 2): prefill (l layers, each input alone) -> ``f_down``
+  -> mux -> the frozen layers l+1..L once per group of N -> demux -> ``f_up`` -> the same head.
 
-* ``n == 1`` is the **teacher**: the frozen backbone on each input alone, read-out, frozen probe;
-* ``n >= 2`` is the **multiplexed** path, N inputs per backbone pass.
+Both share :class:`FrozenBackboneClassifier`: the backbone (held, never saved), the frozen
+:class:`~depthmux.multiplexing.heads.TaskHead`, ``predict`` and persistence. Only ``down``,
+``mixer`` and ``up`` train; :func:`load_classifier` (or ``from_pretrained``) reloads a folder
+written by ``save_pretrained``, reloading the backbone from the name/path in its config.
 
-Only ``down``, ``mixer`` and ``up`` train. The backbone is never saved with the adapters;
-``from_pretrained`` reloads it from the name/path recorded in the config.
+One computation for cached and real inputs: ``MultiplexedClassifier.forward(batch)`` is prefill
+followed by :meth:`MultiplexedClassifier.forward_from_prefill`, and the feature cache feeds the
+same method; it zeroes prefill states at padded positions and cuts padding to the longest input,
+so cached training/evaluation and real inference give the same logits (SPEC 1.1, last paragraph).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
-from typing import NamedTuple
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -21,31 +30,77 @@ from torch import nn
 from depthmux.backbones import EncodedBatch, FrozenBackbone, load_backbone
 from depthmux.errors import DepthmuxError, require
 from depthmux.multiplexing.adapters import DownProjection, UpProjection
+from depthmux.multiplexing.features import FeatureCache
+from depthmux.multiplexing.heads import TaskHead, head_from_description
 from depthmux.multiplexing.mixers import MIXERS, build_multiplexer
 from depthmux.utils.checkpoint import load_checkpoint, save_checkpoint
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READOUTS = ("cls", "mean", "last")
+
+
+def require_int(value, name: str, minimum: int) -> None:
+    """One line unless ``value`` is an int (not a bool) >= ``minimum``."""
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+            f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass
-class MuxConfig:
-    """Everything needed to rebuild a :class:`MultiplexedClassifier` around its backbone."""
+class TeacherConfig:
+    """What rebuilds the frozen parts: the backbone (name or folder), its read-out, the labels."""
 
-    n: int = 2                      # inputs per backbone pass (1 = teacher path)
-    prefill_layers: int = 0         # l: layers each input runs alone before mixing
-    mixer: str = "reversible"       # reversible | vanilla | datamux | ora (SPEC 1.7)
     backbone: str = "minilm"        # "minilm" (packaged) or a local model folder
-    readout: str = "mean"           # cls | mean: where demux + pooling read the output
-    num_labels: int = 2
+    readout: str = "mean"           # cls | mean | last: where pooling (and demux) read the output
     task: str | None = None
     label_names: list[str] = field(default_factory=lambda: ["0", "1"])
 
-    def validate(self, backbone: FrozenBackbone) -> None:
-        require(self.n >= 1, f"N must be >= 1, got {self.n}")
-        backbone.check_prefill(self.prefill_layers)
-        if self.n > 1:
-            require(self.mixer in MIXERS, f"unknown mixer {self.mixer!r}: choose one of {list(MIXERS)}")
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def validate(self, backbone: FrozenBackbone | None = None) -> None:
+        """Types and ranges; with ``backbone``, also that this config fits it."""
+        require(isinstance(self.backbone, str) and self.backbone != "", f"backbone must be a name or folder, "
+                                                                         f"got {self.backbone!r}")
+        require(self.readout in READOUTS, f"unknown readout {self.readout!r}: choose one of {list(READOUTS)}")
+        require(isinstance(self.task, str | None), f"task must be a string, got {self.task!r}")
+        names = self.label_names
+        require(isinstance(names, list) and len(names) >= 2 and all(isinstance(x, str) for x in names)
+                and len(set(names)) == len(names), f"label_names must be >= 2 distinct strings, got {names!r}")
+        if backbone is not None:
+            require(self.readout == backbone.readout_mode, f"the config reads out by {self.readout!r} but the "
+                                                           f"backbone by {backbone.readout_mode!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TeacherConfig:
+        """Build and validate from a checkpoint's JSON; unknown keys are an error."""
+        require(isinstance(values, dict), f"config is not an object: {values!r}")
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        require(not unknown, f"config has unknown key(s) {unknown}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+
+@dataclass
+class MuxConfig(TeacherConfig):
+    """A :class:`TeacherConfig` plus the multiplexing: N, l and the mixer (SPEC 1.1, 1.7)."""
+
+    n: int = 2                      # inputs per backbone pass
+    prefill_layers: int = 0         # l: layers each input runs alone before mixing
+    mixer: str = "reversible"       # reversible | vanilla | datamux | ora
+
+    def validate(self, backbone: FrozenBackbone | None = None) -> None:
+        super().validate(backbone)
+        require_int(self.n, "N (inputs per pass of a multiplexed model; N = 1 is the teacher)", 2)
+        require_int(self.prefill_layers, "prefill layers l", 0)
+        require(self.mixer in MIXERS, f"unknown mixer {self.mixer!r}: choose one of {list(MIXERS)}")
+        if backbone is not None:
+            backbone.check_prefill(self.prefill_layers)
             MIXERS[self.mixer].slot_width(backbone.hidden_size, self.n)
+
+    def teacher_config(self) -> TeacherConfig:
+        return TeacherConfig(**{f.name: getattr(self, f.name) for f in fields(TeacherConfig)})
 
 
 def speedup_ceiling(num_layers: int, prefill_layers: int, n: int) -> float:
@@ -53,70 +108,156 @@ def speedup_ceiling(num_layers: int, prefill_layers: int, n: int) -> float:
     return num_layers / (prefill_layers + (num_layers - prefill_layers) / n)
 
 
-class MuxOutput(NamedTuple):
+def whole_groups(batch_size: int, n: int) -> int:
+    """The batch size actually used: the largest multiple of N not above ``batch_size`` (at least N),
+    so that every path (predict, cached evaluation, benchmark) groups the same inputs together."""
+    return max(n, batch_size - batch_size % n)
+
+
+class ClassifierOutput(NamedTuple):
     logits: torch.Tensor   # [B, C]
-    readout: torch.Tensor  # [B, d]: ĥ_k (multiplexed) or h_k (teacher)
+    readout: torch.Tensor  # [B, d]: h_k (teacher) or ĥ_k = f_up(demuxed read-out) (multiplexed)
 
 
-class MultiplexedClassifier(nn.Module):
-    """RevMUX around a frozen backbone and a frozen probe head.
+class FrozenBackboneClassifier(nn.Module, ABC):
+    """What both classifiers share: a frozen backbone (not owned: never in ``state_dict``), a frozen
+    task head, ``predict`` and ``save_pretrained``/``from_pretrained``.
 
     Args:
-        config: :class:`MuxConfig`.
-        backbone: the frozen backbone (shared, not owned: never saved here).
-        head: the frozen task head, a ``nn.Linear(d, num_labels)`` trained by the teacher.
+        config: :class:`TeacherConfig` or :class:`MuxConfig` (validated against the backbone).
+        backbone: the frozen backbone.
+        head: the frozen :class:`TaskHead` (``num_labels`` must match the config's labels).
     """
 
-    def __init__(self, config: MuxConfig, backbone: FrozenBackbone, head: nn.Linear) -> None:
+    checkpoint_kind: ClassVar[str]          # "kind" in state.json
+    config_class: ClassVar[type[TeacherConfig]]
+
+    def __init__(self, config: TeacherConfig, backbone: FrozenBackbone, head: TaskHead) -> None:
         super().__init__()
         config.validate(backbone)
+        require(head.num_labels == config.num_labels, f"the head predicts {head.num_labels} labels but the config "
+                                                      f"names {config.num_labels}: {config.label_names}")
         self.config = config
-        self.backbone = [backbone]  # a list: keeps it out of state_dict / parameters()
-        d = backbone.hidden_size
-        self.head = head
-        for p in self.head.parameters():
-            p.requires_grad_(False)
-        if config.n > 1:
-            w = MIXERS[config.mixer].slot_width(d, config.n)
-            self.down = DownProjection(d, w)
-            self.mixer = build_multiplexer(config.mixer, config.n, d)
-            self.up = UpProjection(w, d)
+        self.backbone = [backbone]  # a list keeps it out of state_dict() and parameters()
+        self.head = head.freeze()
 
     @property
     def body(self) -> FrozenBackbone:
         return self.backbone[0]
 
     @property
-    def start_layer(self) -> int:
-        """Layers run per input before the shared pass: l (multiplexed), all of them (teacher)."""
-        return 0 if self.config.n == 1 else self.config.prefill_layers
+    @abstractmethod
+    def group_size(self) -> int:
+        """Inputs per backbone pass (1 or N)."""
 
-    def teacher(self) -> "MultiplexedClassifier":
-        """The N = 1 twin: the same frozen backbone and head, no adapters (the baseline path)."""
-        if self.config.n == 1:
-            return self
-        return MultiplexedClassifier(replace(self.config, n=1), self.body, self.head)
+    @property
+    @abstractmethod
+    def cache_layers(self) -> list[int]:
+        """Prefill layers a :class:`FeatureCache` must hold for :meth:`logits_from_cache`."""
+
+    @abstractmethod
+    def forward(self, batch: EncodedBatch) -> ClassifierOutput:
+        """Tokens -> logits, everything included: [B, S] -> [B, C]."""
+
+    @abstractmethod
+    def logits_from_cache(self, cache: FeatureCache, index: torch.Tensor) -> torch.Tensor:
+        """Logits [len(index), C] of cached examples ``index`` (consecutive N share a pass); the same
+        computation as :meth:`forward` on those inputs."""
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapters (everything but the frozen head); empty for the teacher."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("head.")}
 
-    # -- forward paths ---------------------------------------------------------------------
-    def forward_from_prefill(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> MuxOutput:
-        """Run from cached prefill states.
+    @torch.no_grad()
+    def predict(self, texts: list, batch_size: int = 64) -> torch.Tensor:
+        """Class ids for raw texts, grouped in the given order: list -> [B]."""
+        batch_size = whole_groups(batch_size, self.group_size)
+        preds = []
+        for i in range(0, len(texts), batch_size):
+            preds.append(self(self.body.tokenize(texts[i:i + batch_size])).logits.argmax(-1))
+        return torch.cat(preds)
+
+    def save_pretrained(self, directory: str | os.PathLike, extra_state: dict | None = None) -> None:
+        """Atomically write ``state.json`` (kind, config, head description, ``extra_state``),
+        ``head.safetensors`` and, for the multiplexed model, ``adapters.safetensors``."""
+        tensors = {"head": self.head.state_dict(), "adapters": self.trainable_state_dict()}
+        state = {"format_version": FORMAT_VERSION, "kind": self.checkpoint_kind, "config": asdict(self.config),
+                 "head": self.head.description(), **(extra_state or {})}
+        save_checkpoint(directory, {k: v for k, v in tensors.items() if v}, state)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, backbone: FrozenBackbone | None = None):
+        """Reload what :meth:`save_pretrained` wrote (loads the backbone unless one is given)."""
+        model = load_classifier(directory, backbone)
+        if not isinstance(model, cls):
+            raise DepthmuxError(f"{directory} holds a {type(model).__name__} checkpoint, not a {cls.__name__}: "
+                                f"load it with {type(model).__name__}.from_pretrained or load_classifier")
+        return model
+
+
+class TeacherClassifier(FrozenBackboneClassifier):
+    """N = 1: ``head(readout(Backbone_{0:L}(X)))`` for each input alone (SPEC 1.2)."""
+
+    checkpoint_kind = "depthmux-mux-teacher"
+    config_class = TeacherConfig
+
+    @property
+    def group_size(self) -> int:
+        return 1
+
+    @property
+    def cache_layers(self) -> list[int]:
+        return []
+
+    def forward(self, batch: EncodedBatch) -> ClassifierOutput:
+        readout = self.body.encode(batch)                           # [B, d]
+        return ClassifierOutput(self.head(readout), readout)
+
+    def logits_from_cache(self, cache: FeatureCache, index: torch.Tensor) -> torch.Tensor:
+        return self.head(cache.teacher[index])
+
+
+class MultiplexedClassifier(FrozenBackboneClassifier):
+    """RevMUX, N >= 2 inputs per pass of the frozen layers l+1..L (SPEC 1.1)."""
+
+    checkpoint_kind = "depthmux-mux"
+    config_class = MuxConfig
+
+    def __init__(self, config: MuxConfig, backbone: FrozenBackbone, head: TaskHead) -> None:
+        super().__init__(config, backbone, head)
+        d = backbone.hidden_size
+        w = MIXERS[config.mixer].slot_width(d, config.n)
+        self.down = DownProjection(d, w)
+        self.mixer = build_multiplexer(config.mixer, config.n, d)
+        self.up = UpProjection(w, d)
+
+    @property
+    def group_size(self) -> int:
+        return self.config.n
+
+    @property
+    def cache_layers(self) -> list[int]:
+        return [self.config.prefill_layers]
+
+    def teacher(self) -> TeacherClassifier:
+        """The N = 1 twin: the same frozen backbone and head, no adapters (the baseline path)."""
+        return TeacherClassifier(self.config.teacher_config(), self.body, self.head)
+
+    def forward_from_prefill(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> ClassifierOutput:
+        """The one path from prefill states to logits (real inputs and the feature cache).
 
         Args:
-            hidden: ``h_k = Encoder_{0:start_layer}(X_k)``, [B, S, d] (teacher: the embeddings).
+            hidden: ``h_k = Encoder_{0:l}(X_k)``, [B, S, d], right-padded. Values at padded
+                positions are ignored: they are set to zero here, and S is cut to the longest input.
             attention_mask: [B, S], 1 for real tokens.
         Returns:
-            :class:`MuxOutput` with logits [B, C] and the read-out [B, d].
+            :class:`ClassifierOutput`: logits [B, C] and the recovered read-out ĥ_k [B, d].
         """
-        body, cfg = self.body, self.config
-        if cfg.n == 1:
-            h = body.run_layers(hidden, attention_mask, 0, body.num_layers)
-            pooled = body.readout(h, attention_mask)
-            return MuxOutput(self.head(pooled), pooled)
-        B, S, d = hidden.shape
-        n = cfg.n
+        body, cfg, n = self.body, self.config, self.config.n
+        S = int(attention_mask.sum(-1).max())
+        hidden, attention_mask = hidden[:, :S], attention_mask[:, :S]
+        hidden = hidden.masked_fill(attention_mask[..., None] == 0, 0.0)
+        B, _, d = hidden.shape
         groups = -(-B // n)
         pad = groups * n - B
         if pad:  # dummy inputs complete the last group; their outputs are dropped (SPEC 1.1 step 4)
@@ -124,57 +265,72 @@ class MultiplexedClassifier(nn.Module):
             attention_mask = torch.cat([attention_mask, attention_mask.new_zeros(pad, S)])
         slots = self.down(hidden).view(groups, n, S, -1).transpose(0, 1)       # [N, G, S, w]
         composite = self.mixer.mux(slots)                                      # [G, S, d]
-        group_mask = attention_mask.view(groups, n, S).amax(dim=1)            # OR of the N masks
+        group_mask = attention_mask.view(groups, n, S).amax(dim=1)            # OR of the N masks, [G, S]
         out = body.run_layers(composite, group_mask, cfg.prefill_layers, body.num_layers)
-        if cfg.readout == "cls":
+        if cfg.readout == "cls":  # demux only where the read-out looks (SPEC 1.1 step 5)
             out = out[:, :1]
         demuxed = self.mixer.demux(out)                                        # [N, G, S', w]
         demuxed = demuxed.transpose(0, 1).reshape(groups * n, out.shape[1], -1)[:B]
         pooled = body.readout(demuxed, attention_mask[:B, : out.shape[1]])     # [B, w]
         recovered = self.up(pooled)                                            # ĥ_k, [B, d]
-        return MuxOutput(self.head(recovered), recovered)
+        return ClassifierOutput(self.head(recovered), recovered)
 
-    def forward(self, batch: EncodedBatch) -> MuxOutput:
-        """Tokens -> logits, prefill included: [B, S] -> [B, C]."""
-        hidden = self.body.run_layers(self.body.embed(batch), batch.attention_mask, 0, self.start_layer)
+    def forward(self, batch: EncodedBatch) -> ClassifierOutput:
+        hidden = self.body.run_layers(self.body.embed(batch), batch.attention_mask, 0, self.config.prefill_layers)
         return self.forward_from_prefill(hidden, batch.attention_mask)
 
-    @torch.no_grad()
-    def predict(self, texts: list, batch_size: int = 64) -> torch.Tensor:
-        """Class ids for raw texts, grouped in the given order: list -> [B]."""
-        preds = []
-        for i in range(0, len(texts), batch_size):
-            preds.append(self(self.body.tokenize(texts[i:i + batch_size])).logits.argmax(-1))
-        return torch.cat(preds)
+    def logits_from_cache(self, cache: FeatureCache, index: torch.Tensor) -> torch.Tensor:
+        return self.forward_from_prefill(*cache.batch(self.config.prefill_layers, index)).logits
 
-    # -- persistence -------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike, extra_state: dict | None = None) -> None:
-        """Atomically write adapters + head (safetensors) and the config (JSON)."""
-        tensors = {"head": {k: v for k, v in self.head.state_dict().items()}}
-        if self.config.n > 1:
-            tensors["adapters"] = self.trainable_state_dict()
-        state = {"format_version": FORMAT_VERSION, "kind": "depthmux-mux", "config": asdict(self.config)}
-        state.update(extra_state or {})
-        save_checkpoint(directory, tensors, state)
 
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, backbone: FrozenBackbone | None = None
-                        ) -> "MultiplexedClassifier":
-        """Reload what :meth:`save_pretrained` wrote; loads the backbone unless one is given."""
-        tensors, state = load_checkpoint(directory)
-        if state.get("kind") != "depthmux-mux" or "head" not in tensors:
-            raise DepthmuxError(f"{directory} is not a depthmux mux checkpoint")
-        config = MuxConfig(**state["config"])
-        if backbone is None:
-            backbone = load_backbone(config.backbone, config.readout)
-        head_sd = tensors["head"]
-        head = nn.Linear(head_sd["weight"].shape[1], head_sd["weight"].shape[0])
-        head.load_state_dict(head_sd)
+CLASSIFIERS: dict[str, type[FrozenBackboneClassifier]] = {
+    c.checkpoint_kind: c for c in (TeacherClassifier, MultiplexedClassifier)}
+
+
+def _upgrade_format_1(state: dict, tensors: dict) -> dict:
+    """Format 1 (one class, ``n == 1`` for the teacher, an ``nn.Linear`` head) -> format 2."""
+    config = dict(state["config"])
+    config.pop("num_labels", None)
+    teacher = config.get("n") == 1
+    if teacher:
+        for key in ("n", "prefill_layers", "mixer"):
+            config.pop(key, None)
+    weight = tensors["head"]["weight"]
+    return {**state, "format_version": 2, "kind": TeacherClassifier.checkpoint_kind if teacher else state["kind"],
+            "config": config, "head": {"kind": "linear_probe", "d_model": weight.shape[1], "num_labels": weight.shape[0]}}
+
+
+def load_classifier(directory: str | os.PathLike, backbone: FrozenBackbone | None = None
+                    ) -> TeacherClassifier | MultiplexedClassifier:
+    """Reload a checkpoint of either kind; a corrupt one (unknown keys, wrong types, tensors that do
+    not match the config) is one line naming it."""
+    tensors, state = load_checkpoint(directory)
+    where = f"corrupt checkpoint {directory}"
+    if state.get("kind") not in CLASSIFIERS or "head" not in tensors:
+        raise DepthmuxError(f"{directory} is not a depthmux mux checkpoint")
+    try:
+        if state.get("format_version") == 1:
+            state = _upgrade_format_1(state, tensors)
+        require(state.get("format_version") == FORMAT_VERSION,
+                f"format_version {state.get('format_version')!r}, expected {FORMAT_VERSION}")
+        cls = CLASSIFIERS[state["kind"]]
+        config = cls.config_class.from_dict(state.get("config"))
+    except (DepthmuxError, KeyError, TypeError) as e:
+        raise DepthmuxError(f"{where}: {e}") from None
+    if backbone is None:
+        backbone = load_backbone(config.backbone, config.readout)
+    try:
+        head = head_from_description(state["head"], backbone)
+        head.load_state_dict(tensors["head"])
         model = cls(config, backbone, head)
-        if config.n > 1:
-            missing, unexpected = model.load_state_dict(tensors.get("adapters", {}), strict=False)
-            missing = [m for m in missing if not m.startswith("head.")]
-            if missing or unexpected:
-                raise DepthmuxError(f"corrupt checkpoint {directory}: adapter tensors do not match the config "
-                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        return model
+        missing, unexpected = model.load_state_dict(tensors.get("adapters", {}), strict=False)
+    except (DepthmuxError, KeyError, TypeError) as e:
+        raise DepthmuxError(f"{where}: {e}") from None
+    except RuntimeError as e:  # tensor shapes that do not match the config
+        raise DepthmuxError(f"{where}: its tensors do not match its config "
+                            f"({str(e).splitlines()[-1].strip()})") from None
+    missing = [m for m in missing if not m.startswith("head.")]
+    if missing or unexpected:
+        raise DepthmuxError(f"{where}: adapter tensors do not match the config "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model

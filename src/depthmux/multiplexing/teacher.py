@@ -1,19 +1,21 @@
-"""The teacher: a linear probe trained once on the frozen backbone's read-out (SPEC 1.2)."""
+"""Training the teacher's head: a linear probe fitted once on the frozen backbone's read-outs
+(N = 1, SPEC 1.2), L2 chosen on the validation split. The probe then stays frozen while the
+RevMUX adapters train against it."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from depthmux.multiplexing.heads import LinearProbeHead
 
 L2_GRID = (1e-4, 1e-3, 1e-2)
 
 
-def _fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, l2: float, seed: int) -> nn.Linear:
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, l2: float, seed: int) -> LinearProbeHead:
+    """Multinomial logistic regression by L-BFGS from a zero start: x [M, d], y [M]."""
     torch.manual_seed(seed)
-    head = nn.Linear(x.shape[1], num_labels)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
+    head = LinearProbeHead(x.shape[1], num_labels)
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=300, line_search_fn="strong_wolfe")
 
     def closure():
@@ -27,13 +29,13 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, l2: float, 
 
 
 def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                num_labels: int, seed: int = 0) -> tuple[nn.Linear, dict]:
+                num_labels: int, seed: int = 0) -> tuple[LinearProbeHead, dict]:
     """L2-regularised logistic regression on frozen read-outs; L2 chosen on the validation split.
 
     Args:
         train_x, val_x: teacher read-outs h_k, [M, d]. train_y, val_y: labels [M].
     Returns:
-        the frozen head (``nn.Linear(d, num_labels)``) and {"l2", "val_accuracy"}.
+        the frozen :class:`LinearProbeHead` (d -> num_labels) and {"l2", "val_accuracy"}.
     """
     best = None
     for l2 in L2_GRID:
@@ -43,6 +45,4 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tenso
         if best is None or acc > best[2]:
             best = (head, l2, acc)
     head, l2, acc = best
-    for p in head.parameters():
-        p.requires_grad_(False)
-    return head, {"l2": l2, "val_accuracy": acc}
+    return head.freeze(), {"l2": l2, "val_accuracy": acc}

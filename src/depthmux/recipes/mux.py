@@ -17,14 +17,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from torch import nn
 
 from depthmux.backbones import FrozenBackbone, load_backbone
 from depthmux.data import load_task
 from depthmux.errors import require
 from depthmux.multiplexing.evaluation import BenchResult, GroupedScore, benchmark, evaluate_grouped
 from depthmux.multiplexing.features import FeatureCache, build_feature_cache
-from depthmux.multiplexing.model import MultiplexedClassifier, MuxConfig
+from depthmux.multiplexing.heads import LinearProbeHead
+from depthmux.multiplexing.model import (
+    MultiplexedClassifier,
+    MuxConfig,
+    TeacherClassifier,
+    TeacherConfig,
+    load_classifier,
+)
 from depthmux.multiplexing.teacher import train_probe
 from depthmux.recipes.reports import ResultRow, row_line, write_results
 from depthmux.training.mux import MuxTrainConfig, train_mux
@@ -67,14 +73,13 @@ def _sample(data, k: int | None, seed: int):
 
 
 def _teacher(backbone: FrozenBackbone, train: FeatureCache, val: FeatureCache, cfg: ExperimentConfig,
-             label_names: list[str], out: Path) -> MultiplexedClassifier:
+             label_names: list[str], out: Path) -> TeacherClassifier:
     path = out / "teacher"
     if cfg.resume and path.is_dir():
-        return MultiplexedClassifier.from_pretrained(path, backbone)
+        return TeacherClassifier.from_pretrained(path, backbone)
     head, info = train_probe(train.teacher, train.labels, val.teacher, val.labels, len(label_names), cfg.train.seed)
-    teacher = MultiplexedClassifier(MuxConfig(n=1, backbone=backbone.name, readout=backbone.readout_mode,
-                                              num_labels=len(label_names), task=cfg.task, label_names=label_names),
-                                    backbone, head)
+    teacher = TeacherClassifier(TeacherConfig(backbone=backbone.name, readout=backbone.readout_mode, task=cfg.task,
+                                              label_names=label_names), backbone, head)
     teacher.save_pretrained(path, {"probe": info})
     console.print(f"teacher probe: L2={info['l2']}, validation accuracy {100 * info['val_accuracy']:.2f}")
     return teacher
@@ -91,7 +96,8 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> list[ResultR
         backbone.check_prefill(l)
     for n in cfg.ns:
         for mixer in cfg.mixers:
-            MuxConfig(n=n, mixer=mixer).validate(backbone)
+            if n > 1:
+                MuxConfig(n=n, mixer=mixer, readout=backbone.readout_mode).validate(backbone)
     train_data = _sample(load_task(cfg.task, "train", cfg.data_dir), cfg.max_train, cfg.train.seed)
     val_data = _sample(load_task(cfg.task, "validation", cfg.data_dir), cfg.max_validation, cfg.train.seed)
     dev_data = load_task(cfg.task, "dev", cfg.data_dir)
@@ -110,9 +116,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> list[ResultR
     for n in [n for n in cfg.ns if n > 1]:
         for l in cfg.prefill_layers:
             for mixer in cfg.mixers:
-                mcfg = MuxConfig(n=n, prefill_layers=l, mixer=mixer, backbone=backbone.name,
-                                 readout=backbone.readout_mode, num_labels=dev_data.num_labels, task=cfg.task,
-                                 label_names=dev_data.label_names)
+                mcfg = MuxConfig(n=n, prefill_layers=l, mixer=mixer, **asdict(teacher.config))
                 run_dir = out / f"n{n}-l{l}-{mixer}"
                 if cfg.resume and (run_dir / "best").is_dir():
                     model = MultiplexedClassifier.from_pretrained(run_dir / "best", backbone)
@@ -154,22 +158,24 @@ class MuxEvalReport:
     split: str
     examples: int
     teacher: GroupedScore
-    mux: GroupedScore
+    mux: GroupedScore | None            # None when the checkpoint is the teacher itself
 
     def as_dict(self) -> dict:
         return {"config": self.config, "task": self.task, "split": self.split, "examples": self.examples,
-                "teacher": self.teacher.as_dict(), "mux": self.mux.as_dict()}
+                "teacher": self.teacher.as_dict(), "mux": self.mux.as_dict() if self.mux else None}
 
 
 def evaluate_checkpoint(cfg: MuxEvalConfig, progress: bool = True) -> MuxEvalReport:
     """Accuracy (and F1) of a checkpoint over ``cfg.shuffles`` random groupings, and its teacher's."""
-    model = MultiplexedClassifier.from_pretrained(cfg.checkpoint)
-    mcfg = model.config
-    data = load_task(cfg.task or mcfg.task or "tweets", cfg.split, cfg.data_dir)
-    cache = build_feature_cache(model.body, data, [mcfg.prefill_layers])
+    model = load_classifier(cfg.checkpoint)
+    data = load_task(cfg.task or model.config.task or "tweets", cfg.split, cfg.data_dir)
+    cache = build_feature_cache(model.body, data, model.cache_layers)
+    if isinstance(model, TeacherClassifier):
+        return MuxEvalReport(asdict(model.config), data.name, cfg.split, len(data),
+                             evaluate_grouped(model, cache, progress=progress), None)
     teacher = evaluate_grouped(model.teacher(), cache, progress=progress)
     mux = evaluate_grouped(model, cache, cfg.shuffles, cfg.seed, progress=progress)
-    return MuxEvalReport(asdict(mcfg), data.name, cfg.split, len(data), teacher, mux)
+    return MuxEvalReport(asdict(model.config), data.name, cfg.split, len(data), teacher, mux)
 
 
 @dataclass
@@ -195,8 +201,8 @@ def benchmark_checkpoint(cfg: MuxBenchConfig, progress: bool = True) -> BenchRes
         mux = MultiplexedClassifier.from_pretrained(cfg.checkpoint)
     else:
         backbone = load_backbone(cfg.model)
-        head = nn.Linear(backbone.hidden_size, 2)
         mux = MultiplexedClassifier(MuxConfig(n=cfg.n, prefill_layers=cfg.prefill_layers, mixer=cfg.mixer,
-                                              backbone=backbone.name, readout=backbone.readout_mode), backbone, head)
+                                              backbone=backbone.name, readout=backbone.readout_mode), backbone,
+                                    LinearProbeHead(backbone.hidden_size, 2))
     texts = load_task(cfg.task, "dev", cfg.data_dir).texts[: cfg.samples]
     return benchmark(mux.teacher(), mux, texts, cfg.batch_size, cfg.repetitions, progress=progress)
