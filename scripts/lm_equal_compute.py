@@ -2,8 +2,8 @@
 
 Every variant has the same width and effective depth; the number of optimizer steps is chosen
 so that each run spends the same measured training FLOPs (``--budget`` ; FLOPs per token are
-measured on one batch at initialisation, see depthmux.training.lm.FlopMeter). Cheaper-per-token
-variants (MoR) therefore see more tokens. Results go to ``<out>/results.json`` (one entry per
+measured on one batch at initialisation, as the model declares them: depthmux.lm.measure_forward_flops).
+Cheaper-per-token variants (MoR) therefore see more tokens. Results go to ``<out>/results.json`` (one entry per
 variant, written as each run finishes; finished variants are skipped on a rerun).
 
     OMP_NUM_THREADS=1 python scripts/lm_equal_compute.py --out runs/lm_equal_compute
@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-from depthmux.training.lm import (LMDataSpec, LMModelSpec, LMTrainConfig, build_lm_model, count_parameters,
-                                  evaluate_lm, measure_forward_flops, prepare_lm_data, train_lm)
+from depthmux.lm import evaluate_lm, measure_forward_flops
+from depthmux.recipes.lm import LMDataSpec, LMModelSpec, build_lm_model, prepare_lm_data
+from depthmux.training.lm import LMTrainConfig, holds_run, train_lm
+from depthmux.utils.run_folder import RunFolder
 
 VARIANTS = {  # name -> (sharing, N_r, router)
     "vanilla": ("none", 1, None),
@@ -81,16 +83,17 @@ def main() -> None:
             model = type(model)(cfg).train()
         fl = measure_forward_flops(model, train, batch_size=args.batch_size)
         tokens_per_step = args.batch_size * args.block_size
-        steps = max(10, int(round(args.budget / (fl["train_flops_per_token"] * tokens_per_step))))
+        steps = max(10, round(args.budget / (fl["train_flops_per_token"] * tokens_per_step)))
         run_dir = out / name.split(" (")[0].replace(" ", "_")
         cfg = LMTrainConfig(out_dir=str(run_dir), steps=steps, batch_size=args.batch_size, lr=args.lr,
                             warmup_steps=max(1, steps // 10), decay_fraction=0.2, min_lr_ratio=0.1,
-                            eval_batch_size=16, seed=args.seed, progress=False, log_every=10)
+                            eval_batch_size=16, seed=args.seed, progress=False, log_every=10,
+                            resume=holds_run(RunFolder(run_dir)))  # continue an interrupted variant
         t0 = time.time()
         r = train_lm(model, train, held, cfg, tokenizer=tok,
                      extra_state={"data": vars(data), "model_spec": vars(spec)})
         entry = {"sharing": sharing, "recursions": nr, "router": router, "steps": steps,
-                 "params": count_parameters(model), "train_flops": r.train_flops, "tokens": r.tokens,
+                 "params": model.parameter_counts(), "train_flops": r.train_flops, "tokens": r.tokens,
                  "train_flops_per_token_at_init": fl["train_flops_per_token"], "seconds": time.time() - t0,
                  "mor_bce_coef": getattr(model.config, "mor_bce_coef", None) if router == "expert" else None,
                  "mor_aux_router": bool(getattr(model.config, "mor_aux_router", False)),
@@ -103,7 +106,8 @@ def main() -> None:
         res_path.write_text(json.dumps(results, indent=2))
         agree = entry.get("router_stats_topk", {}).get("causal_agreement")
         print(f"{name}: {steps} steps, {r.train_flops:.3e} FLOPs, {r.tokens} tokens, held-out NLL {r.eval['nll']:.4f}"
-              + (f", top-k NLL {entry['nll_topk']:.4f}, agreement {'/'.join(f'{a:.3f}' for a in agree)}" if agree else "")
+              + (f", top-k NLL {entry['nll_topk']:.4f}, agreement {'/'.join(f'{a:.3f}' for a in agree)}"
+                 if agree else "")
               + f" ({time.time() - t0:.0f} s)", flush=True)
         del model
         torch.set_num_threads(torch.get_num_threads())

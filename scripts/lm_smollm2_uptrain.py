@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 from depthmux.assets import smollm2_path
-from depthmux.training.lm import (LMDataSpec, LMModelSpec, LMTrainConfig, build_lm_model, count_parameters,
-                                  evaluate_lm, load_lm, prepare_lm_data, train_lm)
+from depthmux.lm import evaluate_lm, load_lm
+from depthmux.recipes.lm import LMDataSpec, LMModelSpec, build_lm_model, prepare_lm_data
+from depthmux.training.lm import LMTrainConfig, holds_run, train_lm
+from depthmux.utils.run_folder import RunFolder
 
 
 def main() -> None:
@@ -53,7 +55,7 @@ def main() -> None:
         t0 = time.time()
         orig = load_lm(base)
         ev = evaluate_lm(orig, held, batch_size=8)
-        results["original"] = {"nll": ev["nll"], "ppl": ev["ppl"], "params": count_parameters(orig),
+        results["original"] = {"nll": ev["nll"], "ppl": ev["ppl"], "params": orig.parameter_counts(),
                                "eval_seconds": time.time() - t0}
         save()
         print(f"original: NLL {ev['nll']:.4f} ({time.time() - t0:.0f} s)", flush=True)
@@ -69,13 +71,14 @@ def main() -> None:
                                recursions=args.recursions, init=init, lora_rank=rank, seed=args.seed)
             model = build_lm_model(spec)
             before = evaluate_lm(model, held, batch_size=8)
-            cfg = LMTrainConfig(out_dir=str(out / name.replace(" ", "_").replace("+", "")), steps=args.steps,
+            run_dir = out / name.replace(" ", "_").replace("+", "")
+            cfg = LMTrainConfig(out_dir=str(run_dir), steps=args.steps, resume=holds_run(RunFolder(run_dir)),
                                 batch_size=args.batch_size, lr=args.lr, warmup_steps=max(1, args.steps // 10),
                                 decay_fraction=0.2, min_lr_ratio=0.1, weight_decay=0.0, eval_batch_size=8,
                                 seed=args.seed, progress=False)
             r = train_lm(model, train, held, cfg, tokenizer=tok,
                          extra_state={"data": vars(data), "model_spec": vars(spec)})
-            results[name] = {"init": init, "lora_rank": rank, "params": count_parameters(model),
+            results[name] = {"init": init, "lora_rank": rank, "params": model.parameter_counts(),
                              "nll_before": before["nll"], "nll_after": r.eval["nll"], "ppl_after": r.eval["ppl"],
                              "steps": args.steps, "tokens": r.tokens, "train_flops": r.train_flops,
                              "seconds": time.time() - t0}

@@ -8,8 +8,8 @@ import torch
 
 from depthmux.data.text import pack_documents, split_documents, train_bpe_tokenizer
 from depthmux.errors import DepthmuxError
-from depthmux.training.lm import (LMTrainConfig, batch_indices, count_parameters, evaluate_lm,
-                                  list_checkpoints, load_lm, measure_forward_flops, train_lm)
+from depthmux.lm import HFCausalLMAdapter, evaluate_lm, load_lm, measure_forward_flops
+from depthmux.training.lm import LMTrainConfig, batch_indices, list_checkpoints, train_lm
 from depthmux.training.schedules import WSD, wsd_schedule
 
 DOCS = [f"document {i}: " + " ".join(f"w{(i * 7 + j) % 23}" for j in range(20 + i % 9)) for i in range(40)]
@@ -108,15 +108,24 @@ def test_train_logs_and_reload(tmp_path, data):
 
 
 def test_flops_and_params(data):
+    """The adapter declares the closed form: linears 2·params per token, attention 4·pairs·d_attn per layer."""
+    from depthmux.lm.hf_adapter import causal_pairs
+
     tok, train, _ = data
     m = tiny_llama(tok.vocab_size)
     f = measure_forward_flops(m, train, batch_size=2)
-    p = count_parameters(m)
-    # linear part of the forward: 2 * (non-embedding params in linears + LM head)
+    p = HFCausalLMAdapter(m).parameter_counts()
+    batch = train.batch(slice(0, 2))
+    tokens = batch["input_ids"].numel()
+    attn = m.config.num_hidden_layers * 4 * causal_pairs(batch["position_ids"]) * 32 / tokens
     lin = sum(x.numel() for n, x in m.named_parameters() if x.dim() == 2 and "embed" not in n)
-    assert f["flops_per_token"] > 2 * lin
-    assert f["approx_6n_per_token"] == pytest.approx(6 * (lin - m.lm_head.weight.numel()))
+    head = m.lm_head.weight.numel()
+    assert f["flops_per_token"] == pytest.approx(2 * lin + attn)
+    assert f["approx_6n_per_token"] == pytest.approx(6 * (lin - head) + 3 * attn)
+    assert f["train_flops_per_token"] == pytest.approx(3 * f["flops_per_token"])
     assert p["total"] == p["embedding"] + p["non_embedding"]
+    assert p["total"] == sum(x.numel() for x in m.parameters())
+    assert causal_pairs(torch.tensor([[0, 1, 2, 3], [0, 1, 0, 1]])) == 10 + 3 + 3
 
 
 def test_train_errors(tmp_path, data):

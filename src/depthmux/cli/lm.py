@@ -1,14 +1,13 @@
 """``depthmux lm``: train, evaluate and convert recursive / MoR language models (SPEC 3, SPEC 4).
 
-Thin over :mod:`depthmux.training.lm` (``run_lm_train``, ``run_lm_eval``) and
-:func:`depthmux.recursion.convert_llama_to_recursive`.
+Thin over :mod:`depthmux.recipes.lm` (``run_lm_train``, ``run_lm_eval``, ``run_lm_convert``):
+options become validated specs (every number checked up front: one line, exit 2).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -34,7 +33,8 @@ _SHARING = "none (vanilla) | cycle | sequence | middle_cycle | middle_sequence"
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="Run folder: log.jsonl, checkpoints/, model/."),
-    corpus: str = typer.Option("shakespeare", help="shakespeare[:play] | kjv[:book] | PATH (.txt, .jsonl or a folder)."),
+    corpus: str = typer.Option("shakespeare",
+                               help="shakespeare[:play] | kjv[:book] | PATH (.txt, .jsonl or a folder)."),
     tokenizer: str = typer.Option("smollm2", help="smollm2 | bpe:N (byte-level BPE trained on the training split) | "
                                                   "a tokenizer folder. Ignored with --from-pretrained (its own)."),
     sharing: str = typer.Option("none", help=f"Layer sharing: {_SHARING}."),
@@ -44,9 +44,9 @@ def train(
     hidden: int = typer.Option(256, help="Model width d (from scratch)."),
     layers: int = typer.Option(8, help="Effective depth L (from scratch)."),
     heads: int = typer.Option(4, help="Attention heads (from scratch)."),
-    kv_heads: Optional[int] = typer.Option(None, help="KV heads for GQA (default: --heads)."),
-    intermediate: Optional[int] = typer.Option(None, help="SwiGLU width (default 8/3 d, rounded up to 32)."),
-    from_pretrained: Optional[str] = typer.Option(None, "--from-pretrained",
+    kv_heads: int | None = typer.Option(None, help="KV heads for GQA (default: --heads)."),
+    intermediate: int | None = typer.Option(None, help="SwiGLU width (default 8/3 d, rounded up to 32)."),
+    from_pretrained: str | None = typer.Option(None, "--from-pretrained",
                                                   help="smollm2 | a model folder: start from these weights."),
     convert: bool = typer.Option(False, "--convert", help="Convert --from-pretrained (LLaMA) into a recursive "
                                                           "model with --sharing/--recursions/--init/--lora-rank."),
@@ -61,9 +61,10 @@ def train(
     weight_decay: float = typer.Option(0.1, help="AdamW weight decay (matrices only)."),
     grad_clip: float = typer.Option(1.0, help="Gradient-norm clip (0 = off)."),
     holdout: float = typer.Option(0.1, help="Held-out share of documents (seeded split)."),
-    max_train_blocks: Optional[int] = typer.Option(None, help="Use at most this many training blocks."),
-    max_eval_blocks: Optional[int] = typer.Option(64, help="Evaluate on at most this many held-out blocks."),
-    checkpoint_every: int = typer.Option(0, help="Checkpoint every K steps (0 = only at the end)."),
+    max_train_blocks: int | None = typer.Option(None, help="Use at most this many training blocks."),
+    max_eval_blocks: int | None = typer.Option(64, help="Evaluate on at most this many held-out blocks."),
+    checkpoint_every: int | None = typer.Option(None, help="Checkpoint every K steps (0 = only at the end; "
+                                                               "default: every 10% of the steps, at most 50)."),
     eval_every: int = typer.Option(0, help="Evaluate every K steps (0 = only at the end)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
                                                         "with its stored settings (exactly reproducible)."),
@@ -71,27 +72,29 @@ def train(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train a vanilla / recursive / MoR decoder on packed documents (AdamW, WSD, clipping)."""
-    from depthmux.training.lm import LMDataSpec, LMModelSpec, LMTrainConfig, run_lm_train
+    from depthmux.lm import pretrained_model_dir
+    from depthmux.recipes.lm import LMDataSpec, LMModelSpec, LMTrainConfig, run_lm_train
 
     _quiet_transformers()
 
-    if from_pretrained and from_pretrained != "smollm2":
-        from depthmux.training.lm import resolve_model_dir
-
-        tokenizer = str(resolve_model_dir(from_pretrained))  # the pretrained model's own tokenizer
-    elif from_pretrained:
-        tokenizer = "smollm2"
     model_spec = LMModelSpec(sharing=sharing, recursions=recursions, router=router, kv=kv, hidden=hidden, layers=layers,
                              heads=heads, kv_heads=kv_heads, intermediate=intermediate, lora_rank=lora_rank,
                              from_pretrained=from_pretrained, convert=convert, init=init, seed=seed)
-    if convert and not from_pretrained:
-        raise DepthmuxError("--convert needs --from-pretrained (smollm2 or a folder)")
-    data_spec = LMDataSpec(corpus=corpus, tokenizer=tokenizer, block_size=block_size, holdout=holdout, seed=seed,
-                           max_train_blocks=max_train_blocks, max_eval_blocks=max_eval_blocks)
     cfg = LMTrainConfig(out_dir=str(out), steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        warmup_steps=min(warmup, steps), decay_fraction=decay_fraction, grad_clip=grad_clip,
+                        warmup_steps=warmup, decay_fraction=decay_fraction, grad_clip=grad_clip,
                         checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume, seed=seed,
                         progress=progress)
+    if not resume:
+        model_spec.validate()
+        cfg.validate()
+        if isinstance(warmup, int) and isinstance(steps, int) and warmup > steps:
+            cfg.warmup_steps = steps
+        if from_pretrained:  # the pretrained model's own tokenizer
+            tokenizer = "smollm2" if from_pretrained == "smollm2" else str(pretrained_model_dir(from_pretrained))
+    data_spec = LMDataSpec(corpus=corpus, tokenizer=tokenizer, block_size=block_size, holdout=holdout, seed=seed,
+                           max_train_blocks=max_train_blocks, max_eval_blocks=max_eval_blocks)
+    if not resume:
+        data_spec.validate()
     res = run_lm_train(model_spec, data_spec, cfg)
     msg = f"step {res.step}: train loss {res.train_loss:.4f}, {res.train_flops:.3e} training FLOPs"
     if res.eval:
@@ -102,33 +105,28 @@ def train(
 @app.command("eval")
 def eval_(
     model: Path = typer.Option(..., "--model", help="A run folder (from `lm train`), a checkpoint or a model folder."),
-    corpus: Optional[str] = typer.Option(None, help="Override the corpus (default: the run's, else shakespeare)."),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="Override the block size."),
-    holdout: Optional[float] = typer.Option(None, help="Override the held-out share."),
-    seed: Optional[int] = typer.Option(None, help="Override the split seed."),
-    max_blocks: Optional[int] = typer.Option(64, help="Evaluate at most this many held-out blocks."),
+    corpus: str | None = typer.Option(None, help="The corpus (default: the run's; required for a model "
+                                                    "folder without train_config.json)."),
+    block_size: int | None = typer.Option(None, "--block-size", help="Override the block size."),
+    holdout: float | None = typer.Option(None, help="Override the held-out share."),
+    seed: int | None = typer.Option(None, help="Override the split seed."),
+    max_blocks: int | None = typer.Option(64, help="Evaluate at most this many held-out blocks."),
     batch_size: int = typer.Option(8, "--batch-size", help="Blocks per forward."),
-    routing: Optional[str] = typer.Option(None, help="MoR expert-choice routing: topk | causal "
+    routing: str | None = typer.Option(None, help="MoR expert-choice routing: topk | causal "
                                                      "(default: causal, plus top-k for the agreement)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
     """Held-out NLL / perplexity (and MoR router statistics) of a saved model."""
-    from dataclasses import replace
-
-    from depthmux.training.lm import LMDataSpec, _find_run_meta, resolve_model_dir, run_lm_eval
+    from depthmux.recipes.lm import eval_data_spec, run_lm_eval
 
     _quiet_transformers()
 
     if routing not in (None, "topk", "causal"):
         raise DepthmuxError(f"unknown routing '{routing}': use topk or causal")
-    meta = _find_run_meta(model) if model.exists() else None
-    spec = LMDataSpec(**meta["data"]) if meta and "data" in meta else LMDataSpec()
-    if not model.exists():
-        resolve_model_dir(model)  # raises the one-line error
-    overrides = {k: v for k, v in dict(corpus=corpus, block_size=block_size, holdout=holdout, seed=seed).items()
-                 if v is not None}
-    spec = replace(spec, max_eval_blocks=max_blocks, **overrides)
-    res = run_lm_eval(model, spec, batch_size=batch_size, routing=routing)
+    spec = eval_data_spec(model, corpus=corpus, block_size=block_size, holdout=holdout, seed=seed)
+    if max_blocks is not None:
+        spec.max_eval_blocks = max_blocks
+    res = run_lm_eval(model, spec.validate(), batch_size=batch_size, routing=routing)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
@@ -153,17 +151,11 @@ def convert(
     lora_rank: int = typer.Option(0, "--lora-rank", help="Per-loop LoRA rank, SVD-initialised (0 = off)."),
 ) -> None:
     """Convert a pretrained LLaMA (default SmolLM2-135M) into a (relaxed) recursive model folder."""
-    from depthmux.training.lm import LMModelSpec, _pretrained_path, _saved_tokenizer, build_lm_model, count_parameters
+    from depthmux.recipes.lm import run_lm_convert
 
     _quiet_transformers()
 
-    spec = LMModelSpec(from_pretrained=source, convert=True, recursions=recursions, sharing=sharing, init=init,
-                       lora_rank=lora_rank)
-    model = build_lm_model(spec)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    tok = _saved_tokenizer(_pretrained_path(source))
-    if tok is not None:
-        tok.save_pretrained(str(out))
-    n = count_parameters(model)["total"]
-    typer.echo(f"recursive model ({sharing}, N_r={recursions}, init={init}, LoRA rank {lora_rank}, {n:,} params) in {out}")
+    model, out = run_lm_convert(out, source, recursions=recursions, sharing=sharing, init=init, lora_rank=lora_rank)
+    n = model.parameter_counts()["total"]
+    typer.echo(f"recursive model ({sharing}, N_r={recursions}, init={init}, LoRA rank {lora_rank}, "
+               f"{n:,} params) in {out}")

@@ -1,0 +1,80 @@
+"""Loading causal LMs and their tokenizers: the one place that turns a path into a model.
+
+* :func:`resolve_model_dir`: a run folder (``<run>/model`` or its newest checkpoint's ``model/``),
+  a checkpoint folder, or a model folder (holding ``config.json``) -> the model folder;
+* :func:`pretrained_model_dir`: ``"smollm2"`` (the packaged SmolLM2-135M) or a path -> model folder;
+* :func:`load_lm`: a model folder -> a :class:`~depthmux.lm.protocol.CausalLM`: a recursive / MoR
+  model through :func:`depthmux.recursion.load_recursive_model`, a LLaMA-family transformers model
+  wrapped in :class:`~depthmux.lm.hf_adapter.HFCausalLMAdapter`;
+* :func:`load_saved_tokenizer`: the tokenizer saved next to a model, or None.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from depthmux.errors import DepthmuxError
+from depthmux.lm.hf_adapter import LLAMA_FAMILY, HFCausalLMAdapter
+from depthmux.lm.protocol import CausalLM
+from depthmux.recursion import RecursiveConfig, load_recursive_model
+from depthmux.utils.checkpoint import existing_directory, read_json
+from depthmux.utils.run_folder import RunFolder
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The model folder for ``path``: itself if it holds ``config.json``, else ``<path>/model``, else
+    the ``model/`` of ``path`` as a checkpoint or of the run's newest checkpoint."""
+    p = Path(path)
+    if not p.exists():
+        raise DepthmuxError(f"model not found: {p}")
+    for cand in (p, existing_directory(p / "model")):
+        if (cand / "config.json").is_file():
+            return cand
+    checkpoints = RunFolder(p).checkpoints()
+    if checkpoints:
+        return existing_directory(checkpoints[-1][1] / "model")
+    raise DepthmuxError(f"no model in {p}: expected config.json, model/ or checkpoints/")
+
+
+def pretrained_model_dir(name: str) -> Path:
+    """``"smollm2"`` -> the packaged SmolLM2-135M folder; anything else -> :func:`resolve_model_dir`."""
+    if name == "smollm2":
+        from depthmux.assets import smollm2_path
+
+        return smollm2_path()
+    return resolve_model_dir(name)
+
+
+def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> CausalLM:
+    """Load the causal LM at ``path`` (see :func:`resolve_model_dir`), in eval mode."""
+    d = resolve_model_dir(path)
+    cfg = read_json(d / "config.json", f"cannot load a model from {d}")
+    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
+    if model_type == RecursiveConfig.model_type:
+        return load_recursive_model(d, dtype=dtype).eval()
+    if model_type not in LLAMA_FAMILY:
+        raise DepthmuxError(f"{d} holds a {model_type!r} model: expected {RecursiveConfig.model_type!r} or a "
+                            f"LLaMA-family causal LM ({', '.join(LLAMA_FAMILY)})")
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise DepthmuxError(f"cannot load a causal LM from {d}: {str(e).splitlines()[0]}") from None
+    return HFCausalLMAdapter(model).eval()
+
+
+def load_saved_tokenizer(model_dir: str | os.PathLike):
+    """The tokenizer saved in ``model_dir`` (``tokenizer.json`` / ``tokenizer_config.json``), or None."""
+    model_dir = Path(model_dir)
+    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise DepthmuxError(f"cannot load the tokenizer saved in {model_dir}: {str(e).splitlines()[0]}") from None
