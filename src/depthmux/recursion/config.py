@@ -62,6 +62,14 @@ class RecursiveConfig(PretrainedConfig):
             a second linear router per recursion, trained only by the BCE (on detached hidden
             states, so it never changes the LM or the main router), whose logit replaces the main
             router's in the causal decoding rule. Default False (SPEC 4: auxiliary loss).
+        mor_update: how a recursion's output re-enters the residual stream (one of
+            :data:`MOR_UPDATES`; ``f(H) = block(H)`` is the shared block's full output):
+            ``"published"`` (default, the paper and its public code, SPEC 4): expert-choice
+            ``H + g * f(H)``; token-choice ``H^1 + w * f^{(d)}(H^1)``. ``"gated_delta"`` (this
+            project's earlier form): expert-choice ``H + g * (f(H) - H)``; token-choice un-gated
+            ``f(H)`` before a token's last recursion and ``H + w * (f(H) - H)`` at it. A config file
+            written before this field existed is read as ``"gated_delta"`` (:meth:`from_dict`).
+            A gate-only control (no routing, only the gate) is ``mor_capacity=[1.0] * N_r``.
     """
 
     model_type = "depthmux_recursive"
@@ -92,7 +100,7 @@ class RecursiveConfig(PretrainedConfig):
         mor_z_loss_coef: float | None = None,
         mor_causal_inference: bool = True,
         mor_aux_router: bool = False,
-        mor_update: str = "gated_delta",
+        mor_update: str = "published",
         use_cache: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -140,6 +148,14 @@ class RecursiveConfig(PretrainedConfig):
             **kwargs,
         )
         self.validate_recursion()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As ``PretrainedConfig.from_dict``; a MoR config saved before ``mor_update`` existed was trained
+        with the ``"gated_delta"`` rule, so it keeps that rule instead of the new default."""
+        if config_dict.get("mor_router") is not None and "mor_update" not in config_dict:
+            config_dict = {**config_dict, "mor_update": "gated_delta"}
+        return super().from_dict(config_dict, **kwargs)
 
     # ------------------------------------------------------------------ validation
     def validate_recursion(self) -> None:
