@@ -226,7 +226,7 @@ def balance_loss(probs: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor) 
     w = valid.float()
     denom = w.sum().clamp(min=1.0)
     P = (probs * w[..., None]).sum((0, 1)) / denom
-    f = (F.one_hot(depth, n).float() * w[..., None]).sum((0, 1)) / denom
+    f = n * (F.one_hot(depth, n).float() * w[..., None]).sum((0, 1)) / denom
     return (P * f.detach()).sum()
 
 
