@@ -20,7 +20,7 @@ import torch
 
 from depthmux.lm import evaluate_lm, measure_forward_flops
 from depthmux.recipes.lm import LMDataSpec, LMModelSpec, build_lm_model, prepare_lm_data
-from depthmux.training.lm import LMTrainConfig, holds_run, train_lm
+from depthmux.training.lm import LMTrainConfig, train_lm
 from depthmux.utils.run_folder import RunFolder
 
 VARIANTS = {  # name -> (sharing, N_r, router)
@@ -88,7 +88,7 @@ def main() -> None:
         cfg = LMTrainConfig(out_dir=str(run_dir), steps=steps, batch_size=args.batch_size, lr=args.lr,
                             warmup_steps=max(1, steps // 10), decay_fraction=0.2, min_lr_ratio=0.1,
                             eval_batch_size=16, seed=args.seed, progress=False, log_every=10,
-                            resume=holds_run(RunFolder(run_dir)))  # continue an interrupted variant
+                            resume=RunFolder(run_dir).holds_run())  # continue an interrupted variant
         t0 = time.time()
         r = train_lm(model, train, held, cfg, tokenizer=tok,
                      extra_state={"data": vars(data), "model_spec": vars(spec)})

@@ -17,7 +17,7 @@ from pathlib import Path
 from depthmux.assets import smollm2_path
 from depthmux.lm import evaluate_lm, load_lm
 from depthmux.recipes.lm import LMDataSpec, LMModelSpec, build_lm_model, prepare_lm_data
-from depthmux.training.lm import LMTrainConfig, holds_run, train_lm
+from depthmux.training.lm import LMTrainConfig, train_lm
 from depthmux.utils.run_folder import RunFolder
 
 
@@ -72,7 +72,7 @@ def main() -> None:
             model = build_lm_model(spec)
             before = evaluate_lm(model, held, batch_size=8)
             run_dir = out / name.replace(" ", "_").replace("+", "")
-            cfg = LMTrainConfig(out_dir=str(run_dir), steps=args.steps, resume=holds_run(RunFolder(run_dir)),
+            cfg = LMTrainConfig(out_dir=str(run_dir), steps=args.steps, resume=RunFolder(run_dir).holds_run(),
                                 batch_size=args.batch_size, lr=args.lr, warmup_steps=max(1, args.steps // 10),
                                 decay_fraction=0.2, min_lr_ratio=0.1, weight_decay=0.0, eval_batch_size=8,
                                 seed=args.seed, progress=False)

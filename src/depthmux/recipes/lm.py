@@ -33,7 +33,8 @@ from depthmux.recursion import (
     RecursiveForCausalLM,
     convert_llama_to_recursive,
 )
-from depthmux.training.lm import LMTrainConfig, LMTrainResult, check_float, check_int, train_lm
+from depthmux.training.lm import LMTrainConfig, LMTrainResult, train_lm
+from depthmux.utils.checks import check_float, check_int
 
 __all__ = [
     "LMDataSpec", "LMModelSpec", "LMTrainConfig", "LMTrainResult", "build_lm_model", "eval_data_spec",

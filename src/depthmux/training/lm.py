@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from depthmux.data.text import PackedBlocks
-from depthmux.errors import DepthmuxError
+from depthmux.errors import DepthmuxError, require
 from depthmux.lm import CausalLM, as_causal_lm, evaluate_lm, load_lm
 from depthmux.recursion.stats import RouterStatsAccumulator
 from depthmux.training.schedules import WSD
@@ -48,6 +48,7 @@ from depthmux.utils.checkpoint import (
     optimizer_tensors,
     save_checkpoint,
 )
+from depthmux.utils.checks import check_float, check_int
 from depthmux.utils.flops import FlopCounter
 from depthmux.utils.run_folder import RunFolder
 from depthmux.utils.seed import capture_rng_state, restore_rng_state, seed_everything
@@ -55,30 +56,6 @@ from depthmux.utils.seed import capture_rng_state, restore_rng_state, seed_every
 RESUME_KEYS = ("steps", "batch_size", "lr", "weight_decay", "betas", "eps", "warmup_steps", "decay_fraction",
                "min_lr_ratio", "decay", "grad_clip", "seed")
 """Settings a resumed run must share with the stored one (they shape the trajectory)."""
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise DepthmuxError(message)
-
-
-def check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
-    """One-line error unless ``value`` is an int >= ``minimum`` (or None when allowed)."""
-    if value is None and allow_none:
-        return
-    _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-           f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_float(name: str, value, low: float, high: float = math.inf, low_open: bool = False,
-                high_open: bool = False, allow_none: bool = False) -> None:
-    """One-line error unless ``value`` is a finite number in the interval (open ends as given)."""
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
-    _check(ok, f"{name} must be a finite number in {interval}, got {value!r}")
 
 
 @dataclass
@@ -118,19 +95,19 @@ class LMTrainConfig:
 
     def validate(self) -> LMTrainConfig:
         """Raise a one-line :class:`DepthmuxError` for the first invalid field; return self."""
-        _check(bool(str(self.out_dir)), "--out must be a folder path")
+        require(bool(str(self.out_dir)), "--out must be a folder path")
         check_int("--steps", self.steps, 1)
         check_int("--batch-size", self.batch_size, 1)
         check_float("--lr", self.lr, 0.0, low_open=True)
         check_float("--weight-decay", self.weight_decay, 0.0)
-        _check(len(self.betas) == 2, f"betas must be two numbers, got {self.betas!r}")
+        require(len(self.betas) == 2, f"betas must be two numbers, got {self.betas!r}")
         for beta in self.betas:
             check_float("beta", beta, 0.0, 1.0, high_open=True)
         check_float("eps", self.eps, 0.0, low_open=True)
         check_int("--warmup", self.warmup_steps, 0)
         check_float("--decay-fraction", self.decay_fraction, 0.0, 1.0)
         check_float("min lr ratio", self.min_lr_ratio, 0.0, 1.0)
-        _check(self.decay in ("linear", "cosine"), f"unknown decay {self.decay!r}: use 'linear' or 'cosine'")
+        require(self.decay in ("linear", "cosine"), f"unknown decay {self.decay!r}: use 'linear' or 'cosine'")
         check_float("--grad-clip", self.grad_clip, 0.0)
         check_int("--checkpoint-every", self.checkpoint_every, 0, allow_none=True)
         check_int("keep_checkpoints", self.keep_checkpoints, 1)
@@ -139,7 +116,7 @@ class LMTrainConfig:
         check_int("eval max batches", self.eval_max_batches, 1, allow_none=True)
         check_int("log_every", self.log_every, 0)
         check_int("--seed", self.seed, 0)
-        _check(self.mixed_precision in ("no", "fp16", "bf16"),
+        require(self.mixed_precision in ("no", "fp16", "bf16"),
                f"unknown mixed precision {self.mixed_precision!r}: use no, fp16 or bf16")
         check_float("max_flops", self.max_flops, 0.0, low_open=True, allow_none=True)
         return self
@@ -176,12 +153,6 @@ def batch_indices(step: int, batch_size: int, num_blocks: int, seed: int) -> tor
         perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
         out.extend(perm[pos:pos + batch_size - len(out)].tolist())
     return torch.tensor(out, dtype=torch.long)
-
-
-def holds_run(run: RunFolder) -> bool:
-    """Whether ``run`` already holds a training run (config, log, checkpoints or a final model)."""
-    return (run.has_json("train_config") or run.log_path.exists() or bool(run.checkpoints())
-            or (run.root / "model").exists())
 
 
 def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -260,7 +231,7 @@ def _train(lm: CausalLM, train_blocks: PackedBlocks, eval_blocks: PackedBlocks |
     main = accelerator.is_main_process
     if main:
         run.clean_stale_tmp()
-    if not cfg.resume and holds_run(run):
+    if not cfg.resume and run.holds_run():
         raise DepthmuxError(f"{run.root} already holds a run: continue it with --resume or choose a new --out")
     seed_everything(cfg.seed)
 

@@ -1,14 +1,23 @@
 """Training RevMUX adapters on cached frozen features (SPEC 1.3).
 
-Resumable: ``<out>/last/`` holds the adapters, optimizer state and position (epoch, step) and is
-rewritten atomically every ``save_every`` steps and at each epoch end; ``<out>/best/`` holds the
-adapters that scored best on the validation split (never the reported split, SPEC 1.4).
-Data order depends only on (seed, epoch), so a resumed run ends exactly where an uninterrupted
-run would.
+The run folder (:class:`depthmux.utils.run_folder.RunFolder`, the layout ``lm train`` uses too)::
+
+    .lock                       held while the run writes (a second run fails with one line)
+    train_config.json           {"train": MuxTrainConfig, "model": the model's config}
+    log.jsonl                   one record per finished epoch (losses, train and validation accuracy)
+    checkpoints/step-NNNNNN/    trainer/: adapters, optimizer, best-so-far adapters, RNG, and the
+                                position (epoch, step, history) with the epoch's running sums;
+                                written every ``save_every`` steps and at each epoch end
+    best/                       the adapters that scored best on the validation split (never the
+                                reported split, SPEC 1.4)
+
+Data order depends only on (seed, epoch) and the epoch's running sums are checkpointed, so a run
+resumed at any step ends exactly where an uninterrupted run would, its log included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,10 +27,13 @@ from tqdm.auto import tqdm
 
 from depthmux.errors import DepthmuxError
 from depthmux.multiplexing.evaluation import predict_cached
+from depthmux.multiplexing.features import FeatureCache
 from depthmux.multiplexing.losses import revmux_loss
 from depthmux.multiplexing.model import MultiplexedClassifier
-from depthmux.multiplexing.features import FeatureCache
 from depthmux.utils.checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
+from depthmux.utils.checks import check_float, check_int
+from depthmux.utils.run_folder import RunFolder
+from depthmux.utils.seed import capture_rng_state, restore_rng_state
 
 
 @dataclass
@@ -34,6 +46,18 @@ class MuxTrainConfig:
     tau: float = 0.05
     seed: int = 0
     save_every: int = 200       # steps between resumable checkpoints
+
+    def validate(self) -> MuxTrainConfig:
+        """One line for the first invalid field (CLI option names); returns self."""
+        check_int("--epochs", self.epochs, 1)
+        check_int("--batch-size", self.batch_size, 1)
+        check_float("--lr", self.lr, 0.0, low_open=True)
+        check_float("weight decay", self.weight_decay, 0.0)
+        check_float("--lambda-info", self.lambda_info, 0.0)
+        check_float("--tau", self.tau, 0.0, low_open=True)
+        check_int("--seed", self.seed, 0)
+        check_int("save_every", self.save_every, 0)
+        return self
 
 
 def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
@@ -53,6 +77,25 @@ def _validation_accuracy(model: MultiplexedClassifier, cache: FeatureCache, seed
     return (pred == cache.labels).float().mean().item()
 
 
+def read_mux_checkpoint(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """``(tensors, state)`` of a mux checkpoint folder; raises on any corruption (used with
+    :meth:`RunFolder.latest_checkpoint`, which then takes an older one)."""
+    tensors, state = load_checkpoint(folder / "trainer")
+    for key in ("position", "sums", "optimizer", "rng"):
+        if key not in state:
+            raise DepthmuxError(f"corrupt checkpoint {folder}: trainer state has no {key!r}")
+    for key in ("adapters", "best", "rng"):
+        if key not in tensors:
+            raise DepthmuxError(f"corrupt checkpoint {folder}: no {key}.safetensors")
+    return tensors, state
+
+
+def _check_finite(named: dict[str, torch.Tensor], what: str) -> None:
+    bad = [k for k, v in named.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise DepthmuxError(f"non-finite adapter weights ({bad[0]}) {what}: nothing saved; lower --lr")
+
+
 def train_mux(model: MultiplexedClassifier, train: FeatureCache, validation: FeatureCache, cfg: MuxTrainConfig,
               out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
               stop_after_steps: int | None = None) -> dict:
@@ -61,49 +104,79 @@ def train_mux(model: MultiplexedClassifier, train: FeatureCache, validation: Fea
     Args:
         model: a :class:`MultiplexedClassifier` with N >= 2 (its backbone and head stay frozen).
         train, validation: :class:`FeatureCache` built at ``model.config.prefill_layers``.
-        out_dir: where ``last/`` and ``best/`` checkpoints go (None: keep nothing on disk).
-        resume: continue from ``<out_dir>/last`` if it exists.
+        cfg: :class:`MuxTrainConfig` (validated here).
+        out_dir: the run folder (see the module docstring; None: keep nothing on disk). A folder that
+            already holds a run needs ``resume``.
+        resume: continue from the newest intact checkpoint in ``out_dir`` (from the start when the run
+            was stopped before its first checkpoint).
         stop_after_steps: stop early after this many steps in total (used to test resuming).
     Returns:
         the history: per-epoch mean losses and validation accuracy, and the best epoch.
     """
     if model.config.n < 2:
         raise DepthmuxError("nothing to train at N = 1: the teacher path has no adapters")
+    cfg.validate()
+    run = RunFolder(out_dir) if out_dir is not None else None
+    if run is None and resume:
+        raise DepthmuxError("--resume needs the run folder (out_dir)")
+    with run.lock() if run is not None else contextlib.nullcontext():
+        return _train(model, train, validation, cfg, run, resume, progress, stop_after_steps)
+
+
+def _train(model: MultiplexedClassifier, train: FeatureCache, validation: FeatureCache, cfg: MuxTrainConfig,
+           run: RunFolder | None, resume: bool, progress: bool, stop_after_steps: int | None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val": -1.0, "best_epoch": -1,
-             "history": [], "train_config": asdict(cfg)}
-    out = Path(out_dir) if out_dir is not None else None
-    best_sd = {k: v.clone() for k, v in model.trainable_state_dict().items()}
-    if resume:
-        if out is None or not (out / "last").is_dir():
-            raise DepthmuxError(f"--resume: no checkpoint to resume from in {out}/last")
-        tensors, saved = load_checkpoint(out / "last")
-        model.load_state_dict(tensors["adapters"], strict=False)
-        load_optimizer_tensors(opt, tensors.get("optimizer", {}), saved["optimizer"])
-        best_sd = tensors.get("best", best_sd)
-        state = saved["position"]
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val": -1.0, "best_epoch": -1, "history": []}
+    sums = {"loss": 0.0, "ce": 0.0, "info": 0.0, "acc": 0.0, "count": 0}
+    best_sd = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
+    if run is not None:
+        run.clean_stale_tmp()
+        if not resume and run.holds_run():
+            raise DepthmuxError(f"{run.root} already holds a run: continue it with --resume or choose a new --out")
+        latest = run.latest_checkpoint(read_mux_checkpoint) if resume else None
+        if resume and latest is None and not run.has_json("train_config"):
+            raise DepthmuxError(f"--resume: no checkpoint to resume from in {run.checkpoint_root}")
+        if latest is not None:
+            tensors, saved = latest[2]
+            model.load_state_dict(tensors["adapters"], strict=False)
+            load_optimizer_tensors(opt, tensors.get("optimizer", {}), saved["optimizer"])
+            restore_rng_state(tensors["rng"], saved["rng"])
+            best_sd, state, sums = tensors["best"], saved["position"], saved["sums"]
+        if not resume:
+            run.write_json("train_config", {"train": asdict(cfg), "model": asdict(model.config)})
+        run.truncate_log(lambda r: r.get("epoch", 0) <= state["epoch"])  # the history up to the checkpoint
 
     def checkpoint() -> None:
-        if out is None:
+        if run is None:
             return
-        opt_tensors, opt_meta = optimizer_tensors(opt)
-        save_checkpoint(out / "last", {"adapters": model.trainable_state_dict(), "optimizer": opt_tensors,
-                                       "best": best_sd},
-                        {"position": state, "optimizer": opt_meta, "config": asdict(model.config)})
+        adapters = model.trainable_state_dict()
+        _check_finite(adapters, f"at step {state['global_step']}")
 
-    sums = {"loss": 0.0, "ce": 0.0, "info": 0.0, "acc": 0.0, "count": 0}
+        def write(tmp: Path) -> None:
+            opt_tensors, opt_meta = optimizer_tensors(opt)
+            rng_tensors, rng_meta = capture_rng_state()
+            save_checkpoint(tmp / "trainer", {"adapters": adapters, "optimizer": opt_tensors, "best": best_sd,
+                                              "rng": rng_tensors},
+                            {"position": state, "sums": sums, "optimizer": opt_meta, "rng": rng_meta,
+                             "config": asdict(model.config)})
+
+        run.save_checkpoint(state["global_step"], write)
+
     for epoch in range(state["epoch"], cfg.epochs):
         batches = epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch)
         model.train()
-        bar = tqdm(range(state["step_in_epoch"], len(batches)), desc=f"N={model.config.n} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
+        bar = tqdm(range(state["step_in_epoch"], len(batches)), disable=not progress, leave=False,
+                   desc=f"N={model.config.n} epoch {epoch + 1}/{cfg.epochs}")
         for step in bar:
             idx = batches[step]
             hidden, mask = train.batch(model.config.prefill_layers, idx)
             logits, recovered = model.forward_from_prefill(hidden, mask)
             loss, parts = revmux_loss(logits, train.labels[idx], recovered, train.teacher[idx],
                                       cfg.lambda_info, cfg.tau)
+            if not torch.isfinite(loss):
+                raise DepthmuxError(f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1}: stopped, nothing "
+                                    "saved as best; lower --lr or raise --tau")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -122,21 +195,25 @@ def train_mux(model: MultiplexedClassifier, train: FeatureCache, validation: Fea
                 return {"history": state["history"], "stopped_at": state["global_step"]}
         val = _validation_accuracy(model, validation, cfg.seed)
         c = max(1, sums["count"])
-        state["history"].append({"epoch": epoch + 1, "loss": sums["loss"] / c, "ce": sums["ce"] / c,
-                                 "info": sums["info"] / c, "train_acc": sums["acc"] / c, "val_acc": val})
+        record = {"epoch": epoch + 1, "loss": sums["loss"] / c, "ce": sums["ce"] / c, "info": sums["info"] / c,
+                  "train_acc": sums["acc"] / c, "val_acc": val}
+        state["history"].append(record)
         sums = dict.fromkeys(sums, 0.0) | {"count": 0}
         if val > state["best_val"]:
             state["best_val"], state["best_epoch"] = val, epoch + 1
             best_sd = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         if progress:
-            h = state["history"][-1]
             tqdm.write(f"  N={model.config.n} l={model.config.prefill_layers} {model.config.mixer} epoch {epoch + 1}: "
-                       f"loss {h['loss']:.3f} train acc {h['train_acc']:.3f} val acc {val:.3f}", file=sys.stderr)
+                       f"loss {record['loss']:.3f} train acc {record['train_acc']:.3f} val acc {val:.3f}",
+                       file=sys.stderr)
+        if run is not None:
+            run.append_log(record)  # before the checkpoint: a resume from it never lacks this record
         checkpoint()
+    _check_finite(best_sd, "of the best epoch")
     model.load_state_dict(best_sd, strict=False)
     model.eval()
-    if out is not None:
-        model.save_pretrained(out / "best", {"history": state["history"], "best_epoch": state["best_epoch"],
-                                             "train_config": asdict(cfg)})
+    if run is not None:
+        model.save_pretrained(run.root / "best", {"history": state["history"], "best_epoch": state["best_epoch"],
+                                                  "train_config": asdict(cfg)})
     return {"history": state["history"], "best_epoch": state["best_epoch"], "best_val": state["best_val"]}

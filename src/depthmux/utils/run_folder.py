@@ -111,6 +111,10 @@ class RunFolder:
                         p.unlink(missing_ok=True)
         return removed
 
+    def holds_run(self) -> bool:
+        """Whether a run has started here (a config, a log or a checkpoint): a new run must not mix in."""
+        return any(self.root.glob("*.json")) or self.log_path.exists() or bool(self.checkpoints())
+
     # ---------------------------------------------------------------------------------- JSON
 
     def _json_path(self, name: str) -> Path:
