@@ -6,7 +6,8 @@
   the role of original layer p. Positions tied together (``config.layer_schedule()``) share one
   unique layer, initialised by
   - ``"stepwise"``: K evenly spaced original layers of the shared range, first and last included
-    (``round(i * (n - 1) / (K - 1))`` for i = 0..K-1 over the n layers of the range);
+    (``i * (n - 1) / (K - 1)`` rounded half up for i = 0..K-1 over the n layers of the range, as
+    the public code: :func:`stepwise_indices`);
   - ``"average"``: the mean of the original layers tied to it;
   - ``"lower"``: the first K layers of the shared range.
   For middle_* sharing the first and last original layers are copied as the unique layers.
@@ -14,8 +15,8 @@
   (``W diag(g)``, exact) and the shared norms set to 1, so no per-layer information is lost to
   tying a norm.
 * Relaxation (``relaxation_rank`` r > 0): for each tied position (loop i) and each linear,
-  ``B_i A_i`` = rank-r truncated SVD of ``W_layer - W_shared`` with scaling 1; at full rank
-  (r >= min(in, out)) the converted model reproduces the original exactly (float error).
+  ``B_i A_i`` = rank-r truncated SVD of ``W_layer - W_shared`` (exact, :func:`svd_lora`) with
+  scaling 1; at full rank (r >= min(in, out)) the converted model reproduces the original exactly (float error).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from depthmux.recursion.modeling import RecursiveForCausalLM
 from depthmux.utils.checkpoint import read_json
 
 INIT_METHODS = ("stepwise", "average", "lower")
+EXACT_SVD_MAX_DIM = 4096  # exact truncated SVD up to this min(out, in)
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 
@@ -112,10 +114,15 @@ def _fold_norms(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return w
 
 
-def _stepwise_indices(n: int, k: int) -> list[int]:
+def stepwise_indices(n: int, k: int) -> list[int]:
+    """Stepwise init (SPEC 3): which of ``n`` tied layers seed the ``k`` shared ones, first and last kept.
+
+    ``i * (n - 1) / (k - 1)`` rounded half up, as the public code (not Python's banker's ``round``):
+    n = 6, k = 3 gives [0, 3, 5] (2.5 -> 3), i.e. layers [1, 4, 6] of an L = 8 model with middle sharing.
+    """
     if k == 1:
         return [0]
-    return [round(i * (n - 1) / (k - 1)) for i in range(k)]
+    return [(2 * i * (n - 1) + (k - 1)) // (2 * (k - 1)) for i in range(k)]
 
 
 def _copy_layer(layer, w: dict[str, torch.Tensor]) -> None:
@@ -127,12 +134,16 @@ def _copy_layer(layer, w: dict[str, torch.Tensor]) -> None:
     layer.post_attention_layernorm.weight.copy_(w["post_attention_layernorm"])
 
 
-def _svd_lora(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A [r, in], B [out, r])`` with ``B @ A`` the best rank-r approximation of ``residual``."""
+def svd_lora(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A [r, in], B [out, r])`` with ``B @ A`` the best rank-r approximation of ``residual`` [out, in].
+
+    Exact truncated SVD (``torch.linalg.svd``) whenever ``min(out, in) <= EXACT_SVD_MAX_DIM`` (every
+    SmolLM2 matrix); a seeded randomized SVD only beyond that, where the exact one is too slow.
+    The singular values are split evenly (``sqrt(S)`` into each factor), scaling 1 (SPEC 3).
+    """
     residual = residual.float()
-    small = min(residual.shape)
-    if rank + 16 < small // 2:
-        # randomized truncated SVD (Halko et al.), seeded: same result every call, much faster
+    if min(residual.shape) > EXACT_SVD_MAX_DIM and rank + 16 < min(residual.shape) // 2:
+        # randomized truncated SVD (Halko et al.), seeded: same result every call
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             U, S, V = torch.svd_lowrank(residual, q=rank + 16, niter=4)
@@ -196,7 +207,7 @@ def recursive_from_llama_state_dict(state_dict: dict[str, torch.Tensor], config:
             elif init == "lower":
                 shared[u] = folded[shared_positions[u - pre]]
             else:
-                picks = _stepwise_indices(len(shared_positions), K)
+                picks = stepwise_indices(len(shared_positions), K)
                 shared[u] = folded[shared_positions[picks[u - pre]]]
             _copy_layer(model.model.layers[u], shared[u])
         if config.relaxation_rank > 0:
@@ -205,7 +216,7 @@ def recursive_from_llama_state_dict(state_dict: dict[str, torch.Tensor], config:
                 layer = model.model.layers[u]
                 for name in _ATTN + _MLP:
                     lin = getattr(layer.self_attn if name in _ATTN else layer.mlp, name)
-                    A, B = _svd_lora(folded[p][name] - shared[u][name], config.relaxation_rank)
+                    A, B = svd_lora(folded[p][name] - shared[u][name], config.relaxation_rank)
                     lin.lora_A[loop].copy_(A)
                     lin.lora_B[loop].copy_(B)
     return model

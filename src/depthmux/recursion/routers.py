@@ -179,7 +179,8 @@ def capacity_k(capacity: float, num_tokens: torch.Tensor) -> torch.Tensor:
     decoding token at capacity 1/3) we keep 1 token instead, so a recursion never silently drops
     a row that has candidates; ``topk_select`` then clips k to the candidates left.
     """
-    return torch.ceil(num_tokens.to(torch.float64) * capacity - 1e-9).clamp(min=0).long()
+    k = torch.floor(num_tokens.to(torch.float64) * capacity + 1e-9).long()
+    return torch.where(num_tokens > 0, k.clamp(min=1), torch.zeros_like(k))
 
 
 def topk_select(logits: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -243,6 +244,7 @@ def expected_counts(capacities: list[float], seq_len: int) -> list[int]:
     with hierarchical filtering)."""
     out, prev = [], seq_len
     for c in capacities:
-        prev = min(prev, math.ceil(seq_len * c - 1e-9))
+        k = max(1, math.floor(seq_len * c + 1e-9)) if seq_len > 0 else 0
+        prev = min(prev, k)
         out.append(prev)
     return out
