@@ -308,12 +308,12 @@ def _train(lm: CausalLM, train_blocks: PackedBlocks, eval_blocks: PackedBlocks |
                         use_cache=False)
         loss = out.loss
         if not torch.isfinite(loss):
-            raise DepthmuxError(f"loss is {float(loss)} at step {step + 1}: stopped, nothing saved for this step; "
+            raise DepthmuxError(f"loss is {loss.item()} at step {step + 1}: stopped, nothing saved for this step; "
                                 "lower --lr or check the data")
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
         if grad_norm is not None and not torch.isfinite(grad_norm):
-            raise DepthmuxError(f"gradient norm is {float(grad_norm)} at step {step + 1}: stopped; lower --lr")
+            raise DepthmuxError(f"gradient norm is {grad_norm.item()} at step {step + 1}: stopped; lower --lr")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
