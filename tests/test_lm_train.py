@@ -1,5 +1,6 @@
 """Training loop: WSD schedule, resume == uninterrupted, FLOPs, evaluation (SPEC 4)."""
 
+import itertools
 import json
 import math
 
@@ -36,9 +37,9 @@ def test_wsd_shape():
     f = WSD(total_steps=100, warmup_steps=10, decay_fraction=0.2, min_ratio=0.1)
     values = [f(s) for s in range(100)]
     assert values[0] == pytest.approx(0.1)
-    assert all(a < b for a, b in zip(values[:9], values[1:10]))  # linear warmup
+    assert all(a < b for a, b in itertools.pairwise(values[:10]))  # linear warmup
     assert values[9] == 1.0 and all(v == 1.0 for v in values[9:80])  # stable
-    assert all(a > b for a, b in zip(values[80:99], values[81:100]))  # decay
+    assert all(a > b for a, b in itertools.pairwise(values[80:100]))  # decay
     assert values[99] == pytest.approx(0.1)
     cos = WSD(100, 0, 0.5, 0.0, "cosine")
     assert cos(74) == pytest.approx(0.5 * (1 + math.cos(math.pi * 25 / 50)))
@@ -80,7 +81,7 @@ def test_resume_equals_uninterrupted(tmp_path, data):
     cfg_c = LMTrainConfig(out_dir=str(tmp_path / "b"), checkpoint_every=5, resume=True, **common)
     rc = train_lm(c, train, held, cfg_c, tokenizer=tok)
     assert rc.step == 10
-    for (n, p), (_, q) in zip(a.named_parameters(), c.named_parameters()):
+    for (n, p), (_, q) in zip(a.named_parameters(), c.named_parameters(), strict=True):
         assert torch.equal(p, q), n
     assert rc.train_flops == pytest.approx(ra.train_flops)
     assert rc.eval["nll"] == pytest.approx(ra.eval["nll"])
@@ -159,7 +160,7 @@ def test_resume_mor_expert(tmp_path, data):
                                            max_flops=ra.train_flops / 2 - 1, **common))
     c = make(7)
     rc = train_lm(c, train, held, LMTrainConfig(out_dir=str(tmp_path / "b"), resume=True, **common))
-    for (n, p), (_, q) in zip(a.named_parameters(), c.named_parameters()):
+    for (n, p), (_, q) in zip(a.named_parameters(), c.named_parameters(), strict=True):
         assert torch.equal(p, q), n
     recs = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert "router_bce" in recs[0]["aux"] and "causal_agreement" in recs[0]["router_stats"]

@@ -55,7 +55,7 @@ class WSD:
 
     @property
     def decay_steps(self) -> int:
-        return int(round(self.decay_fraction * self.total_steps))
+        return round(self.decay_fraction * self.total_steps)
 
     def __call__(self, step: int) -> float:
         s, total, warm, dec = step, self.total_steps, self.warmup_steps, self.decay_steps
