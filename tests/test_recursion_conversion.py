@@ -135,7 +135,7 @@ def test_conversion_errors(llama, tmp_path):
         convert_llama_to_recursive(llama, 3, sharing="cycle")
     with pytest.raises(DepthmuxError, match="init"):
         convert_llama_to_recursive(llama, 2, init="median")
-    with pytest.raises(DepthmuxError, match="config.json"):
+    with pytest.raises(DepthmuxError, match=r"config\.json"):
         convert_llama_to_recursive(tmp_path, 2)
 
 

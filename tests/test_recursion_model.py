@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import build_tiny_recursive
 from depthmux.recursion import (
     RecursiveCache,
     RecursiveConfig,
@@ -20,7 +21,7 @@ from depthmux.recursion import (
 VOCAB = 61
 
 KINDS = {
-    "vanilla": dict(sharing="none", num_hidden_layers=4),
+    "vanilla": dict(sharing="none", num_hidden_layers=4, num_recursions=1),
     "cycle": dict(sharing="cycle", num_hidden_layers=4, num_recursions=2),
     "sequence_lora": dict(sharing="sequence", num_hidden_layers=4, num_recursions=2, relaxation_rank=3),
     "middle_cycle_lora": dict(sharing="middle_cycle", num_hidden_layers=6, num_recursions=2, relaxation_rank=2),
@@ -43,9 +44,7 @@ def tiny_config(**kw) -> RecursiveConfig:
 
 
 def tiny_model(kind: str, seed: int = 0, **kw) -> RecursiveForCausalLM:
-    torch.manual_seed(seed)
-    cfg = tiny_config(**{**KINDS[kind], **kw})
-    model = RecursiveForCausalLM(cfg)
+    model = build_tiny_recursive(vocab_size=VOCAB, seed=seed, **{**KINDS[kind], **kw})
     with torch.no_grad():  # non-trivial LoRA and routers, so every code path matters
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -206,7 +205,8 @@ def test_expert_choice_capacity_and_hierarchy(T):
     assert agree.shape == (3,) and bool(((agree >= 0) & (agree <= 1)).all())
     for name in ("router_bce", "z_loss"):
         assert out.aux_losses[name].shape == () and torch.isfinite(out.aux_losses[name])
-    expected = out.lm_loss + 0.001 * out.aux_losses["router_bce"] + model.config.mor_z_loss_coef * out.aux_losses["z_loss"]
+    z_coef = model.config.mor_z_loss_coef
+    expected = out.lm_loss + 0.001 * out.aux_losses["router_bce"] + z_coef * out.aux_losses["z_loss"]
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
     for r in model.model.router.routers:

@@ -166,7 +166,8 @@ class RecursiveConfig(PretrainedConfig):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise DepthmuxError(f"num_recursions must be an integer >= 1, got {n!r}")
         if self.sharing not in SHARING_STRATEGIES:
-            raise DepthmuxError(f"unknown sharing strategy {self.sharing!r}; choose one of {', '.join(SHARING_STRATEGIES)}")
+            raise DepthmuxError(
+                f"unknown sharing strategy {self.sharing!r}; choose one of {', '.join(SHARING_STRATEGIES)}")
         if self.sharing == "none":
             if n != 1:
                 raise DepthmuxError(f"sharing='none' (vanilla) needs num_recursions=1, got {n}")
@@ -175,15 +176,17 @@ class RecursiveConfig(PretrainedConfig):
                 raise DepthmuxError(
                     f"sharing={self.sharing!r}: num_recursions={n} does not divide num_hidden_layers={L}")
         else:
-            if L < 2 + n or (L - 2) % n != 0:
+            if 2 + n > L or (L - 2) % n != 0:
                 raise DepthmuxError(
                     f"sharing={self.sharing!r}: num_recursions={n} does not divide the {L - 2} middle layers "
                     f"of num_hidden_layers={L} (need L - 2 >= N_r and a multiple of it)")
         if self.hidden_size % self.num_attention_heads != 0 and self.head_dim is None:
-            raise DepthmuxError(f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}")
+            raise DepthmuxError(
+                f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}")
         if self.num_attention_heads % self.num_key_value_heads != 0:
             raise DepthmuxError(
-                f"num_attention_heads={self.num_attention_heads} is not a multiple of num_key_value_heads={self.num_key_value_heads}")
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}")
         if not isinstance(self.relaxation_rank, int) or self.relaxation_rank < 0:
             raise DepthmuxError(f"relaxation_rank must be an integer >= 0, got {self.relaxation_rank!r}")
         if self.relaxation_rank > 0 and self.sharing == "none":
@@ -194,9 +197,9 @@ class RecursiveConfig(PretrainedConfig):
             raise DepthmuxError(f"unknown mor_kv {self.mor_kv!r}; choose 'recursion_wise' or 'share_first'")
         if self.mor_kv == "share_first" and self.sharing not in ("middle_cycle", "cycle"):
             raise DepthmuxError(f"mor_kv='share_first' needs sharing 'middle_cycle' or 'cycle', got {self.sharing!r}")
-        if self.mor_router is not None:
-            if self.sharing not in ("middle_cycle", "cycle"):
-                raise DepthmuxError(f"mor_router={self.mor_router!r} needs sharing 'middle_cycle' or 'cycle', got {self.sharing!r}")
+        if self.mor_router is not None and self.sharing not in ("middle_cycle", "cycle"):
+            raise DepthmuxError(
+                f"mor_router={self.mor_router!r} needs sharing 'middle_cycle' or 'cycle', got {self.sharing!r}")
         if self.mor_update not in MOR_UPDATES:
             raise DepthmuxError(f"unknown mor_update {self.mor_update!r}; choose one of {', '.join(MOR_UPDATES)}")
         if self.mor_aux_router and self.mor_router != "expert":
@@ -206,7 +209,8 @@ class RecursiveConfig(PretrainedConfig):
             if len(caps) != n:
                 raise DepthmuxError(f"mor_capacity has {len(caps)} entries, expected num_recursions={n}")
             for c in caps:
-                if not isinstance(c, (int, float)) or isinstance(c, bool) or not (0.0 < float(c) <= 1.0) or math.isnan(c):
+                number = isinstance(c, (int, float)) and not isinstance(c, bool)
+                if not number or math.isnan(c) or not 0.0 < float(c) <= 1.0:
                     raise DepthmuxError(f"mor_capacity entries must be in (0, 1], got {c!r}")
 
     # ------------------------------------------------------------------ layout helpers

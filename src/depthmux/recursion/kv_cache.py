@@ -146,7 +146,7 @@ class RecursiveCache:
             self.last_seg = self.last_seg.index_select(0, index)
 
 
-def kv_cache_entries(config: "RecursiveConfig", seq_len: int,
+def kv_cache_entries(config: RecursiveConfig, seq_len: int,
                      selected_counts: list[int] | None = None) -> dict[str, float]:
     """Analytic KV-cache size of one sequence of ``seq_len`` tokens, in (token, layer) entries.
 
@@ -154,7 +154,8 @@ def kv_cache_entries(config: "RecursiveConfig", seq_len: int,
         config: the model configuration.
         seq_len: T, tokens in the sequence.
         selected_counts: tokens that reach each recursion r = 1..N_r; default for expert-choice
-            is the training top-k (:func:`~depthmux.recursion.routers.expected_counts`: ``floor(capacity_r * T)``, at least 1), for everything else all T.
+            is the training top-k (:func:`~depthmux.recursion.routers.expected_counts`:
+            ``floor(capacity_r * T)``, at least 1), for everything else all T.
 
     Returns a dict with ``block`` (entries held by the recursion block), ``block_vanilla``
     (N_r * K * T, every token cached at every recursion), ``block_ratio`` (SPEC 4: recursion-wise

@@ -2,23 +2,45 @@
 
 A readable, nanoGPT-sized implementation with Hugging Face conventions:
 ``RecursiveForCausalLM(config)`` is a ``PreTrainedModel`` + ``GenerationMixin`` so
-``save_pretrained`` / ``from_pretrained`` / ``generate`` work.
+``save_pretrained`` / ``from_pretrained`` / ``generate`` work. (One file of ~700 lines on purpose,
+as Hugging Face's ``modeling_llama.py``: the layers, the per-call contexts and the model stages
+read top to bottom in one place.)
 
 Pieces, bottom-up:
 
 * :class:`RMSNorm`, rotary embeddings (:func:`rope_cos_sin`, :func:`apply_rope`), SwiGLU MLP.
 * :class:`RelaxedLinear`: a linear layer shared by N_r loops with an optional per-loop LoRA
   ``W x + B_i A_i x`` (scaling 1, SPEC 3).
-* :class:`DecoderLayer`: pre-norm attention (GQA) + MLP. Attention keys always come from a
-  :class:`~depthmux.recursion.kv_cache.LayerKV` (a temporary one when no cache is kept), so the
-  same code serves training, prefill, recursion-wise MoR (only routed tokens write and read) and
-  recursive KV sharing (later recursions read the first recursion's keys).
-* :class:`RecursiveModel`: embeddings, unique layers, routers, final norm, and the schedule.
-* :class:`RecursiveForCausalLM`: LM head, losses, outputs.
+* :class:`TokenContext` (positions, slots, segments, write mask, rope tables, cache of the tokens a
+  stage processes) and :class:`LayerContext` (plus the layer position's KV, LoRA loop, read-only).
+* :class:`DecoderLayer`: pre-norm attention (GQA) + MLP, ``layer(x, ctx)``. Attention keys always
+  come from a :class:`~depthmux.recursion.kv_cache.LayerKV` (a temporary one when no cache is kept),
+  so the same code serves training, prefill, recursion-wise MoR (only routed tokens write and read)
+  and recursive KV sharing (later recursions read the first recursion's keys).
+* :class:`RecursiveModel`: the public stages ``make_context``, ``embed``, ``prefix``, ``route``,
+  ``recursion`` (``run_block`` on a chosen subset plus the update rule), ``suffix``; its
+  ``forward`` is exactly these stages in order (SPEC 5: the decode engine's model runner calls them).
+* :class:`RecursiveForCausalLM`: ``logits`` (the LM head), losses, outputs, ``parameter_counts``.
+
+MoR update rules (SPEC 4; ``config.mor_update``). ``f(H) = block(H)`` is the shared block's FULL
+output (a decoder layer's output already contains its own residual); tokens not selected at a
+recursion keep their state.
+
+* no router: ``H^{r+1} = f(H^r)`` for every token;
+* expert-choice, ``g = alpha * sigmoid(theta_r^T H^r)``: "published" (default, paper and public
+  code) ``H^{r+1} = H^r + g * f(H^r)``; "gated_delta" ``H^r + g * (f(H^r) - H^r)``. Capacities
+  ``[1.0] * N_r`` select every token at every recursion: the gate-only control;
+* token-choice, depth d and weight ``w = alpha * p_d`` from one router on H^1: recursions 1..d run
+  un-gated (``H <- f(H)``); at the last, "published" ``H^1 + w * f^{(d)}(H^1)`` (the whole chain,
+  relative to H^1, as the public code) and "gated_delta" ``H + w * (f(H) - H)``.
 
 Masks: a query at absolute slot s in document segment g sees the cached keys with slot <= s in the
 same segment. Segments come from ``position_ids`` restarting at 0 (packed documents:
 ``seg = cumsum(position_ids == 0)`` per row), so attention never crosses a document boundary.
+
+Cost: every linear (LoRA rows included), attention (the (query, key) pairs the mask allows, real
+queries only), the routers and the LM head (as embedding) declare their FLOPs to
+:mod:`depthmux.utils.flops` while a ``FlopCounter`` is active.
 """
 
 from __future__ import annotations
@@ -75,7 +97,8 @@ class RMSNorm(nn.Module):
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float,
                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary tables for ``position_ids`` [B, T]: cos, sin [B, T, head_dim] (LLaMA half-split layout)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    exponents = torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim
+    inv_freq = 1.0 / (theta**exponents)
     freqs = position_ids.float()[..., None] * inv_freq  # [B, T, D/2]
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -114,7 +137,7 @@ class RelaxedLinear(nn.Module):
             rows = x.numel() // self.in_features
             cost = linear_flops(rows, self.in_features, self.out_features)
             if lora:
-                cost += linear_flops(rows, self.in_features, self.rank) + linear_flops(rows, self.rank, self.out_features)
+                cost += linear_flops(rows, self.in_features + self.out_features, self.rank)
             add_flops(cost)
         y = F.linear(x, self.weight)
         if lora:
@@ -715,7 +738,8 @@ def count_parameters_formula(config: RecursiveConfig) -> int:
 
     Per unique layer: ``d*H*D + 2*d*Hk*D + H*D*d`` (attention) + ``3*d*I`` (SwiGLU) + ``2d``
     (norms); each shared-block linear (in, out) adds ``N_r * r * (in + out)`` LoRA parameters;
-    routers add ``N_r * d`` (twice with the expert-choice auxiliary router); embeddings ``V*d`` (twice when untied) and the final norm ``d``.
+    routers add ``N_r * d`` (twice with the expert-choice auxiliary router); embeddings ``V*d``
+    (twice when untied) and the final norm ``d``.
     """
     d, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
     H, Hk, D = config.num_attention_heads, config.num_key_value_heads, config.head_dim
