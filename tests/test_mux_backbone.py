@@ -12,8 +12,9 @@ from depthmux.errors import DepthmuxError
 def test_layer_ranges_compose_to_the_full_model(tiny_backbone):
     batch = tiny_backbone.tokenize(["hello world", ("a premise here", "a hypothesis")][:1] + ["another one, longer"])
     with torch.no_grad():
-        full = tiny_backbone.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                   token_type_ids=batch.token_type_ids).last_hidden_state
+        full = tiny_backbone.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids
+        ).last_hidden_state
         h = tiny_backbone.prefill(batch, 1)
         h = tiny_backbone.run_layers(h, batch.attention_mask, 1, 2)
         h = tiny_backbone.run_layers(h, batch.attention_mask, 2, tiny_backbone.num_layers)
@@ -46,7 +47,7 @@ def test_over_long_text_is_a_clear_error(tiny_backbone):
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
-    with pytest.raises(DepthmuxError, match="model path not found: .*nowhere"):
+    with pytest.raises(DepthmuxError, match=r"model path not found: .*nowhere"):
         load_backbone(tmp_path / "nowhere")
-    with pytest.raises(DepthmuxError, match="has no config.json"):
+    with pytest.raises(DepthmuxError, match=r"has no config\.json"):
         load_backbone(tmp_path)

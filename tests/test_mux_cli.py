@@ -20,8 +20,17 @@ def run_cli(args, capsys):
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("args", [["--help"], ["mux", "--help"], ["mux", "train", "--help"], ["mux", "eval", "--help"],
-                                  ["mux", "bench", "--help"], ["mux", "run", "--help"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["mux", "--help"],
+        ["mux", "train", "--help"],
+        ["mux", "eval", "--help"],
+        ["mux", "bench", "--help"],
+        ["mux", "run", "--help"],
+    ],
+)
 def test_help(args, capsys):
     code, out, _ = run_cli(args, capsys)
     assert code == 0 and "Usage" in out
@@ -44,7 +53,8 @@ def test_missing_model_path_is_one_line(capsys, tmp_path):
 
 
 def test_console_script_exit_status(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "depthmux", "mux", "eval", str(tmp_path / "none")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "depthmux", "mux", "eval", str(tmp_path / "none")], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'none'}"

@@ -79,7 +79,7 @@ def test_pipeline_roundtrip_with_identity_backbone_keeps_order(n):
     model = MultiplexedClassifier(MuxConfig(n=n, prefill_layers=1, readout="mean"), backbone, LinearProbeHead(d, 2))
     model.up = nn.Identity()  # expose the demultiplexed, pooled slot vectors directly
     model.head = nn.Identity()
-    B, S = 2 * n + 1, 6                      # not a multiple of n: dummy inputs complete the last group
+    B, S = 2 * n + 1, 6  # not a multiple of n: dummy inputs complete the last group
     hidden = torch.randn(B, S, d)
     lengths = torch.randint(1, S + 1, (B,))
     mask = (torch.arange(S)[None] < lengths[:, None]).long()

@@ -16,9 +16,11 @@ def _write(tmp_path, task_folder, split, text, encoding="utf-8"):
 
 
 def test_quotes_are_literal_and_bom_is_stripped(tmp_path):
-    rows = ['\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String',
-            '1\t1\t2\t"He said\tShe said "yes',
-            '0\t3\t4\tA b\tC d']
+    rows = [
+        "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+        '1\t1\t2\t"He said\tShe said "yes',
+        "0\t3\t4\tA b\tC d",
+    ]
     root = _write(tmp_path, "MRPC", "dev", "\n".join(rows) + "\n")
     data = load_task("mrpc", "dev", root)
     assert data.texts[0] == ('"He said', 'She said "yes')
@@ -27,7 +29,9 @@ def test_quotes_are_literal_and_bom_is_stripped(tmp_path):
 
 def test_malformed_row_names_file_and_line(tmp_path):
     root = _write(tmp_path, "SST-2", "dev", "sentence\tlabel\ngood movie \t1\nbroken row without tab\n")
-    with pytest.raises(DepthmuxError, match=r"SST-2/dev.tsv:3: malformed row: expected 2 tab-separated fields, found 1"):
+    with pytest.raises(
+        DepthmuxError, match=r"SST-2/dev.tsv:3: malformed row: expected 2 tab-separated fields, found 1"
+    ):
         load_task("sst2", "dev", root)
 
 
@@ -62,7 +66,10 @@ def test_real_glue_counts_and_disjoint_validation(glue):
     assert len(train) + len(val) == 67349
     assert len(load_task("mrpc", "dev", glue)) == 408
     rte = load_task("rte", "train", glue)
-    assert any(isinstance(t, tuple) and t[0].startswith('"That film') for t in rte.texts + load_task("rte", "validation", glue).texts)
+    assert any(
+        isinstance(t, tuple) and t[0].startswith('"That film')
+        for t in rte.texts + load_task("rte", "validation", glue).texts
+    )
     qnli_dev, qnli_train = load_task("qnli", "dev", glue), load_task("qnli", "train", glue)
     assert len(qnli_dev) == round(0.2 * 5463) and "80%" in qnli_dev.notes[0]
     assert not set(qnli_dev.texts) & set(qnli_train.texts)

@@ -35,8 +35,9 @@ def head(d: int) -> LinearProbeHead:
 
 
 def models(backbone, n=2, l=1):
-    mux = MultiplexedClassifier(MuxConfig(n=n, prefill_layers=l, backbone="tiny", task="toy"), backbone,
-                                head(backbone.hidden_size))
+    mux = MultiplexedClassifier(
+        MuxConfig(n=n, prefill_layers=l, backbone="tiny", task="toy"), backbone, head(backbone.hidden_size)
+    )
     return mux.teacher(), mux
 
 
@@ -61,7 +62,7 @@ def test_head_and_labels_must_agree(tiny_backbone):
 
 @pytest.mark.parametrize("which", ["teacher", "mux"])
 def test_save_load_round_trip_gives_identical_predictions(tiny_backbone, tmp_path, which):
-    model = dict(zip(("teacher", "mux"), models(tiny_backbone, n=3)))[which]
+    model = dict(zip(("teacher", "mux"), models(tiny_backbone, n=3), strict=True))[which]
     model.save_pretrained(tmp_path / which, {"note": 1})
     reloaded = type(model).from_pretrained(tmp_path / which, tiny_backbone)
     assert type(reloaded) is type(model) and reloaded.config == model.config
@@ -89,13 +90,16 @@ def _edit_state(path, **changes):
     (path / "state.json").write_text(json.dumps(state))
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"bogus": 1}, r"config has unknown key\(s\) \['bogus'\]"),
-    ({"n": 4}, "its tensors do not match its config"),
-    ({"n": "two"}, r"N .* must be an integer >= 2, got 'two'"),
-    ({"mixer": "vanilla"}, "adapter tensors do not match the config"),
-    ({"label_names": ["x"]}, "label_names must be >= 2 distinct strings"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"bogus": 1}, r"config has unknown key\(s\) \['bogus'\]"),
+        ({"n": 4}, "its tensors do not match its config"),
+        ({"n": "two"}, r"N .* must be an integer >= 2, got 'two'"),
+        ({"mixer": "vanilla"}, "adapter tensors do not match the config"),
+        ({"label_names": ["x"]}, "label_names must be >= 2 distinct strings"),
+    ],
+)
 def test_corrupt_checkpoint_config_is_one_line(tiny_backbone, tmp_path, changes, message):
     _, mux = models(tiny_backbone)
     mux.save_pretrained(tmp_path / "m")
@@ -108,10 +112,19 @@ def test_corrupt_checkpoint_config_is_one_line(tiny_backbone, tmp_path, changes,
 def test_format_1_checkpoints_still_load(tiny_backbone, tmp_path):
     """Checkpoints written before the teacher/multiplexed split (one class, n == 1 for the teacher)."""
     _, mux = models(tiny_backbone)
-    old = {"n": 1, "prefill_layers": 0, "mixer": "reversible", "backbone": "tiny", "readout": "mean",
-           "num_labels": 2, "task": "toy", "label_names": ["0", "1"]}
-    save_checkpoint(tmp_path / "t", {"head": mux.head.state_dict()},
-                    {"format_version": 1, "kind": "depthmux-mux", "config": old})
+    old = {
+        "n": 1,
+        "prefill_layers": 0,
+        "mixer": "reversible",
+        "backbone": "tiny",
+        "readout": "mean",
+        "num_labels": 2,
+        "task": "toy",
+        "label_names": ["0", "1"],
+    }
+    save_checkpoint(
+        tmp_path / "t", {"head": mux.head.state_dict()}, {"format_version": 1, "kind": "depthmux-mux", "config": old}
+    )
     teacher = load_classifier(tmp_path / "t", tiny_backbone)
     assert isinstance(teacher, TeacherClassifier)
     assert torch.equal(teacher.predict(TEXTS), mux.teacher().predict(TEXTS))
@@ -152,13 +165,16 @@ def _folder(tmp_path, model_type: str | None):
     return folder
 
 
-@pytest.mark.parametrize("model_type, message", [
-    ("llama", r"is a llama model \(decoder-only\); mux supports encoder families: bert, roberta, xlm-roberta"),
-    ("depthmux_recursive", r"is a depthmux_recursive model \(decoder-only\)"),
-    ("t5", r"is a t5 model \(encoder-decoder\)"),
-    ("wombat", r"is a 'wombat' model, unknown to mux; mux supports encoder families: bert"),
-    (None, "config.json has no model_type"),
-])
+@pytest.mark.parametrize(
+    "model_type, message",
+    [
+        ("llama", r"is a llama model \(decoder-only\); mux supports encoder families: bert, roberta, xlm-roberta"),
+        ("depthmux_recursive", r"is a depthmux_recursive model \(decoder-only\)"),
+        ("t5", r"is a t5 model \(encoder-decoder\)"),
+        ("wombat", r"is a 'wombat' model, unknown to mux; mux supports encoder families: bert"),
+        (None, "config.json has no model_type"),
+    ],
+)
 def test_unsupported_backbones_are_one_line(tmp_path, model_type, message):
     with pytest.raises(DepthmuxError, match=message):
         load_backbone(_folder(tmp_path, model_type))
@@ -176,8 +192,15 @@ def test_real_llama_folder_given_to_mux_cli_is_one_line(tmp_path, tiny_llama_fac
 
 def test_roberta_folder_loads_through_the_registry(tmp_path, tokenizer):
     torch.manual_seed(0)
-    cfg = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=70, pad_token_id=0)
+    cfg = RobertaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=70,
+        pad_token_id=0,
+    )
     RobertaModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     backbone = load_backbone(tmp_path)

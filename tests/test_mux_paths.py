@@ -19,9 +19,17 @@ from depthmux.multiplexing import (
 from depthmux.multiplexing.evaluation import logits_cached, predict_cached
 
 # very different lengths, so that in most groups one slot is padding where its partner is not
-TEXTS = ["ok", "the plot of this film is long and winding and it never quite arrives anywhere at all, sadly",
-         "fine", "a b c", "great acting, weak script, and an ending that nobody asked for", "dull",
-         "it is what it is", "wonderful", "the best movie of the year by a wide margin, truly and honestly"]
+TEXTS = [
+    "ok",
+    "the plot of this film is long and winding and it never quite arrives anywhere at all, sadly",
+    "fine",
+    "a b c",
+    "great acting, weak script, and an ending that nobody asked for",
+    "dull",
+    "it is what it is",
+    "wonderful",
+    "the best movie of the year by a wide margin, truly and honestly",
+]
 
 
 def toy(texts: list[str]) -> ClassificationDataset:
@@ -36,8 +44,9 @@ def random_head(d: int, seed: int = 1) -> LinearProbeHead:
 
 
 def mux_model(backbone, n: int, l: int, mixer: str = "reversible") -> MultiplexedClassifier:
-    model = MultiplexedClassifier(MuxConfig(n=n, prefill_layers=l, mixer=mixer, backbone="tiny"), backbone,
-                                  random_head(backbone.hidden_size))
+    model = MultiplexedClassifier(
+        MuxConfig(n=n, prefill_layers=l, mixer=mixer, backbone="tiny"), backbone, random_head(backbone.hidden_size)
+    )
     torch.manual_seed(2)
     with torch.no_grad():  # larger random adapters, so that any leak between slots shows in the logits
         for p in model.trainable_state_dict().values():
@@ -50,7 +59,7 @@ def mux_model(backbone, n: int, l: int, mixer: str = "reversible") -> Multiplexe
 @pytest.mark.parametrize("l", [0, 2])
 def test_cached_logits_equal_real_logits_for_ragged_groups(tiny_backbone, l, n, mixer):
     model = mux_model(tiny_backbone, n, l, mixer)
-    texts = TEXTS[:8]                                 # 8 inputs: an incomplete last group at N = 3
+    texts = TEXTS[:8]  # 8 inputs: an incomplete last group at N = 3
     cache = build_feature_cache(tiny_backbone, toy(texts), [l])
     cached = logits_cached(model, cache, torch.arange(len(texts)), batch_size=64)
     with torch.no_grad():
@@ -65,7 +74,7 @@ def test_padded_positions_do_not_reach_the_partner(tiny_backbone, l):
     model = mux_model(tiny_backbone, 2, l)
     batch = tiny_backbone.tokenize(["short", "a much longer sentence that pads its partner a lot"])
     hidden = tiny_backbone.prefill(batch, l)
-    garbage = hidden + 5.0 * (1 - batch.attention_mask[..., None])   # change only the padded positions
+    garbage = hidden + 5.0 * (1 - batch.attention_mask[..., None])  # change only the padded positions
     with torch.no_grad():
         a = model.forward_from_prefill(hidden, batch.attention_mask).logits
         b = model.forward_from_prefill(garbage, batch.attention_mask).logits

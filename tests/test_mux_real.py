@@ -44,7 +44,7 @@ def test_short_sst2_run_learns_and_stays_frozen(minilm, glue):
     dev = load_task("sst2", "dev", glue).subset(list(range(200)))
     before = {k: v.clone() for k, v in minilm.state_dict().items()}
     caches = [build_feature_cache(minilm, d, [3]) for d in (train, val, dev)]
-    head, info = train_probe(caches[0].teacher, caches[0].labels, caches[1].teacher, caches[1].labels, 2)
+    head, _ = train_probe(caches[0].teacher, caches[0].labels, caches[1].teacher, caches[1].labels, 2)
     teacher = TeacherClassifier(TeacherConfig(), minilm, head)
     teacher_acc = evaluate_grouped(teacher, caches[2], progress=False).accuracy_mean
     assert teacher_acc > 0.7

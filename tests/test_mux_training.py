@@ -29,8 +29,10 @@ def toy_data(n: int, seed: int) -> ClassificationDataset:
 
 @pytest.fixture
 def caches(tiny_backbone):
-    return (build_feature_cache(tiny_backbone, toy_data(48, 0), [0, 1]),
-            build_feature_cache(tiny_backbone, toy_data(16, 1), [0, 1]))
+    return (
+        build_feature_cache(tiny_backbone, toy_data(48, 0), [0, 1]),
+        build_feature_cache(tiny_backbone, toy_data(16, 1), [0, 1]),
+    )
 
 
 def new_model(backbone, n=2):
@@ -86,7 +88,7 @@ def test_saved_model_reloads_with_identical_predictions(tiny_backbone, caches, t
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "state.json").write_text("{not json")
-    with pytest.raises(DepthmuxError, match="corrupt checkpoint .*state.json is not valid JSON"):
+    with pytest.raises(DepthmuxError, match=r"corrupt checkpoint .*state\.json is not valid JSON"):
         MultiplexedClassifier.from_pretrained(tmp_path / "ck")
     with pytest.raises(DepthmuxError, match="checkpoint not found"):
         MultiplexedClassifier.from_pretrained(tmp_path / "missing")

@@ -11,5 +11,12 @@ from depthmux.backbones.base import EncodedBatch, FrozenBackbone
 from depthmux.backbones.encoder import HFEncoderBackbone
 from depthmux.backbones.registry import BACKBONE_FAMILIES, BackboneFamily, backbone_family, load_backbone
 
-__all__ = ["BACKBONE_FAMILIES", "BackboneFamily", "EncodedBatch", "FrozenBackbone", "HFEncoderBackbone",
-           "backbone_family", "load_backbone"]
+__all__ = [
+    "BACKBONE_FAMILIES",
+    "BackboneFamily",
+    "EncodedBatch",
+    "FrozenBackbone",
+    "HFEncoderBackbone",
+    "backbone_family",
+    "load_backbone",
+]

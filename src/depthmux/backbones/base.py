@@ -22,7 +22,7 @@ class EncodedBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def select(self, index: torch.Tensor | slice) -> "EncodedBatch":
+    def select(self, index: torch.Tensor | slice) -> EncodedBatch:
         tt = None if self.token_type_ids is None else self.token_type_ids[index]
         return EncodedBatch(self.input_ids[index], self.attention_mask[index], tt)
 
@@ -45,7 +45,7 @@ class FrozenBackbone(nn.Module, ABC):
             p.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "FrozenBackbone":  # noqa: D102 - always eval (no dropout)
+    def train(self, mode: bool = True) -> FrozenBackbone:
         return super().train(False)
 
     @property
@@ -69,9 +69,11 @@ class FrozenBackbone(nn.Module, ABC):
         """Blocks ``start+1..end`` (i.e. ``Encoder_{start:end}``): [B, S, d] -> [B, S, d]."""
 
     def check_prefill(self, prefill_layers: int) -> None:
-        require(0 <= prefill_layers < self.num_layers,
-                f"prefill layers l={prefill_layers} must satisfy 0 <= l < {self.num_layers} "
-                f"(the backbone has {self.num_layers} layers)")
+        require(
+            0 <= prefill_layers < self.num_layers,
+            f"prefill layers l={prefill_layers} must satisfy 0 <= l < {self.num_layers} "
+            f"(the backbone has {self.num_layers} layers)",
+        )
 
     def prefill(self, batch: EncodedBatch, prefill_layers: int) -> torch.Tensor:
         """``h = Encoder_{0:l}(X)``: [B, S] -> [B, S, d] (SPEC 1.1 step 1)."""
@@ -87,7 +89,9 @@ class FrozenBackbone(nn.Module, ABC):
             return (hidden * mask).sum(-2) / mask.sum(-2).clamp_min(1.0)
         if self.readout_mode == "last":
             last = attention_mask.long().sum(-1).clamp_min(1) - 1
-            return torch.gather(hidden, -2, last[..., None, None].expand(*hidden.shape[:-2], 1, hidden.shape[-1])).squeeze(-2)
+            return torch.gather(
+                hidden, -2, last[..., None, None].expand(*hidden.shape[:-2], 1, hidden.shape[-1])
+            ).squeeze(-2)
         raise DepthmuxError(f"unknown readout {self.readout_mode!r}: choose cls, mean or last")
 
     @torch.no_grad()

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoTokenizer
-from transformers.utils import logging as hf_logging
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.utils import logging as hf_logging
 
 from depthmux.assets import minilm_path
 from depthmux.backbones.base import EncodedBatch, FrozenBackbone
 from depthmux.errors import DepthmuxError, require
 from depthmux.utils.checkpoint import read_json
+from depthmux.utils.text import is_blank
 
 DEFAULT_MODEL = "minilm"  # resolves to the packaged MiniLM, see resolve_model_path
 
@@ -26,8 +27,9 @@ def resolve_model_path(model: str | os.PathLike | None) -> Path:
         return minilm_path()
     path = Path(model)
     if not path.is_dir():
-        raise DepthmuxError(f"model path not found: {path} (give a local folder with config.json, "
-                            f"or 'minilm' for the packaged default)")
+        raise DepthmuxError(
+            f"model path not found: {path} (give a local folder with config.json, or 'minilm' for the packaged default)"
+        )
     if not (path / "config.json").is_file():
         raise DepthmuxError(f"model path {path} has no config.json: not a Hugging Face model folder")
     return path
@@ -65,7 +67,7 @@ class HFEncoderBackbone(FrozenBackbone):
         self.freeze()
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike | None = None, readout: str | None = None) -> "HFEncoderBackbone":
+    def from_pretrained(cls, model: str | os.PathLike | None = None, readout: str | None = None) -> HFEncoderBackbone:
         path = resolve_model_path(model)
         hf_logging.disable_progress_bar()  # a sub-second bar per load is noise in our own progress output
         try:
@@ -90,7 +92,7 @@ class HFEncoderBackbone(FrozenBackbone):
             raise DepthmuxError("no texts to encode")
         for i, t in enumerate(texts):
             parts = t if isinstance(t, tuple) else (t,)
-            if any(not isinstance(p, str) or not p.strip() for p in parts):
+            if any(not isinstance(p, str) or is_blank(p) for p in parts):
                 raise DepthmuxError(f"text {i} is empty")
         pairs = isinstance(texts[0], tuple)
         if pairs:
@@ -101,8 +103,10 @@ class HFEncoderBackbone(FrozenBackbone):
         too_long = (lengths > limit).nonzero().flatten().tolist()
         if too_long:
             i = too_long[0]
-            raise DepthmuxError(f"text {i} is too long: {int(lengths[i])} tokens > limit {limit} "
-                                f"({len(too_long)} text(s) over the limit)")
+            raise DepthmuxError(
+                f"text {i} is too long: {int(lengths[i])} tokens > limit {limit} "
+                f"({len(too_long)} text(s) over the limit)"
+            )
         return EncodedBatch(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
 
     def embed(self, batch: EncodedBatch) -> torch.Tensor:
@@ -116,4 +120,3 @@ class HFEncoderBackbone(FrozenBackbone):
             out = layer(hidden, mask)
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
-

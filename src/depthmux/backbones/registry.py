@@ -22,7 +22,7 @@ from depthmux.utils.checkpoint import read_json
 class BackboneFamily:
     """One architecture: its kind and, when RevMUX supports it, the backbone class that runs it."""
 
-    kind: str                                   # "encoder" | "decoder-only" | "encoder-decoder"
+    kind: str  # "encoder" | "decoder-only" | "encoder-decoder"
     backbone_class: type[HFEncoderBackbone] | None = None
 
 
@@ -63,15 +63,19 @@ def backbone_family(model: str | os.PathLike | None) -> tuple[str, BackboneFamil
     model_type = config.get("model_type") if isinstance(config, dict) else None
     supported = ", ".join(supported_model_types())
     if not isinstance(model_type, str):
-        raise DepthmuxError(f"{path}/config.json has no model_type: not a Hugging Face model folder "
-                            f"(mux supports encoder families: {supported})")
+        raise DepthmuxError(
+            f"{path}/config.json has no model_type: not a Hugging Face model folder "
+            f"(mux supports encoder families: {supported})"
+        )
     family = BACKBONE_FAMILIES.get(model_type)
     if family is None:
-        raise DepthmuxError(f"{path} is a {model_type!r} model, unknown to mux; mux supports encoder families: "
-                            f"{supported}")
+        raise DepthmuxError(
+            f"{path} is a {model_type!r} model, unknown to mux; mux supports encoder families: {supported}"
+        )
     if family.backbone_class is None:
-        raise DepthmuxError(f"{path} is a {model_type} model ({family.kind}); mux supports encoder families: "
-                            f"{supported}")
+        raise DepthmuxError(
+            f"{path} is a {model_type} model ({family.kind}); mux supports encoder families: {supported}"
+        )
     return model_type, family
 
 

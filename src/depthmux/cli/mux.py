@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import torch
 import typer
 from rich.console import Console
 
-from depthmux.errors import DepthmuxError
+from depthmux.errors import DepthmuxError, require
 
-app = typer.Typer(help="RevMUX: N inputs share one pass of a frozen backbone; only small reversible adapters train.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="RevMUX: N inputs share one pass of a frozen backbone; only small reversible adapters train.",
+    no_args_is_help=True,
+)
 out_console = Console(width=None if sys.stdout.isatty() else 120)
 
 TaskOpt = Annotated[str, typer.Option(help="sst2 | mrpc | rte | qnli (GLUE, needs --data-dir) or tweets (embedded).")]
-DataDirOpt = Annotated[Optional[Path], typer.Option(help="Folder with GLUE TSVs (SST-2/, MRPC/, ...). "
-                                                    "Without it GLUE loads from the HF hub, which fails offline.")]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder with GLUE TSVs (SST-2/, MRPC/, ...). Without it GLUE loads from the HF hub, which fails offline."
+    ),
+]
 ModelOpt = Annotated[str, typer.Option(help="'minilm' (packaged all-MiniLM-L6-v2) or a local BERT-family folder.")]
-ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's choice).")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
@@ -38,8 +43,7 @@ def _ints(text: str, what: str) -> list[int]:
 
 def _threads(threads: int | None) -> None:
     if threads is not None:
-        if threads < 1:
-            raise DepthmuxError(f"--threads must be >= 1, got {threads}")
+        require(threads >= 1, f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
 
 
@@ -61,9 +65,15 @@ def train(
     task: TaskOpt = "tweets",
     data_dir: DataDirOpt = None,
     model: ModelOpt = "minilm",
-    n: Annotated[str, typer.Option(help="Inputs per pass, comma-separated (e.g. 2,4). N=1, the teacher, always runs.")] = "2",
-    prefill_layers: Annotated[str, typer.Option(help="l: layers each input runs alone before mixing, comma-separated.")] = "0",
-    mixer: Annotated[str, typer.Option(help="reversible | vanilla | datamux | ora (comma-separated for several).")] = "reversible",
+    n: Annotated[
+        str, typer.Option(help="Inputs per pass, comma-separated (e.g. 2,4). N=1, the teacher, always runs.")
+    ] = "2",
+    prefill_layers: Annotated[
+        str, typer.Option(help="l: layers each input runs alone before mixing, comma-separated.")
+    ] = "0",
+    mixer: Annotated[
+        str, typer.Option(help="reversible | vanilla | datamux | ora (comma-separated for several).")
+    ] = "reversible",
     epochs: Annotated[int, typer.Option(help="Training epochs over the (sub-sampled) train split.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Training batch size (inputs, not groups).")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate for the adapters.")] = 1e-3,
@@ -76,7 +86,9 @@ def train(
     repetitions: Annotated[int, typer.Option(help="Interleaved benchmark repetitions.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed for sampling, initialisation and data order.")] = 0,
     out: Annotated[Path, typer.Option(help="Run folder for checkpoints and results.")] = Path("runs/mux"),
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoints.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoints.")
+    ] = False,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -85,11 +97,21 @@ def train(
     from depthmux.recipes.mux import ExperimentConfig, MuxTrainConfig
 
     cfg = ExperimentConfig(
-        task=task, data_dir=str(data_dir) if data_dir else None, model=model, ns=_ints(n, "--n"),
-        prefill_layers=_ints(prefill_layers, "--prefill-layers"), mixers=[m for m in mixer.split(",") if m],
-        max_train=max_train or None, shuffles=shuffles, bench=bench, bench_samples=bench_samples,
-        bench_repetitions=repetitions, out_dir=str(out), resume=resume,
-        train=MuxTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lambda_info=lambda_info, tau=tau, seed=seed))
+        task=task,
+        data_dir=str(data_dir) if data_dir else None,
+        model=model,
+        ns=_ints(n, "--n"),
+        prefill_layers=_ints(prefill_layers, "--prefill-layers"),
+        mixers=[m for m in mixer.split(",") if m],
+        max_train=max_train or None,
+        shuffles=shuffles,
+        bench=bench,
+        bench_samples=bench_samples,
+        bench_repetitions=repetitions,
+        out_dir=str(out),
+        resume=resume,
+        train=MuxTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lambda_info=lambda_info, tau=tau, seed=seed),
+    )
     _run_experiment(cfg, threads, as_json)
 
 
@@ -100,15 +122,15 @@ def run(
 ) -> None:
     """The main job with no flags: RevMUX N=2, l=1 on frozen MiniLM, embedded tweets (negative vs
     positive); prints teacher vs multiplexed accuracy and speed."""
-    from depthmux.recipes.mux import QUICKSTART
+    from depthmux.recipes.mux import quickstart_config
 
-    _run_experiment(replace(QUICKSTART, out_dir=str(out)), threads, as_json=False)
+    _run_experiment(quickstart_config(str(out)), threads, as_json=False)
 
 
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder written by training (…/best).")],
-    task: Annotated[Optional[str], typer.Option(help="Task to evaluate on (default: the checkpoint's task).")] = None,
+    task: Annotated[str | None, typer.Option(help="Task to evaluate on (default: the checkpoint's task).")] = None,
     data_dir: DataDirOpt = None,
     split: Annotated[str, typer.Option(help="dev (reported) or validation.")] = "dev",
     shuffles: Annotated[int, typer.Option(help="Random groupings for mean ± std.")] = 10,
@@ -120,8 +142,9 @@ def evaluate(
     from depthmux.recipes.mux import MuxEvalConfig, evaluate_checkpoint
 
     _threads(threads)
-    report = evaluate_checkpoint(MuxEvalConfig(str(checkpoint), task, str(data_dir) if data_dir else None, split,
-                                               shuffles, seed))
+    report = evaluate_checkpoint(
+        MuxEvalConfig(str(checkpoint), task, str(data_dir) if data_dir else None, split, shuffles, seed)
+    )
     cfg, scores = report.config, {"teacher": report.teacher, "mux": report.mux}
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -130,14 +153,21 @@ def evaluate(
     out_console.print(f"{report.task} {split} ({report.examples} examples), {what}")
     out_console.print(f"  teacher (N=1): accuracy {scores['teacher']}   F1 {100 * scores['teacher'].f1_mean:.2f}")
     if scores["mux"] is not None:
-        out_console.print(f"  multiplexed:   accuracy {scores['mux']}   F1 {100 * scores['mux'].f1_mean:.2f} "
-                          f"± {100 * scores['mux'].f1_std:.2f}  ({scores['mux'].shuffles} groupings)")
+        out_console.print(
+            f"  multiplexed:   accuracy {scores['mux']}   F1 {100 * scores['mux'].f1_mean:.2f} "
+            f"± {100 * scores['mux'].f1_std:.2f}  ({scores['mux'].shuffles} groupings)"
+        )
 
 
 @app.command()
 def bench(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Trained checkpoint (…/best). Without it, adapters are "
-                                                          "randomly initialised: speed does not depend on their values.")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Trained checkpoint (…/best). Without it, adapters are "
+            "randomly initialised: speed does not depend on their values."
+        ),
+    ] = None,
     model: ModelOpt = "minilm",
     n: Annotated[int, typer.Option(help="Inputs per pass (without --checkpoint).")] = 2,
     prefill_layers: Annotated[int, typer.Option(help="l (without --checkpoint).")] = 0,
@@ -155,15 +185,30 @@ def bench(
     from depthmux.recipes.mux import MuxBenchConfig, benchmark_checkpoint
 
     _threads(threads)
-    r = benchmark_checkpoint(MuxBenchConfig(str(checkpoint) if checkpoint else None, model, n, prefill_layers, mixer,
-                                            task, str(data_dir) if data_dir else None, samples, batch_size,
-                                            repetitions))
+    r = benchmark_checkpoint(
+        MuxBenchConfig(
+            str(checkpoint) if checkpoint else None,
+            model,
+            n,
+            prefill_layers,
+            mixer,
+            task,
+            str(data_dir) if data_dir else None,
+            samples,
+            batch_size,
+            repetitions,
+        )
+    )
     if as_json:
         print(json.dumps(r.as_dict(), indent=2))
         return
-    out_console.print(f"{r.samples} {task} dev inputs, batch {r.batch_size}, {r.repetitions} interleaved repetitions, "
-                      f"{r.threads} thread(s)")
+    out_console.print(
+        f"{r.samples} {task} dev inputs, batch {r.batch_size}, {r.repetitions} interleaved repetitions, "
+        f"{r.threads} thread(s)"
+    )
     out_console.print(f"  teacher (N=1):      {r.teacher_samples_per_s:8.1f} samples/s")
     out_console.print(f"  multiplexed (N={r.n}, l={r.prefill_layers}): {r.mux_samples_per_s:8.1f} samples/s")
-    out_console.print(f"  speedup {r.speedup:.2f}x (min {r.speedup_min:.2f}, max {r.speedup_max:.2f}); ceiling "
-                      f"L/(l+(L-l)/N) = {r.ceiling:.2f}x; {100 * r.fraction_of_ceiling:.0f}% of ceiling")
+    out_console.print(
+        f"  speedup {r.speedup:.2f}x (min {r.speedup_min:.2f}, max {r.speedup_max:.2f}); ceiling "
+        f"L/(l+(L-l)/N) = {r.ceiling:.2f}x; {100 * r.fraction_of_ceiling:.0f}% of ceiling"
+    )

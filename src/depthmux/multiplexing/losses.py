@@ -16,8 +16,14 @@ def info_nce(recovered: torch.Tensor, teacher: torch.Tensor, tau: float = 0.05) 
     return F.cross_entropy(sim, torch.arange(sim.shape[0], device=sim.device))
 
 
-def revmux_loss(logits: torch.Tensor, labels: torch.Tensor, recovered: torch.Tensor, teacher: torch.Tensor,
-                lambda_info: float, tau: float) -> tuple[torch.Tensor, dict[str, float]]:
+def revmux_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    recovered: torch.Tensor,
+    teacher: torch.Tensor,
+    lambda_info: float,
+    tau: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """``CE(head(ĥ), y) + λ · InfoNCE(ĥ, h)``; returns the loss and its parts for logging."""
     ce = F.cross_entropy(logits, labels)
     info = info_nce(recovered, teacher, tau) if lambda_info > 0 else ce.new_zeros(())

@@ -33,8 +33,11 @@ class Multiplexer(nn.Module, ABC):
     @staticmethod
     def slot_width(d_model: int, n: int) -> int:
         """Width of one slot after ``f_down``: d/N for block layouts."""
-        require(d_model % n == 0, f"N={n} does not divide the hidden size {d_model}: choose N among "
-                                  f"{[k for k in range(2, min(d_model, 64) + 1) if d_model % k == 0][:12]}")
+        require(
+            d_model % n == 0,
+            f"N={n} does not divide the hidden size {d_model}: choose N among "
+            f"{[k for k in range(2, min(d_model, 64) + 1) if d_model % k == 0][:12]}",
+        )
         return d_model // n
 
     @abstractmethod
@@ -62,7 +65,7 @@ class ReversibleMultiplexer(Multiplexer):
     def mux(self, slots: torch.Tensor) -> torch.Tensor:
         prev = slots[-1]
         outs = []
-        for i_k, f_k in zip(slots, self.couplings):
+        for i_k, f_k in zip(slots, self.couplings, strict=True):
             prev = i_k + f_k(prev)
             outs.append(prev)
         return torch.cat(outs, dim=-1)
@@ -104,7 +107,7 @@ class VanillaMultiplexer(Multiplexer):
 
 
 class ReversibleMuxMLPDemux(ReversibleMultiplexer):
-    """"Only-mux-reversible" baseline (SPEC 1.7): reversible mux, learned MLP demux per slot."""
+    """ "Only-mux-reversible" baseline (SPEC 1.7): reversible mux, learned MLP demux per slot."""
 
     def __init__(self, n: int, d_model: int) -> None:
         super().__init__(n, d_model)

@@ -41,16 +41,18 @@ READOUTS = ("cls", "mean", "last")
 
 def require_int(value, name: str, minimum: int) -> None:
     """One line unless ``value`` is an int (not a bool) >= ``minimum``."""
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-            f"{name} must be an integer >= {minimum}, got {value!r}")
+    require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        f"{name} must be an integer >= {minimum}, got {value!r}",
+    )
 
 
 @dataclass
 class TeacherConfig:
     """What rebuilds the frozen parts: the backbone (name or folder), its read-out, the labels."""
 
-    backbone: str = "minilm"        # "minilm" (packaged) or a local model folder
-    readout: str = "mean"           # cls | mean | last: where pooling (and demux) read the output
+    backbone: str = "minilm"  # "minilm" (packaged) or a local model folder
+    readout: str = "mean"  # cls | mean | last: where pooling (and demux) read the output
     task: str | None = None
     label_names: list[str] = field(default_factory=lambda: ["0", "1"])
 
@@ -60,16 +62,25 @@ class TeacherConfig:
 
     def validate(self, backbone: FrozenBackbone | None = None) -> None:
         """Types and ranges; with ``backbone``, also that this config fits it."""
-        require(isinstance(self.backbone, str) and self.backbone != "", f"backbone must be a name or folder, "
-                                                                         f"got {self.backbone!r}")
+        require(
+            isinstance(self.backbone, str) and self.backbone != "",
+            f"backbone must be a name or folder, got {self.backbone!r}",
+        )
         require(self.readout in READOUTS, f"unknown readout {self.readout!r}: choose one of {list(READOUTS)}")
         require(isinstance(self.task, str | None), f"task must be a string, got {self.task!r}")
         names = self.label_names
-        require(isinstance(names, list) and len(names) >= 2 and all(isinstance(x, str) for x in names)
-                and len(set(names)) == len(names), f"label_names must be >= 2 distinct strings, got {names!r}")
+        require(
+            isinstance(names, list)
+            and len(names) >= 2
+            and all(isinstance(x, str) for x in names)
+            and len(set(names)) == len(names),
+            f"label_names must be >= 2 distinct strings, got {names!r}",
+        )
         if backbone is not None:
-            require(self.readout == backbone.readout_mode, f"the config reads out by {self.readout!r} but the "
-                                                           f"backbone by {backbone.readout_mode!r}")
+            require(
+                self.readout == backbone.readout_mode,
+                f"the config reads out by {self.readout!r} but the backbone by {backbone.readout_mode!r}",
+            )
 
     @classmethod
     def from_dict(cls, values: dict) -> TeacherConfig:
@@ -86,9 +97,9 @@ class TeacherConfig:
 class MuxConfig(TeacherConfig):
     """A :class:`TeacherConfig` plus the multiplexing: N, l and the mixer (SPEC 1.1, 1.7)."""
 
-    n: int = 2                      # inputs per backbone pass
-    prefill_layers: int = 0         # l: layers each input runs alone before mixing
-    mixer: str = "reversible"       # reversible | vanilla | datamux | ora
+    n: int = 2  # inputs per backbone pass
+    prefill_layers: int = 0  # l: layers each input runs alone before mixing
+    mixer: str = "reversible"  # reversible | vanilla | datamux | ora
 
     def validate(self, backbone: FrozenBackbone | None = None) -> None:
         super().validate(backbone)
@@ -115,7 +126,7 @@ def whole_groups(batch_size: int, n: int) -> int:
 
 
 class ClassifierOutput(NamedTuple):
-    logits: torch.Tensor   # [B, C]
+    logits: torch.Tensor  # [B, C]
     readout: torch.Tensor  # [B, d]: h_k (teacher) or ĥ_k = f_up(demuxed read-out) (multiplexed)
 
 
@@ -129,14 +140,17 @@ class FrozenBackboneClassifier(nn.Module, ABC):
         head: the frozen :class:`TaskHead` (``num_labels`` must match the config's labels).
     """
 
-    checkpoint_kind: ClassVar[str]          # "kind" in state.json
+    checkpoint_kind: ClassVar[str]  # "kind" in state.json
     config_class: ClassVar[type[TeacherConfig]]
 
     def __init__(self, config: TeacherConfig, backbone: FrozenBackbone, head: TaskHead) -> None:
         super().__init__()
         config.validate(backbone)
-        require(head.num_labels == config.num_labels, f"the head predicts {head.num_labels} labels but the config "
-                                                      f"names {config.num_labels}: {config.label_names}")
+        require(
+            head.num_labels == config.num_labels,
+            f"the head predicts {head.num_labels} labels but the config "
+            f"names {config.num_labels}: {config.label_names}",
+        )
         self.config = config
         self.backbone = [backbone]  # a list keeps it out of state_dict() and parameters()
         self.head = head.freeze()
@@ -174,15 +188,20 @@ class FrozenBackboneClassifier(nn.Module, ABC):
         batch_size = whole_groups(batch_size, self.group_size)
         preds = []
         for i in range(0, len(texts), batch_size):
-            preds.append(self(self.body.tokenize(texts[i:i + batch_size])).logits.argmax(-1))
+            preds.append(self(self.body.tokenize(texts[i : i + batch_size])).logits.argmax(-1))
         return torch.cat(preds)
 
     def save_pretrained(self, directory: str | os.PathLike, extra_state: dict | None = None) -> None:
         """Atomically write ``state.json`` (kind, config, head description, ``extra_state``),
         ``head.safetensors`` and, for the multiplexed model, ``adapters.safetensors``."""
         tensors = {"head": self.head.state_dict(), "adapters": self.trainable_state_dict()}
-        state = {"format_version": FORMAT_VERSION, "kind": self.checkpoint_kind, "config": asdict(self.config),
-                 "head": self.head.description(), **(extra_state or {})}
+        state = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.checkpoint_kind,
+            "config": asdict(self.config),
+            "head": self.head.description(),
+            **(extra_state or {}),
+        }
         save_checkpoint(directory, {k: v for k, v in tensors.items() if v}, state)
 
     @classmethod
@@ -190,8 +209,10 @@ class FrozenBackboneClassifier(nn.Module, ABC):
         """Reload what :meth:`save_pretrained` wrote (loads the backbone unless one is given)."""
         model = load_classifier(directory, backbone)
         if not isinstance(model, cls):
-            raise DepthmuxError(f"{directory} holds a {type(model).__name__} checkpoint, not a {cls.__name__}: "
-                                f"load it with {type(model).__name__}.from_pretrained or load_classifier")
+            raise DepthmuxError(
+                f"{directory} holds a {type(model).__name__} checkpoint, not a {cls.__name__}: "
+                f"load it with {type(model).__name__}.from_pretrained or load_classifier"
+            )
         return model
 
 
@@ -210,7 +231,7 @@ class TeacherClassifier(FrozenBackboneClassifier):
         return []
 
     def forward(self, batch: EncodedBatch) -> ClassifierOutput:
-        readout = self.body.encode(batch)                           # [B, d]
+        readout = self.body.encode(batch)  # [B, d]
         return ClassifierOutput(self.head(readout), readout)
 
     def logits_from_cache(self, cache: FeatureCache, index: torch.Tensor) -> torch.Tensor:
@@ -263,16 +284,16 @@ class MultiplexedClassifier(FrozenBackboneClassifier):
         if pad:  # dummy inputs complete the last group; their outputs are dropped (SPEC 1.1 step 4)
             hidden = torch.cat([hidden, hidden.new_zeros(pad, S, d)])
             attention_mask = torch.cat([attention_mask, attention_mask.new_zeros(pad, S)])
-        slots = self.down(hidden).view(groups, n, S, -1).transpose(0, 1)       # [N, G, S, w]
-        composite = self.mixer.mux(slots)                                      # [G, S, d]
-        group_mask = attention_mask.view(groups, n, S).amax(dim=1)            # OR of the N masks, [G, S]
+        slots = self.down(hidden).view(groups, n, S, -1).transpose(0, 1)  # [N, G, S, w]
+        composite = self.mixer.mux(slots)  # [G, S, d]
+        group_mask = attention_mask.view(groups, n, S).amax(dim=1)  # OR of the N masks, [G, S]
         out = body.run_layers(composite, group_mask, cfg.prefill_layers, body.num_layers)
         if cfg.readout == "cls":  # demux only where the read-out looks (SPEC 1.1 step 5)
             out = out[:, :1]
-        demuxed = self.mixer.demux(out)                                        # [N, G, S', w]
+        demuxed = self.mixer.demux(out)  # [N, G, S', w]
         demuxed = demuxed.transpose(0, 1).reshape(groups * n, out.shape[1], -1)[:B]
-        pooled = body.readout(demuxed, attention_mask[:B, : out.shape[1]])     # [B, w]
-        recovered = self.up(pooled)                                            # ĥ_k, [B, d]
+        pooled = body.readout(demuxed, attention_mask[:B, : out.shape[1]])  # [B, w]
+        recovered = self.up(pooled)  # ĥ_k, [B, d]
         return ClassifierOutput(self.head(recovered), recovered)
 
     def forward(self, batch: EncodedBatch) -> ClassifierOutput:
@@ -284,7 +305,8 @@ class MultiplexedClassifier(FrozenBackboneClassifier):
 
 
 CLASSIFIERS: dict[str, type[FrozenBackboneClassifier]] = {
-    c.checkpoint_kind: c for c in (TeacherClassifier, MultiplexedClassifier)}
+    c.checkpoint_kind: c for c in (TeacherClassifier, MultiplexedClassifier)
+}
 
 
 def _upgrade_format_1(state: dict, tensors: dict) -> dict:
@@ -296,12 +318,18 @@ def _upgrade_format_1(state: dict, tensors: dict) -> dict:
         for key in ("n", "prefill_layers", "mixer"):
             config.pop(key, None)
     weight = tensors["head"]["weight"]
-    return {**state, "format_version": 2, "kind": TeacherClassifier.checkpoint_kind if teacher else state["kind"],
-            "config": config, "head": {"kind": "linear_probe", "d_model": weight.shape[1], "num_labels": weight.shape[0]}}
+    return {
+        **state,
+        "format_version": 2,
+        "kind": TeacherClassifier.checkpoint_kind if teacher else state["kind"],
+        "config": config,
+        "head": {"kind": "linear_probe", "d_model": weight.shape[1], "num_labels": weight.shape[0]},
+    }
 
 
-def load_classifier(directory: str | os.PathLike, backbone: FrozenBackbone | None = None
-                    ) -> TeacherClassifier | MultiplexedClassifier:
+def load_classifier(
+    directory: str | os.PathLike, backbone: FrozenBackbone | None = None
+) -> TeacherClassifier | MultiplexedClassifier:
     """Reload a checkpoint of either kind; a corrupt one (unknown keys, wrong types, tensors that do
     not match the config) is one line naming it."""
     tensors, state = load_checkpoint(directory)
@@ -311,8 +339,10 @@ def load_classifier(directory: str | os.PathLike, backbone: FrozenBackbone | Non
     try:
         if state.get("format_version") == 1:
             state = _upgrade_format_1(state, tensors)
-        require(state.get("format_version") == FORMAT_VERSION,
-                f"format_version {state.get('format_version')!r}, expected {FORMAT_VERSION}")
+        require(
+            state.get("format_version") == FORMAT_VERSION,
+            f"format_version {state.get('format_version')!r}, expected {FORMAT_VERSION}",
+        )
         cls = CLASSIFIERS[state["kind"]]
         config = cls.config_class.from_dict(state.get("config"))
     except (DepthmuxError, KeyError, TypeError) as e:
@@ -327,10 +357,12 @@ def load_classifier(directory: str | os.PathLike, backbone: FrozenBackbone | Non
     except (DepthmuxError, KeyError, TypeError) as e:
         raise DepthmuxError(f"{where}: {e}") from None
     except RuntimeError as e:  # tensor shapes that do not match the config
-        raise DepthmuxError(f"{where}: its tensors do not match its config "
-                            f"({str(e).splitlines()[-1].strip()})") from None
+        raise DepthmuxError(
+            f"{where}: its tensors do not match its config ({str(e).splitlines()[-1].strip()})"
+        ) from None
     missing = [m for m in missing if not m.startswith("head.")]
     if missing or unexpected:
-        raise DepthmuxError(f"{where}: adapter tensors do not match the config "
-                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise DepthmuxError(
+            f"{where}: adapter tensors do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model

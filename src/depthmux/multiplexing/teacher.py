@@ -28,8 +28,14 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, l2: float, 
     return head
 
 
-def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                num_labels: int, seed: int = 0) -> tuple[LinearProbeHead, dict]:
+def train_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_labels: int,
+    seed: int = 0,
+) -> tuple[LinearProbeHead, dict]:
     """L2-regularised logistic regression on frozen read-outs; L2 chosen on the validation split.
 
     Args:

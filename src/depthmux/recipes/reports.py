@@ -43,8 +43,9 @@ class ResultRow:
 def row_line(r: ResultRow) -> str:
     """One line per finished configuration, for the progress log."""
     speed = f", speedup {r.bench.speedup:.2f}x (ceiling {r.bench.ceiling:.2f}x)" if r.bench else ""
-    return (f"N={r.n} l={r.prefill_layers} {r.mixer}: accuracy {r.accuracy} "
-            f"(teacher {100 * r.teacher_accuracy:.2f}){speed}")
+    return (
+        f"N={r.n} l={r.prefill_layers} {r.mixer}: accuracy {r.accuracy} (teacher {100 * r.teacher_accuracy:.2f}){speed}"
+    )
 
 
 def results_table(rows: list[ResultRow], task: str) -> Table:
@@ -54,27 +55,41 @@ def results_table(rows: list[ResultRow], task: str) -> Table:
         t.add_column(c, justify="right")
     for r in rows:
         b = r.bench
-        t.add_row(str(r.n), "-" if r.n == 1 else str(r.prefill_layers), r.mixer, str(r.accuracy),
-                  "" if r.n == 1 else f"{100 * (r.accuracy.accuracy_mean - r.teacher_accuracy):+.2f}",
-                  f"{b.speedup:.2f}x" if b else "1.00x" if r.n == 1 else "-",
-                  f"{b.ceiling:.2f}x" if b else "-", f"{100 * b.fraction_of_ceiling:.0f}%" if b else "-")
+        t.add_row(
+            str(r.n),
+            "-" if r.n == 1 else str(r.prefill_layers),
+            r.mixer,
+            str(r.accuracy),
+            "" if r.n == 1 else f"{100 * (r.accuracy.accuracy_mean - r.teacher_accuracy):+.2f}",
+            f"{b.speedup:.2f}x" if b else "1.00x" if r.n == 1 else "-",
+            f"{b.ceiling:.2f}x" if b else "-",
+            f"{100 * b.fraction_of_ceiling:.0f}%" if b else "-",
+        )
     return t
 
 
 def results_markdown(rows: list[ResultRow], task: str) -> str:
     """The same table in markdown; MRPC adds an F1 column (SPEC 1.4)."""
     f1 = task == "mrpc"
-    head = "| N | l | mixer | accuracy % (mean ± std) |" + (" F1 % |" if f1 else "") + \
-           " Δ vs teacher | speedup (min-max) | ceiling | of ceiling |"
+    head = (
+        "| N | l | mixer | accuracy % (mean ± std) |"
+        + (" F1 % |" if f1 else "")
+        + " Δ vs teacher | speedup (min-max) | ceiling | of ceiling |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         b = r.bench
         f1_cell = f" {100 * r.accuracy.f1_mean:.2f} ± {100 * r.accuracy.f1_std:.2f} |" if f1 else ""
         delta = "" if r.n == 1 else f"{100 * (r.accuracy.accuracy_mean - r.teacher_accuracy):+.2f}"
-        speed = (f"{b.speedup:.2f}x ({b.speedup_min:.2f}-{b.speedup_max:.2f}) | {b.ceiling:.2f}x | "
-                 f"{100 * b.fraction_of_ceiling:.0f}% |" if b else "1.00x | - | - |")
-        lines.append(f"| {r.n} | {'-' if r.n == 1 else r.prefill_layers} | {r.mixer} | {r.accuracy} |{f1_cell} "
-                     f"{delta} | {speed}")
+        speed = (
+            f"{b.speedup:.2f}x ({b.speedup_min:.2f}-{b.speedup_max:.2f}) | {b.ceiling:.2f}x | "
+            f"{100 * b.fraction_of_ceiling:.0f}% |"
+            if b
+            else "1.00x | - | - |"
+        )
+        lines.append(
+            f"| {r.n} | {'-' if r.n == 1 else r.prefill_layers} | {r.mixer} | {r.accuracy} |{f1_cell} {delta} | {speed}"
+        )
     return "\n".join(lines) + "\n"
 
 
