@@ -2,9 +2,10 @@
 
 A readable, nanoGPT-sized implementation with Hugging Face conventions:
 ``RecursiveForCausalLM(config)`` is a ``PreTrainedModel`` + ``GenerationMixin`` so
-``save_pretrained`` / ``from_pretrained`` / ``generate`` work. (One file of ~700 lines on purpose,
-as Hugging Face's ``modeling_llama.py``: the layers, the per-call contexts and the model stages
-read top to bottom in one place.)
+``save_pretrained`` / ``from_pretrained`` / ``generate`` work.
+
+Length: one model file on purpose, as Hugging Face's ``modeling_llama.py``: the layers, the per-call
+contexts and the model stages read top to bottom in one place.
 
 Pieces, bottom-up:
 
