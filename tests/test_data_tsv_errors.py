@@ -22,8 +22,19 @@ def test_latin1_byte_names_file_and_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_field_over_128_kb_is_read(tmp_path):
-    long_text = "word " * 40_000  # 200 KB, over csv's default field_size_limit
+def test_field_over_128_kb_is_one_line_naming_the_line(tmp_path):
+    """Used to be a `_csv.Error: field larger than field limit` traceback."""
+    root = _write_bytes(tmp_path, "SST-2", "dev", b"sentence\tlabel\nshort\t0\n" + b"x" * 200_000 + b"\t1\n")
+    with pytest.raises(
+        DepthmuxError,
+        match=r"dev.tsv:3: malformed row: a text of 200000 characters, over the "
+        r"131072-character limit",
+    ):
+        load_task("sst2", "dev", root)
+
+
+def test_long_field_under_the_limit_is_read(tmp_path):
+    long_text = "word " * 20_000  # 100 KB, more than csv's field limit allowed with some slack
     root = _write_bytes(tmp_path, "SST-2", "dev", f"sentence\tlabel\n{long_text}\t1\nshort\t0\n".encode())
     data = load_task("sst2", "dev", root)
     assert data.texts == [long_text.strip(), "short"] and data.labels == [1, 0]

@@ -101,3 +101,13 @@ def test_cli_eval_of_a_teacher_checkpoint(tiny_setup, capsys):
     main(["mux", "eval", str(tiny_setup / "run" / "teacher"), "--data-dir", str(tiny_setup / "glue"), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert report["mux"] is None and 0.0 <= report["teacher"]["accuracy_mean"] <= 1.0
+
+
+def test_train_sample_without_every_label_is_refused_before_caching(tiny_setup, monkeypatch):
+    import depthmux.recipes.mux as recipe
+
+    monkeypatch.setattr(recipe, "build_feature_cache", lambda *a, **k: pytest.fail("reached the feature cache"))
+    cfg = config(tiny_setup)
+    cfg.max_train = 1
+    with pytest.raises(DepthmuxError, match=r"the train sample \(1 examples\) has no example of label\(s\) \['\w+'\]"):
+        run_experiment(cfg, progress=False)

@@ -57,7 +57,7 @@ BAD = [
     (["train", "--shuffles", "0"], "--shuffles must be an integer >= 1, got 0"),
     (["train", "--bench-samples", "0"], "--bench-samples must be an integer >= 1, got 0"),
     (["train", "--repetitions", "0"], "--repetitions must be an integer >= 1, got 0"),
-    (["train", "--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["train", "--seed", "-1"], "--seed must be an integer in [0, 4294967295], got -1"),
     (["train", "--task", "cola"], "unknown task 'cola'"),
     (["train", "--threads", "0"], "--threads must be >= 1, got 0"),
     (["train", "--n", "5"], "N=5 does not divide the hidden size 384"),
@@ -74,7 +74,7 @@ BAD = [
     (["eval", "CKPT", "--shuffles", "0"], "--shuffles must be an integer >= 1, got 0"),
     (["eval", "CKPT", "--split", "test"], "--split must be dev or validation, got 'test'"),
     (["eval", "CKPT", "--task", "cola"], "unknown task 'cola'"),
-    (["eval", "CKPT", "--seed", "-3"], "--seed must be an integer >= 0, got -3"),
+    (["eval", "CKPT", "--seed", "-3"], "--seed must be an integer in [0, 4294967295], got -3"),
 ]
 
 
@@ -136,3 +136,8 @@ def test_resume_without_an_experiment_and_fresh_run_over_one(tmp_path, no_work):
 def test_second_run_into_a_locked_folder_is_one_line(tmp_path, no_work):
     with RunFolder(tmp_path).lock(), pytest.raises(DepthmuxError, match="is in use by another run"):
         run_experiment(ExperimentConfig(out_dir=str(tmp_path)))
+
+
+def test_seed_out_of_range_is_one_line(capsys, tmp_path, no_work):
+    code, _, err = run_cli(["mux", "train", "--seed", "99999999999999999999", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--seed must be an integer in [0, 4294967295]" in err

@@ -3,8 +3,8 @@
 ``load_task(name, split, data_dir)`` returns a :class:`ClassificationDataset`. GLUE files are
 read with quoting off (SPEC 6 / the GLUE README: some fields start with a quote), MRPC's UTF-8
 BOM is stripped, SST-2's trailing spaces are stripped. A malformed row, an empty text (only
-whitespace, non-breaking or zero-width spaces) or a byte that is not UTF-8 raises a
-:class:`DepthmuxError` naming the file and line.
+whitespace, non-breaking or zero-width spaces), a text over 128 Ki characters or a byte that is
+not UTF-8 raises a :class:`DepthmuxError` naming the file and line.
 
 Splits: GLUE reports on ``dev``; model selection uses ``validation``, a seeded hold-out carved
 from ``train`` (never the reported split, SPEC 1.4). QNLI has no train split offline, so its
@@ -74,6 +74,9 @@ TWEETS = "tweets"
 TASK_NAMES = [*TASKS, TWEETS]
 _READABLE_LABELS = {"sst2": ["negative", "positive"], "mrpc": ["not_paraphrase", "paraphrase"]}
 VALIDATION_FRACTION = 0.1
+#: Longest text accepted in a row (128 Ki characters, the csv module's field limit): far beyond what a
+#: 512-token model reads, so a longer field is a broken file, refused with its line.
+MAX_TEXT_CHARS = 131_072
 SPLIT_SEED = 1234
 
 
@@ -94,7 +97,7 @@ def _read_text_utf8(path: Path) -> str:
 
 def _read_tsv(path: Path, task: GlueTask) -> tuple[list[Text], list[int]]:
     """Rows of a GLUE TSV. Fields are split on tabs only, quotes are literal (the GLUE README's
-    ``quoting=csv.QUOTE_NONE``), so a field of any length is read as it is."""
+    ``quoting=csv.QUOTE_NONE``); a text over :data:`MAX_TEXT_CHARS` is refused with its line."""
     lines = _read_text_utf8(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -122,6 +125,12 @@ def _read_tsv(path: Path, task: GlueTask) -> tuple[list[Text], list[int]]:
         parts = tuple(row[c].strip() for c in cols)
         if any(is_blank(p) for p in parts):
             raise DepthmuxError(f"{path}:{lineno}: malformed row: empty text")
+        longest = max(len(p) for p in parts)
+        if longest > MAX_TEXT_CHARS:
+            raise DepthmuxError(
+                f"{path}:{lineno}: malformed row: a text of {longest} characters, over the "
+                f"{MAX_TEXT_CHARS}-character limit for one input"
+            )
         texts.append(parts[0] if len(parts) == 1 else parts)  # type: ignore[arg-type]
         labels.append(task.label_names.index(value))
     if not texts:

@@ -34,17 +34,10 @@ from depthmux.multiplexing.features import FeatureCache
 from depthmux.multiplexing.heads import TaskHead, head_from_description
 from depthmux.multiplexing.mixers import MIXERS, build_multiplexer
 from depthmux.utils.checkpoint import load_checkpoint, save_checkpoint
+from depthmux.utils.checks import check_int
 
 FORMAT_VERSION = 2
 READOUTS = ("cls", "mean", "last")
-
-
-def require_int(value, name: str, minimum: int) -> None:
-    """One line unless ``value`` is an int (not a bool) >= ``minimum``."""
-    require(
-        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-        f"{name} must be an integer >= {minimum}, got {value!r}",
-    )
 
 
 @dataclass
@@ -103,8 +96,8 @@ class MuxConfig(TeacherConfig):
 
     def validate(self, backbone: FrozenBackbone | None = None) -> None:
         super().validate(backbone)
-        require_int(self.n, "N (inputs per pass of a multiplexed model; N = 1 is the teacher)", 2)
-        require_int(self.prefill_layers, "prefill layers l", 0)
+        check_int("N (inputs per pass of a multiplexed model; N = 1 is the teacher)", self.n, 2)
+        check_int("prefill layers l", self.prefill_layers, 0)
         require(self.mixer in MIXERS, f"unknown mixer {self.mixer!r}: choose one of {list(MIXERS)}")
         if backbone is not None:
             backbone.check_prefill(self.prefill_layers)

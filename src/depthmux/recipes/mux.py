@@ -42,7 +42,7 @@ from depthmux.multiplexing.teacher import train_probe
 from depthmux.recipes.reports import ResultRow, row_line, write_results
 from depthmux.training.mux import MuxTrainConfig, train_mux
 from depthmux.utils.checkpoint import read_json
-from depthmux.utils.checks import check_int
+from depthmux.utils.checks import check_int, check_seed
 from depthmux.utils.run_folder import RunFolder
 from depthmux.utils.seed import seed_everything
 
@@ -160,6 +160,18 @@ def _sample(data: ClassificationDataset, k: int | None, seed: int) -> Classifica
     return data.subset(sorted(random.Random(seed).sample(range(len(data)), k)))
 
 
+def _check_train_sample(train: ClassificationDataset, largest_n: int) -> None:
+    """The probe must see every label, and a pass must be fillable with real inputs."""
+    missing = [name for i, name in enumerate(train.label_names) if i not in set(train.labels)]
+    require(
+        not missing, f"the train sample ({len(train)} examples) has no example of label(s) {missing}: raise --max-train"
+    )
+    require(
+        len(train) >= largest_n,
+        f"the train sample has {len(train)} examples, fewer than N={largest_n}: raise --max-train",
+    )
+
+
 def _teacher(
     backbone: FrozenBackbone,
     train: FeatureCache,
@@ -212,6 +224,7 @@ def _run_grid(cfg: ExperimentConfig, run: RunFolder, progress: bool) -> list[Res
     train_data = _sample(load_task(cfg.task, "train", cfg.data_dir), cfg.max_train, cfg.train.seed)
     val_data = _sample(load_task(cfg.task, "validation", cfg.data_dir), cfg.max_validation, cfg.train.seed)
     dev_data = load_task(cfg.task, "dev", cfg.data_dir)
+    _check_train_sample(train_data, max(cfg.ns))
     for note in dev_data.notes:
         console.print(f"[dim]note: {note}[/dim]")
     layers = sorted(set(cfg.prefill_layers))
@@ -287,7 +300,7 @@ class MuxEvalConfig:
             task_name(self.task)
         require(self.split in ("dev", "validation"), f"--split must be dev or validation, got {self.split!r}")
         check_int("--shuffles", self.shuffles, 1)
-        check_int("--seed", self.seed, 0)
+        check_seed("--seed", self.seed)
         return self
 
 

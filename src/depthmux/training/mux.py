@@ -31,7 +31,7 @@ from depthmux.multiplexing.features import FeatureCache
 from depthmux.multiplexing.losses import revmux_loss
 from depthmux.multiplexing.model import MultiplexedClassifier
 from depthmux.utils.checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
-from depthmux.utils.checks import check_float, check_int
+from depthmux.utils.checks import check_float, check_int, check_seed
 from depthmux.utils.run_folder import RunFolder
 from depthmux.utils.seed import capture_rng_state, restore_rng_state
 
@@ -55,7 +55,7 @@ class MuxTrainConfig:
         check_float("weight decay", self.weight_decay, 0.0)
         check_float("--lambda-info", self.lambda_info, 0.0)
         check_float("--tau", self.tau, 0.0, low_open=True)
-        check_int("--seed", self.seed, 0)
+        check_seed("--seed", self.seed)
         check_int("save_every", self.save_every, 0)
         return self
 

@@ -8,6 +8,18 @@ import math
 
 from depthmux.errors import require
 
+#: Seeds are combined with epoch/step counters into torch generator seeds (unsigned 64-bit), so
+#: they are kept to 32 bits.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(name: str, value) -> None:
+    """One line unless ``value`` is an int in [0, MAX_SEED]."""
+    require(
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED,
+        f"{name} must be an integer in [0, {MAX_SEED}], got {value!r}",
+    )
+
 
 def check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
     """One line unless ``value`` is an int (not a bool) >= ``minimum`` (or None when allowed)."""
