@@ -1,4 +1,9 @@
-"""``depthmux mux``: RevMUX data multiplexing on a frozen encoder (SPEC 1)."""
+"""``depthmux mux``: RevMUX data multiplexing on a frozen encoder (SPEC 1).
+
+Thin: each command parses its options into a config of :mod:`depthmux.recipes.mux`
+(``ExperimentConfig``, ``MuxEvalConfig``, ``MuxBenchConfig``), whose ``validate()`` refuses a bad
+value with one line before any work, runs the recipe and prints the result.
+"""
 
 from __future__ import annotations
 
@@ -87,7 +92,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for sampling, initialisation and data order.")] = 0,
     out: Annotated[Path, typer.Option(help="Run folder for checkpoints and results.")] = Path("runs/mux"),
     resume: Annotated[
-        bool, typer.Option(help="Continue an interrupted run in --out from its last checkpoints.")
+        bool, typer.Option(help="Continue the run in --out from its last checkpoints (refused if its settings differ).")
     ] = False,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -121,7 +126,8 @@ def run(
     threads: ThreadsOpt = None,
 ) -> None:
     """The main job with no flags: RevMUX N=2, l=1 on frozen MiniLM, embedded tweets (negative vs
-    positive); prints teacher vs multiplexed accuracy and speed."""
+    positive); prints teacher vs multiplexed accuracy and speed. Run again, it resumes (reusing what
+    was trained)."""
     from depthmux.recipes.mux import quickstart_config
 
     _run_experiment(quickstart_config(str(out)), threads, as_json=False)
