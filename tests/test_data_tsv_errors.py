@@ -63,3 +63,11 @@ def test_task_names_are_normalised_and_checked():
     assert task_name("SST-2") == "sst2" and task_name("tweets") == "tweets"
     with pytest.raises(DepthmuxError, match="unknown task 'cola'"):
         task_name("cola")
+
+
+def test_corpus_of_only_invisible_text_is_empty(tmp_path):
+    from depthmux.data.text import load_corpus
+
+    (tmp_path / "zw.txt").write_text("\u200b\u200b\n\n\u00a0\u2060\n")
+    with pytest.raises(DepthmuxError, match="is empty: no non-blank documents"):
+        load_corpus(tmp_path / "zw.txt")

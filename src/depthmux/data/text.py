@@ -46,6 +46,7 @@ import torch
 
 from depthmux.assets import package_dir
 from depthmux.errors import DepthmuxError
+from depthmux.utils.text import is_blank
 
 IGNORE_INDEX = -100
 BUILTIN_CORPORA = ("shakespeare", "shakespeare:play", "kjv", "kjv:book")
@@ -193,14 +194,14 @@ def load_text_path(path: str | os.PathLike, txt_split: str = "blank") -> list[st
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise DepthmuxError(f"{p}: line {i + 1} has no string 'text' field")
             docs.append(row["text"])
-        return [d for d in docs if d.strip()]
+        return [d for d in docs if not is_blank(d)]
     if p.suffix in (".txt", ".md", ""):
         text = _read_text(p)
         if txt_split == "file":
-            return [text.strip()] if text.strip() else []
+            return [] if is_blank(text) else [text.strip()]
         if txt_split != "blank":
             raise DepthmuxError(f"unknown txt_split '{txt_split}': use 'blank' or 'file'")
-        return [d.strip() for d in re.split(r"\n[ \t]*\n", text) if d.strip()]
+        return [d.strip() for d in re.split(r"\n[ \t]*\n", text) if not is_blank(d)]
     raise DepthmuxError(f"unsupported corpus file {p}: use .txt, .jsonl or a folder")
 
 
@@ -217,7 +218,7 @@ def load_corpus(spec: str | os.PathLike) -> list[str]:
         docs = load_kjv(unit or "chapter")
     else:
         docs = load_text_path(s)
-    docs = [d for d in docs if d.strip()]
+    docs = [d for d in docs if not is_blank(d)]
     if not docs:
         raise DepthmuxError(f"corpus '{s}' is empty: no non-blank documents")
     return docs

@@ -327,7 +327,7 @@ def load_classifier(
     not match the config) is one line naming it."""
     tensors, state = load_checkpoint(directory)
     where = f"corrupt checkpoint {directory}"
-    if state.get("kind") not in CLASSIFIERS or "head" not in tensors:
+    if not isinstance(state, dict) or state.get("kind") not in CLASSIFIERS or "head" not in tensors:
         raise DepthmuxError(f"{directory} is not a depthmux mux checkpoint")
     try:
         if state.get("format_version") == 1:
