@@ -36,18 +36,18 @@ LEVELS: dict[str, int] = {
     "backbones": 1,
     "multiplexing": 2,
     "recursion": 2,
-    "early_exit": 2,
-    "lm": 3,
-    "training": 4,
-    "engine": 5,
-    "recipes": 6,
-    "serve": 7,
-    "cli": 8,
+    "early_exit": 3,
+    "lm": 4,
+    "training": 5,
+    "engine": 6,
+    "recipes": 7,
+    "serve": 8,
+    "cli": 9,
 }
 # Below everything: depthmux.errors (every module may import it; it imports nothing of ours), then the package
 # root depthmux/__init__.py (runs before any submodule; it re-exports errors and may import nothing else).
 # depthmux/__main__.py (`python -m depthmux`) is the entry point above the CLI.
-SPECIAL_LEVELS = {"errors": -2, "__init__": -1, "__main__": 9}
+SPECIAL_LEVELS = {"errors": -2, "__init__": -1, "__main__": 10}
 
 
 @dataclass(frozen=True)
@@ -382,17 +382,17 @@ def test_checker_reports_a_folder_without_init(tmp_path):
         (
             "multiplexing/bad.py",
             "from depthmux.recipes.mux import x\n",
-            "multiplexing/bad.py:1: depthmux.multiplexing.bad (level 2) -> depthmux.recipes.mux (level 6)",
+            "multiplexing/bad.py:1: depthmux.multiplexing.bad (level 2) -> depthmux.recipes.mux (level 7)",
         ),
         (
             "multiplexing/bad.py",
             "def f():\n    import depthmux.cli\n",
-            "multiplexing/bad.py:2: depthmux.multiplexing.bad (level 2) -> depthmux.cli (level 8)",
+            "multiplexing/bad.py:2: depthmux.multiplexing.bad (level 2) -> depthmux.cli (level 9)",
         ),
         (
             "multiplexing/bad.py",
             "from ..training import mux\n",
-            "depthmux.multiplexing.bad (level 2) -> depthmux.training.mux (level 4)",
+            "depthmux.multiplexing.bad (level 2) -> depthmux.training.mux (level 5)",
         ),
         (
             "multiplexing/bad.py",
@@ -417,12 +417,12 @@ def test_checker_reports_a_folder_without_init(tmp_path):
         (
             "utils/bad.py",
             "import importlib\nimportlib.import_module('depthmux.lm')\n",
-            "depthmux.utils.bad (level 0) -> depthmux.lm (level 3)",
+            "depthmux.utils.bad (level 0) -> depthmux.lm (level 4)",
         ),
         (
             "__init__.py",
             "def main():\n    from depthmux.cli import main\n",
-            "__init__.py:2: depthmux (package root) -> depthmux.cli (level 8)",
+            "__init__.py:2: depthmux (package root) -> depthmux.cli (level 9)",
         ),
     ],
 )
