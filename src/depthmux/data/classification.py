@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from depthmux.assets import package_dir
-from depthmux.errors import DepthmuxError
+from depthmux.errors import DepthmuxError, require
+from depthmux.utils.checks import check_float
 from depthmux.utils.text import is_blank
 
 Text = str | tuple[str, str]
@@ -138,7 +139,7 @@ def _read_tsv(path: Path, task: GlueTask) -> tuple[list[Text], list[int]]:
     return texts, labels
 
 
-def _split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded split of range(n) into (rest, held-out fraction)."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
@@ -174,7 +175,9 @@ def _load_glue_from_hub(name: str, hf_split: str) -> tuple[list[Text], list[int]
     return texts, labels
 
 
-def _load_glue(name: str, split: str, data_dir: str | os.PathLike | None) -> ClassificationDataset:
+def _load_glue(
+    name: str, split: str, data_dir: str | os.PathLike | None, validation_fraction: float
+) -> ClassificationDataset:
     task = TASKS[name]
     notes: list[str] = []
     label_names = _READABLE_LABELS.get(name, list(task.label_names))
@@ -189,23 +192,23 @@ def _load_glue(name: str, split: str, data_dir: str | os.PathLike | None) -> Cla
 
     if name == "qnli":
         texts, labels = read("dev")
-        rest, held = _split_indices(len(texts), 0.2, SPLIT_SEED)
+        rest, held = split_indices(len(texts), 0.2, SPLIT_SEED)
         notes.append(
             "QNLI train is not available offline: train/validation are a seeded 80% of dev, 'dev' is the other 20%"
         )
         if split == "dev":
             idx = held
         else:
-            tr, va = _split_indices(len(rest), VALIDATION_FRACTION, SPLIT_SEED + 1)
+            tr, va = split_indices(len(rest), validation_fraction, SPLIT_SEED + 1)
             idx = [rest[i] for i in (tr if split == "train" else va)]
     elif split == "dev":
         texts, labels = read("dev")
         idx = list(range(len(texts)))
     else:
         texts, labels = read("train")
-        tr, va = _split_indices(len(texts), VALIDATION_FRACTION, SPLIT_SEED)
+        tr, va = split_indices(len(texts), validation_fraction, SPLIT_SEED)
         idx = tr if split == "train" else va
-        notes.append(f"validation = seeded {VALIDATION_FRACTION:.0%} of train, used for model selection")
+        notes.append(f"validation = seeded {validation_fraction:.0%} of train, used for model selection")
     return ClassificationDataset(name, split, [texts[i] for i in idx], [labels[i] for i in idx], label_names, notes)
 
 
@@ -254,17 +257,27 @@ def task_name(name: str) -> str:
     return canonical
 
 
-def load_task(name: str, split: str, data_dir: str | os.PathLike | None = None) -> ClassificationDataset:
+def load_task(
+    name: str, split: str, data_dir: str | os.PathLike | None = None, validation_fraction: float | None = None
+) -> ClassificationDataset:
     """Load ``split`` ("train", "validation" or "dev") of task ``name``.
 
     Args:
         name: one of ``sst2``, ``mrpc``, ``rte``, ``qnli`` (GLUE) or ``tweets`` (embedded default).
         data_dir: folder holding ``SST-2/``, ``MRPC/``, ... with the GLUE TSVs. ``None``: try the
             Hugging Face hub through ``datasets`` (fails with a clear message offline).
+        validation_fraction: the seeded share of train held out as ``validation`` (GLUE; QNLI: of its
+            80% of dev); None: :data:`VALIDATION_FRACTION`. The tweets have a fixed 80/10/10 split.
     """
     name = task_name(name)
     if split not in ("train", "validation", "dev"):
         raise DepthmuxError(f"unknown split {split!r}: choose train, validation or dev")
+    if validation_fraction is not None:
+        check_float("--val-split", validation_fraction, 0.0, 1.0, low_open=True, high_open=True)
     if name == TWEETS:
+        require(
+            validation_fraction is None,
+            "--val-split does not apply to the tweets (a fixed 80/10/10 split); give --train/--dev files instead",
+        )
         return _load_tweets(split)
-    return _load_glue(name, split, data_dir)
+    return _load_glue(name, split, data_dir, validation_fraction or VALIDATION_FRACTION)
