@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -34,9 +34,25 @@ def binary_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
     return 2 * tp / max(1, 2 * tp + fp + fn)
 
 
+def per_class_f1(pred: torch.Tensor, gold: torch.Tensor, num_labels: int) -> list[float]:
+    """F1 of each class against the rest (a class never predicted nor present scores 0): [M] -> C values."""
+    scores = []
+    for c in range(num_labels):
+        tp = ((pred == c) & (gold == c)).sum().item()
+        fp = ((pred == c) & (gold != c)).sum().item()
+        fn = ((pred != c) & (gold == c)).sum().item()
+        scores.append(2 * tp / max(1, 2 * tp + fp + fn))
+    return scores
+
+
 @dataclass
 class GroupedScore:
-    """Accuracy (and F1) as mean ± std over random groupings of the evaluation set."""
+    """Accuracy (and F1) as mean ± std over random groupings of the evaluation set.
+
+    ``f1_*`` is the binary F1 of label 1 (GLUE's MRPC metric); ``macro_f1_*`` the mean of the
+    per-class F1 (imbalanced or multi-class data); ``per_class_f1`` its per-class means over
+    groupings and ``support`` the number of evaluation examples of each class.
+    """
 
     accuracy_mean: float
     accuracy_std: float
@@ -44,6 +60,10 @@ class GroupedScore:
     f1_std: float
     accuracies: list[float]
     shuffles: int
+    macro_f1_mean: float = 0.0
+    macro_f1_std: float = 0.0
+    per_class_f1: list[float] = field(default_factory=list)
+    support: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -85,14 +105,21 @@ def evaluate_grouped(
     """Accuracy/F1 over ``shuffles`` random groupings (one pass for the teacher: nothing to group)."""
     require(shuffles >= 1, f"shuffles must be >= 1, got {shuffles}")
     runs = 1 if model.group_size == 1 else shuffles
-    accs, f1s = [], []
+    accs, f1s, per_class = [], [], []
+    num_labels = model.config.num_labels
     for r in tqdm(range(runs), desc=f"eval N={model.group_size}", leave=False, disable=not progress):
         order = torch.randperm(len(cache), generator=torch.Generator().manual_seed(seed + r))
         pred = predict_cached(model, cache, order, batch_size)
         accs.append((pred == cache.labels).float().mean().item())
         f1s.append(binary_f1(pred, cache.labels))
+        per_class.append(per_class_f1(pred, cache.labels, num_labels))
     std = statistics.stdev if len(accs) > 1 else (lambda _: 0.0)
-    return GroupedScore(statistics.fmean(accs), std(accs), statistics.fmean(f1s), std(f1s), accs, runs)
+    macro = [statistics.fmean(p) for p in per_class]
+    return GroupedScore(
+        statistics.fmean(accs), std(accs), statistics.fmean(f1s), std(f1s), accs, runs,
+        statistics.fmean(macro), std(macro), [statistics.fmean(c) for c in zip(*per_class, strict=True)],
+        torch.bincount(cache.labels, minlength=num_labels).tolist(),
+    )
 
 
 @dataclass
