@@ -571,13 +571,20 @@ class RecursiveModel(RecursivePreTrainedModel):
             h = x.gather(1, index[..., None].expand(B, M, d))
             sub, dec = ctx.subset(index, real), decision.gather(index)
         f = self.run_block(h, decision.recursion, sub)
-        new = self._update(h, f, dec)
+        new = self.update(h, f, dec)
         new = torch.where(real[..., None], new, h)
         if index is None:
             return new
         return x.scatter(1, index[..., None].expand(B, M, d), new)
 
-    def _update(self, h: torch.Tensor, f: torch.Tensor, decision: RouteDecision) -> torch.Tensor:
+    def update(self, h: torch.Tensor, f: torch.Tensor, decision: RouteDecision) -> torch.Tensor:
+        """The new state of tokens that ran the block: the update rule of the module docstring.
+
+        Args: h [B, M, d] states entering the recursion; f = ``run_block(h, r, ctx)`` [B, M, d];
+        ``decision`` restricted to these tokens ([B, M] fields). ``decision.recursion`` may be a
+        long tensor broadcastable to [B, M] (tokens at different recursions, e.g. the decode
+        engine's depth-wise batch). Returns: [B, M, d].
+        """
         rule = self.config.mor_update
         if decision.kind == "expert":
             return expert_choice_update(h, f, decision.gate, rule)
