@@ -4,7 +4,8 @@
   a checkpoint folder, or a model folder (holding ``config.json``) -> the model folder;
 * :func:`pretrained_model_dir`: ``"smollm2"`` (the packaged SmolLM2-135M) or a path -> model folder;
 * :func:`load_lm`: a model folder -> a :class:`~depthmux.lm.protocol.CausalLM`: a recursive / MoR
-  model through :func:`depthmux.recursion.load_recursive_model`, a LLaMA-family transformers model
+  model through :func:`depthmux.recursion.load_recursive_model`, an early-exit model through
+  :func:`depthmux.early_exit.load_early_exit_model`, a LLaMA-family transformers model
   wrapped in :class:`~depthmux.lm.hf_adapter.HFCausalLMAdapter`;
 * :func:`load_saved_tokenizer`: the tokenizer saved next to a model, or None.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from depthmux.early_exit import EarlyExitConfig, load_early_exit_model
 from depthmux.errors import DepthmuxError
 from depthmux.lm.hf_adapter import LLAMA_FAMILY, HFCausalLMAdapter
 from depthmux.lm.protocol import CausalLM
@@ -55,9 +57,11 @@ def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Caus
     model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
     if model_type == RecursiveConfig.model_type:
         return load_recursive_model(d, dtype=dtype).eval()
+    if model_type == EarlyExitConfig.model_type:
+        return load_early_exit_model(d, dtype=dtype).eval()
     if model_type not in LLAMA_FAMILY:
-        raise DepthmuxError(f"{d} holds a {model_type!r} model: expected {RecursiveConfig.model_type!r} or a "
-                            f"LLaMA-family causal LM ({', '.join(LLAMA_FAMILY)})")
+        raise DepthmuxError(f"{d} holds a {model_type!r} model: expected {RecursiveConfig.model_type!r}, "
+                            f"{EarlyExitConfig.model_type!r} or a LLaMA-family causal LM ({', '.join(LLAMA_FAMILY)})")
     from transformers import AutoModelForCausalLM
 
     try:

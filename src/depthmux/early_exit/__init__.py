@@ -1,0 +1,33 @@
+"""Early exiting with a shallow-deep decoder (FREE, SPEC 2), level 3: built on :mod:`depthmux.recursion`'s
+LLaMA decoder, below :mod:`depthmux.lm` (whose loader registers it).
+
+* :class:`EarlyExitConfig`, :class:`EarlyExitForCausalLM` (registered with transformers' Auto classes as
+  model type ``"depthmux_early_exit"``), :class:`EarlyExitCausalLMOutput`, :func:`from_llama`,
+  :func:`load_early_exit_model`, :func:`require_early_exit`, :func:`top2_margin`.
+"""
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from depthmux.early_exit.config import EarlyExitConfig, check_exit_layer
+from depthmux.early_exit.modeling import (
+    EarlyExitCausalLMOutput,
+    EarlyExitForCausalLM,
+    from_llama,
+    load_early_exit_model,
+    require_early_exit,
+    top2_margin,
+)
+
+AutoConfig.register(EarlyExitConfig.model_type, EarlyExitConfig, exist_ok=True)
+AutoModelForCausalLM.register(EarlyExitConfig, EarlyExitForCausalLM, exist_ok=True)
+
+__all__ = [
+    "EarlyExitCausalLMOutput",
+    "EarlyExitConfig",
+    "EarlyExitForCausalLM",
+    "check_exit_layer",
+    "from_llama",
+    "load_early_exit_model",
+    "require_early_exit",
+    "top2_margin",
+]
