@@ -34,7 +34,7 @@ from depthmux.recursion import (
     convert_llama_to_recursive,
 )
 from depthmux.training.lm import LMTrainConfig, LMTrainResult, train_lm
-from depthmux.utils.checks import check_float, check_int
+from depthmux.utils.checks import check_float, check_int, check_seed
 
 __all__ = [
     "LMDataSpec", "LMModelSpec", "LMTrainConfig", "LMTrainResult", "build_lm_model", "eval_data_spec",
@@ -95,7 +95,7 @@ class LMModelSpec:
         """One-line :class:`DepthmuxError` for the first invalid field or combination; return self."""
         check_int("--recursions", self.recursions, 1)
         check_int("--lora-rank", self.lora_rank, 0)
-        check_int("--seed", self.seed, 0)
+        check_seed("--seed", self.seed)
         if self.sharing not in SHARING_STRATEGIES:
             raise DepthmuxError(f"unknown --sharing {self.sharing!r}: use one of {', '.join(SHARING_STRATEGIES)}")
         if self.router_name not in MOR_ROUTERS:
@@ -142,7 +142,7 @@ class LMDataSpec:
         """One-line :class:`DepthmuxError` for the first invalid field; return self."""
         check_int("--block-size", self.block_size, 2)
         check_float("--holdout", self.holdout, 0.0, 1.0, high_open=True)
-        check_int("--seed", self.seed, 0)
+        check_seed("--seed", self.seed)
         check_int("--max-train-blocks", self.max_train_blocks, 1, allow_none=True)
         check_int("--max-eval-blocks", self.max_eval_blocks, 1, allow_none=True)
         if str(self.tokenizer).startswith("bpe:"):
@@ -308,12 +308,16 @@ def run_lm_eval(model: str | os.PathLike, data_spec: LMDataSpec | None = None, b
 def run_lm_convert(out: str | os.PathLike, source: str = "smollm2", recursions: int = 3, sharing: str = "cycle",
                    init: str = "stepwise", lora_rank: int = 0) -> tuple[CausalLM, Path]:
     """Convert a pretrained LLaMA (``"smollm2"`` or a folder) into a recursive model saved atomically
-    in ``out`` with the source's tokenizer: what ``depthmux lm convert`` does."""
+    in ``out`` (a new or empty folder: nothing of the user's is replaced) with the source's tokenizer:
+    what ``depthmux lm convert`` does."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "a file" if not out.is_dir() else "a folder that is not empty"
+        raise DepthmuxError(f"--out {out} is {what}: choose a new folder for the converted model")
     spec = LMModelSpec(from_pretrained=source, convert=True, recursions=recursions, sharing=sharing, init=init,
                        lora_rank=lora_rank)
     model = build_lm_model(spec)
     tokenizer = load_saved_tokenizer(pretrained_model_dir(source))
-    out = Path(out)
     with atomic_directory(out) as tmp:
         model.save_pretrained(str(tmp))
         if tokenizer is not None:

@@ -48,7 +48,7 @@ from depthmux.utils.checkpoint import (
     optimizer_tensors,
     save_checkpoint,
 )
-from depthmux.utils.checks import check_float, check_int
+from depthmux.utils.checks import check_float, check_int, check_seed
 from depthmux.utils.flops import FlopCounter
 from depthmux.utils.run_folder import RunFolder
 from depthmux.utils.seed import capture_rng_state, restore_rng_state, seed_everything
@@ -115,7 +115,7 @@ class LMTrainConfig:
         check_int("eval batch size", self.eval_batch_size, 1)
         check_int("eval max batches", self.eval_max_batches, 1, allow_none=True)
         check_int("log_every", self.log_every, 0)
-        check_int("--seed", self.seed, 0)
+        check_seed("--seed", self.seed)
         require(self.mixed_precision in ("no", "fp16", "bf16"),
                f"unknown mixed precision {self.mixed_precision!r}: use no, fp16 or bf16")
         check_float("max_flops", self.max_flops, 0.0, low_open=True, allow_none=True)
