@@ -1,0 +1,194 @@
+"""Engine scheduler and KV accounting without a model (SPEC 5): admission, batching limits, freeing."""
+
+from __future__ import annotations
+
+import pytest
+
+from depthmux.engine import MAIN, KVManager, KVSpec, Request, SamplingParams, Scheduler, StepResult
+from depthmux.errors import DepthmuxError
+from depthmux.recursion import RecursiveConfig
+
+KW = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=8, num_attention_heads=4,
+          num_key_value_heads=2, max_position_embeddings=256)
+
+
+def spec(**kw) -> KVSpec:
+    return KVSpec.from_config(RecursiveConfig(**{**KW, **kw}))
+
+
+VANILLA = dict(sharing="none", num_recursions=1)
+RECURSION_WISE = dict(sharing="middle_cycle", num_recursions=3, mor_router="expert")
+SHARED = dict(sharing="middle_cycle", num_recursions=3, mor_router="expert", mor_kv="share_first")
+
+
+def request(rid: str, prompt_len: int = 48, max_new: int = 16) -> Request:
+    return Request(rid, list(range(1, prompt_len + 1)), SamplingParams(max_new_tokens=max_new), frozenset(), 256, 0)
+
+
+def test_kv_bytes_per_token_match_spec_ratios():
+    v, rw, sh = spec(**VANILLA), spec(**RECURSION_WISE), spec(**SHARED)
+    assert v.entry_bytes == 2 * 2 * 8 * 4  # K and V, 2 KV heads of 8 dims, float32
+    assert v.expected_bytes_per_token() == 8 * 128
+    assert rw.block_ratio() == pytest.approx((3 + 1) / (2 * 3))  # SPEC 4 recursion-wise
+    assert sh.block_ratio() == pytest.approx(1 / 3)  # SPEC 4 recursive sharing
+    assert rw.expected_bytes_per_token() == pytest.approx((2 + 2 * 2) * 128)  # 2 unique layers + K * (1 + 2/3 + 1/3)
+    assert sh.expected_bytes_per_token() == (2 + 2) * 128
+    # token-choice with a balanced router expects the same (N_r + 1) / (2 N_r)
+    assert spec(sharing="middle_cycle", num_recursions=3, mor_router="token").block_ratio() == pytest.approx(2 / 3)
+    # a plain recursive model keeps every token at every recursion
+    assert spec(sharing="middle_cycle", num_recursions=3).block_ratio() == 1.0
+
+
+def admitted(kw: dict, budget: int) -> int:
+    kv = KVManager(spec(**kw), budget)
+    sched = Scheduler(kv, "depthwise", max_batch_items=8, max_num_seqs=1000, num_recursion_steps=3)
+    for i in range(100):
+        sched.add_request(request(f"r{i}"))
+    sched.schedule()
+    return len(sched.running)
+
+
+def test_fixed_budget_admits_more_sequences_with_recursion_wise_and_shared_kv():
+    budget = 1 << 20
+    counts = {name: admitted(kw, budget) for name, kw in
+              (("vanilla", VANILLA), ("recursion_wise", RECURSION_WISE), ("shared", SHARED))}
+    # 64-token requests in 16-token pages: vanilla 65536 B, recursion-wise 53248 B, shared 32768 B each
+    assert counts == {"vanilla": 16, "recursion_wise": 19, "shared": 32}
+
+
+def test_budget_too_small_for_one_request_is_one_line_error():
+    kv = KVManager(spec(**VANILLA), 4096)
+    sched = Scheduler(kv, "depthwise")
+    with pytest.raises(DepthmuxError, match="too small") as e:
+        sched.add_request(request("a"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(DepthmuxError):
+        KVManager(spec(**VANILLA), 0)
+    with pytest.raises(DepthmuxError):
+        Scheduler(kv, "sideways")
+    with pytest.raises(DepthmuxError):
+        Scheduler(kv, "depthwise", max_batch_items=0)
+
+
+def run_prefill(sched: Scheduler) -> None:
+    """Schedule and complete the prefill of every admitted request (one token sampled each)."""
+    d = sched.schedule()
+    assert d.prefills and not d.entering
+    sched.update(d, StepResult(sampled={c.request_id: 7 for c in d.prefills if c.samples}))
+
+
+def test_depthwise_block_calls_hold_at_most_b_items_deepest_first_and_never_exited_ones():
+    kv = KVManager(spec(**RECURSION_WISE), 1 << 30)
+    B = 4
+    sched = Scheduler(kv, "depthwise", max_batch_items=B, max_prefill_tokens=10_000, num_recursion_steps=3)
+    for i in range(10):
+        sched.add_request(request(f"r{i}", prompt_len=5, max_new=50))
+    run_prefill(sched)
+    exited: set[int] = set()
+    sizes = []
+    for step in range(40):
+        d = sched.schedule()
+        assert len(d.entering) == sum(1 for r in sched.running if r.in_flight is not None
+                                      and r.in_flight in {it.item_id for it in d.entering})
+        ids = [it.item_id for it in d.block_items]
+        sizes.append(len(ids))
+        assert len(ids) <= B
+        assert not exited & set(ids)
+        depths = [it.depth for it in d.block_items]
+        waiting = [it.depth for it in sched.items.values() if it.item_id not in ids]
+        assert not waiting or min(depths) >= max(waiting)  # deepest items first
+        # items alternate: an even item continues one recursion, an odd one exits after it ran
+        res = StepResult(ran_items=ids)
+        for it in d.block_items:
+            if it.item_id % 2 == 0 and it.depth + 1 < 3:
+                res.depths[it.item_id] = it.depth + 1
+            else:
+                res.exited.append(it.item_id)
+                res.sampled[it.request_id] = 7
+        exited |= set(res.exited)
+        sched.update(d, res)
+    assert max(sizes) == B and sched.computed_exited == 0
+    # an exited item reported as run is counted as computed for an exited token
+    d = sched.schedule()
+    sched.update(d, StepResult(ran_items=[min(exited)]))
+    assert sched.computed_exited == 1
+
+
+def test_lockstep_enters_at_most_b_sequences_per_step():
+    kv = KVManager(spec(**RECURSION_WISE), 1 << 30)
+    sched = Scheduler(kv, "lockstep", max_batch_items=3, max_prefill_tokens=10_000, num_recursion_steps=3)
+    for i in range(7):
+        sched.add_request(request(f"r{i}", prompt_len=4, max_new=5))
+    run_prefill(sched)
+    d = sched.schedule()
+    assert len(d.entering) == 3 and not d.block_items
+    assert [it.request_id for it in d.entering] == ["r0", "r1", "r2"]
+
+
+def test_chunked_prefill_and_continuous_join_and_leave():
+    kv = KVManager(spec(**VANILLA), 1 << 30)
+    sched = Scheduler(kv, "depthwise", max_batch_items=8, max_prefill_tokens=32)
+    sched.add_request(request("long", prompt_len=70, max_new=2))
+    chunks = []
+    for _ in range(3):
+        d = sched.schedule()
+        chunks += [(c.start, len(c.token_ids), c.samples) for c in d.prefills]
+        sched.update(d, StepResult(sampled={c.request_id: 5 for c in d.prefills if c.samples}))
+    assert chunks == [(0, 32, False), (32, 32, False), (64, 6, True)]
+    sched.add_request(request("late", prompt_len=3, max_new=1))  # joins while "long" decodes
+    d = sched.schedule()
+    assert [c.request_id for c in d.prefills] == ["late"] and [it.request_id for it in d.entering] == ["long"]
+    res = StepResult(sampled={"late": 9, "long": 9}, exited=[d.entering[0].item_id])
+    sched.update(d, res)
+    assert sched.requests["late"].finished and sched.requests["long"].finished  # both leave at once
+    assert sched.requests["late"].finish_reason == "length" and not sched.has_unfinished()
+
+
+def test_finish_and_cancel_free_kv():
+    kv = KVManager(spec(**RECURSION_WISE), 1 << 30)
+    sched = Scheduler(kv, "depthwise", num_recursion_steps=3)
+    for rid in ("a", "b"):
+        sched.add_request(Request(rid, [1, 2, 3], SamplingParams(max_new_tokens=5, stop_token_ids=(4,)),
+                                  frozenset({4}), 256, 0))
+    d = sched.schedule()
+    for c in d.prefills:  # what the runner would allocate for the prefill
+        kv.allocate(c.request_id, MAIN, 3)
+        kv.allocate(c.request_id, 0, 3)
+        kv.allocate(c.request_id, 1, 2)
+    used = kv.bytes_in_use
+    assert used == 2 * (kv.spec.block_bytes(MAIN) + 2 * kv.spec.block_bytes(0))
+    sched.update(d, StepResult(sampled={"a": 4, "b": 5}))  # "a" emits its stop token
+    assert sched.requests["a"].finish_reason == "stop" and kv.bytes_in_use == used // 2
+    assert sched.abort_request("b") and sched.requests["b"].finish_reason == "aborted"
+    assert kv.bytes_in_use == 0 and kv.reserved_bytes == 0
+    assert not sched.abort_request("b") and not sched.abort_request("nope")
+
+
+def test_preemption_frees_the_newest_request_and_recomputes_it():
+    s = spec(**VANILLA)
+    page = s.block_bytes(MAIN)
+    kv = KVManager(s, 3 * page)
+    sched = Scheduler(kv, "depthwise", max_prefill_tokens=1000)
+    # each reserves 1 page (16 tokens), both fit the 3-page budget
+    sched.add_request(request("old", prompt_len=10, max_new=6))
+    sched.add_request(request("new", prompt_len=10, max_new=6))
+    d = sched.schedule()
+    assert len(d.prefills) == 2
+    for c in d.prefills:
+        kv.allocate(c.request_id, MAIN, 10)
+    kv.allocate("old", MAIN, 6)  # "old" outgrows its reservation (e.g. routed deeper than expected)
+    sched.update(d, StepResult(sampled={"old": 3, "new": 3}))
+    kv.allocate("new", MAIN, 6)  # 2 of 3 pages used, both sequences exactly fill a page
+    d = sched.schedule()  # the next tokens need a page each (2 > 1 free): the newest, "new", is preempted
+    assert d.preempted == ["new"] and sched.requests["new"].state == "waiting"
+    assert sched.requests["new"].num_computed == 0 and sched.requests["new"].output_token_ids == [3]
+    assert kv.bytes_in_use == page and len(d.entering) == 1 and d.entering[0].request_id == "old"
+
+
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(max_new_tokens=-3), dict(temperature=-1.0),
+                                 dict(temperature=float("nan")), dict(top_p=0.0), dict(top_p=1.5),
+                                 dict(seed="x"), dict(stop_token_ids=(-1,))])
+def test_sampling_params_validation(bad):
+    with pytest.raises(DepthmuxError) as e:
+        SamplingParams(**bad)
+    assert "\n" not in str(e.value)
