@@ -3,7 +3,8 @@ LLaMA decoder, below :mod:`depthmux.lm` (whose loader registers it).
 
 * :class:`EarlyExitConfig`, :class:`EarlyExitForCausalLM` (registered with transformers' Auto classes as
   model type ``"depthmux_early_exit"``), :class:`EarlyExitCausalLMOutput`, :func:`from_llama`,
-  :func:`load_early_exit_model`, :func:`require_early_exit`, :func:`top2_margin`.
+  :func:`load_early_exit_model`, :func:`require_early_exit`, :func:`top2_margin`; :class:`ShallowExit`
+  (the shallow model as a causal LM of its own, for held-out evaluation).
 """
 
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -12,6 +13,7 @@ from depthmux.early_exit.config import EarlyExitConfig, check_exit_layer
 from depthmux.early_exit.modeling import (
     EarlyExitCausalLMOutput,
     EarlyExitForCausalLM,
+    ShallowExit,
     from_llama,
     load_early_exit_model,
     require_early_exit,
@@ -25,6 +27,7 @@ __all__ = [
     "EarlyExitCausalLMOutput",
     "EarlyExitConfig",
     "EarlyExitForCausalLM",
+    "ShallowExit",
     "check_exit_layer",
     "from_llama",
     "load_early_exit_model",

@@ -164,6 +164,56 @@ class EarlyExitForCausalLM(RecursiveForCausalLM):
                                        aux_losses=aux, router_stats=stats, shallow_logits=shallow_logits)
 
 
+@dataclass
+class ShallowExitOutput:
+    """:class:`~depthmux.lm.protocol.CausalLMOutput` of :class:`ShallowExit` (no aux losses, no stats)."""
+
+    loss: torch.Tensor | None
+    lm_loss: torch.Tensor | None
+    logits: torch.Tensor
+    aux_losses: dict[str, torch.Tensor]
+    router_stats: dict[str, Any]
+
+
+class ShallowExit(nn.Module):
+    """The shallow model of an :class:`EarlyExitForCausalLM` as a causal LM of its own: layers
+    0 .. L_s-1, the shared final norm and LM head (SPEC 2). Holds no weights of its own; evaluating it
+    with the generic held-out evaluation gives the shallow exit's NLL, and its forward declares only
+    the shallow model's FLOPs. ``save_pretrained`` saves the whole early-exit model it views.
+    """
+
+    def __init__(self, model: EarlyExitForCausalLM) -> None:
+        super().__init__()
+        self.model = require_early_exit(model)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, routing: str | None = None,
+                use_cache: bool = False) -> ShallowExitOutput:
+        """input_ids / position_ids / labels [B, T] -> shallow logits [B, T, V] (labels shifted inside)."""
+        if routing not in (None, "topk", "causal"):
+            raise DepthmuxError(f"routing must be 'topk' or 'causal', got {routing!r}")
+        m = self.model
+        ctx = m.model.make_context(input_ids, None, position_ids, RecursiveCache())
+        logits = m.exit_logits(m.shallow(m.model.embed(input_ids), ctx))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
+                                   ignore_index=IGNORE_INDEX)
+        return ShallowExitOutput(loss=loss, lm_loss=loss, logits=logits, aux_losses={}, router_stats={})
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters the shallow model uses: embeddings (+ an untied head), L_s layers, the final norm."""
+        m = self.model
+        used = [m.model.embed_tokens.weight, m.lm_head.weight, *m.model.norm.parameters()]
+        used += [p for layer in m.model.layers[:m.exit_layer] for p in layer.parameters()]
+        total = sum(p.numel() for p in {id(p): p for p in used}.values())
+        embedding = m.parameter_counts()["embedding"]
+        return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        self.model.save_pretrained(save_directory, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------
 # building and loading
 

@@ -1,0 +1,112 @@
+"""``depthmux ee``: early exiting with a shallow-deep decoder (FREE, SPEC 2).
+
+Thin over :mod:`depthmux.recipes.early_exit` (``run_ee_train``, ``run_ee_eval``): options become
+validated specs (every number checked up front: one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Early exit (FREE): train a shallow exit on a pretrained LLaMA (SmolLM2 by default) with the FREE "
+         "loss, evaluate the held-out NLL of both exits.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", help="Run folder: log.jsonl, checkpoints/, model/."),
+    source: str = typer.Option("smollm2", "--from", help="smollm2 (packaged SmolLM2-135M) or a LLaMA model folder "
+                                                          "(its tokenizer is used)."),
+    exit_layer: int | None = typer.Option(None, "--exit-layer", help="L_s, layers of the shallow exit, 1..L-1 "
+                                                                      "(default: a quarter of the layers)."),
+    alpha: float = typer.Option(0.5, help="Weight of MSE(h_shallow, h_deep) in the FREE loss (SPEC 2)."),
+    corpus: str = typer.Option("shakespeare",
+                               help="shakespeare[:play] | kjv[:book] | PATH (.txt, .jsonl or a folder)."),
+    steps: int = typer.Option(500, help="Optimizer steps."),
+    lr: float = typer.Option(2e-4, help="Peak learning rate (AdamW)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Blocks per step (per process)."),
+    block_size: int = typer.Option(256, "--block-size", help="Tokens per block T."),
+    warmup: int = typer.Option(20, help="Linear warmup steps (WSD schedule)."),
+    decay_fraction: float = typer.Option(0.2, help="Share of steps in the final decay (WSD)."),
+    weight_decay: float = typer.Option(0.1, help="AdamW weight decay (matrices only)."),
+    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip (0 = off)."),
+    holdout: float = typer.Option(0.1, help="Held-out share of documents (seeded split)."),
+    max_train_blocks: int | None = typer.Option(None, help="Use at most this many training blocks."),
+    max_eval_blocks: int | None = typer.Option(64, help="Evaluate on at most this many held-out blocks."),
+    checkpoint_every: int | None = typer.Option(None, help="Checkpoint every K steps (0 = only at the end; "
+                                                               "default: every 10% of the steps, at most 50)."),
+    eval_every: int = typer.Option(0, help="Evaluate every K steps (0 = only at the end)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
+                                                        "with its stored settings (exactly reproducible)."),
+    seed: int = typer.Option(0, help="Seed for the split, packing order and batches."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train the shallow exit (and the deep model) with the FREE loss, starting from a pretrained LLaMA."""
+    from depthmux.recipes.early_exit import EEModelSpec, run_ee_train
+    from depthmux.recipes.lm import LMDataSpec, LMTrainConfig
+
+    _quiet_transformers()
+    model_spec = EEModelSpec(source=source, exit_layer=exit_layer, alpha=alpha)
+    cfg = LMTrainConfig(out_dir=str(out), steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                        warmup_steps=warmup, decay_fraction=decay_fraction, grad_clip=grad_clip,
+                        checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume, seed=seed,
+                        progress=progress)
+    data_spec = LMDataSpec(corpus=corpus, block_size=block_size, holdout=holdout, seed=seed,
+                           max_train_blocks=max_train_blocks, max_eval_blocks=max_eval_blocks)
+    if not resume:
+        model_spec.validate()
+        cfg.validate()
+        data_spec.validate()
+        if warmup > steps:
+            cfg.warmup_steps = steps
+    res = run_ee_train(model_spec, data_spec, cfg)
+    msg = f"step {res.step}: train loss {res.train_loss:.4f}, {res.train_flops:.3e} training FLOPs"
+    if res.eval:
+        msg += f", held-out deep NLL {res.eval['nll']:.4f}"
+        agree = res.eval.get("router_stats", {}).get("exit_agreement")
+        if agree is not None:
+            msg += f", shallow-deep agreement {agree:.3f}"
+    typer.echo(msg + f"; model in {out / 'model'}")
+
+
+@app.command("eval")
+def eval_(
+    model: Path = typer.Option(..., "--model", help="A run folder (from `ee train`), a checkpoint or a model folder."),
+    corpus: str | None = typer.Option(None, help="The corpus (default: the run's; required for a model "
+                                                    "folder without train_config.json)."),
+    block_size: int | None = typer.Option(None, "--block-size", help="Override the block size."),
+    holdout: float | None = typer.Option(None, help="Override the held-out share."),
+    seed: int | None = typer.Option(None, help="Override the split seed."),
+    max_blocks: int | None = typer.Option(64, help="Evaluate at most this many held-out blocks."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Blocks per forward."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+) -> None:
+    """Held-out NLL of the shallow and the deep exit of a saved early-exit model, and their agreement."""
+    from depthmux.recipes.early_exit import run_ee_eval
+    from depthmux.recipes.lm import eval_data_spec
+
+    _quiet_transformers()
+    spec = eval_data_spec(model, corpus=corpus, block_size=block_size, holdout=holdout, seed=seed)
+    if max_blocks is not None:
+        spec.max_eval_blocks = max_blocks
+    res = run_ee_eval(model, spec.validate(), batch_size=batch_size)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"{res['model']}: deep NLL {res['deep']['nll']:.4f} (ppl {res['deep']['ppl']:.2f}), shallow exit "
+               f"after {res['exit_layer']}/{res['num_layers']} layers NLL {res['shallow']['nll']:.4f} "
+               f"(ppl {res['shallow']['ppl']:.2f}), argmax agreement {res['exit_agreement']:.3f} "
+               f"({res['deep']['targets']} tokens of {res['corpus']})")
