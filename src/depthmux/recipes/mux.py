@@ -1,6 +1,6 @@
 """The RevMUX recipes behind ``depthmux mux run / train / eval / bench`` (SPEC 1.2-1.5).
 
-:func:`run_experiment` trains the teacher's probe, then adapters for a grid of (N, l, mixer);
+:func:`run_experiment` trains the teacher (a probe, or a fine-tuned backbone and head), then adapters for a grid of (N, l, mixer);
 evaluates each on the dev split over random groupings next to the teacher (N = 1) and benchmarks
 its speed; every artifact goes to the run folder. :func:`evaluate_checkpoint` and
 :func:`benchmark_checkpoint` re-evaluate or re-time a saved checkpoint. Each takes one config
@@ -9,11 +9,21 @@ dataclass whose ``validate()`` checks every setting before any work (one line, n
 Layout of ``out_dir`` (a :class:`~depthmux.utils.run_folder.RunFolder`, locked while a run writes)::
 
     experiment.json          the settings; ``--resume`` refuses different ones (EXPERIMENT_KEYS)
-    teacher/                 the frozen probe head (a TeacherClassifier checkpoint)
+    teacher/                 the frozen teacher (a TeacherClassifier checkpoint: its probe head, or
+                             with ``--teacher finetune`` the fine-tuned head)
+    teacher-backbone/        ``--teacher finetune`` only: the fine-tuned backbone (a Hugging Face
+                             folder; every checkpoint of the run names it as its backbone)
     n2-l0-reversible/        one run folder of ``train_mux`` (train_config.json, log.jsonl,
                              checkpoints/); its best/ is the MultiplexedClassifier that gets
                              evaluated and benchmarked (reload with from_pretrained)
     results.json / results.md / results.png
+
+The parts of the experiment (:func:`load_splits`, :func:`prepare_task`, :func:`run_cell`) are public:
+the sweeps of :mod:`depthmux.recipes.mux_sweeps` are made of them, so there is one experiment loop.
+
+Length: the one RevMUX job: its config, the parts that the sweeps reuse and the checkpoint
+re-evaluation share the config types, the data loading and the teacher; split up, each piece would
+import the others.
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ from pathlib import Path
 from rich.console import Console
 
 from depthmux.backbones import FrozenBackbone, load_backbone
-from depthmux.data import ClassificationDataset, load_task, task_name
+from depthmux.data import ClassificationDataset, UserDataSpec, load_task, load_user_splits, task_name
+from depthmux.data.user_files import DEFAULT_VAL_FRACTION
 from depthmux.errors import DepthmuxError, require
 from depthmux.multiplexing.evaluation import BenchResult, GroupedScore, benchmark, evaluate_grouped
 from depthmux.multiplexing.features import FeatureCache, build_feature_cache
@@ -40,9 +51,10 @@ from depthmux.multiplexing.model import (
 )
 from depthmux.multiplexing.teacher import train_probe
 from depthmux.recipes.reports import ResultRow, row_line, write_results
+from depthmux.training.finetune import FinetuneConfig, finetune_teacher, save_finetuned_backbone
 from depthmux.training.mux import MuxTrainConfig, train_mux
 from depthmux.utils.checkpoint import read_json
-from depthmux.utils.checks import check_int, check_seed
+from depthmux.utils.checks import check_float, check_int, check_seed
 from depthmux.utils.run_folder import RunFolder
 from depthmux.utils.seed import seed_everything
 
@@ -57,10 +69,23 @@ def _check_int_list(name: str, values, minimum: int) -> None:
 
 @dataclass
 class ExperimentConfig:
-    """``depthmux mux train`` / ``mux run``: the grid, the data, the training and the benchmark."""
+    """``depthmux mux train`` / ``mux run``: the grid, the data, the teacher, the training and the benchmark.
+
+    The data is a built-in ``task`` or the user's own files (``train_file`` and ``dev_file``, with
+    ``text_columns`` and ``label_column``; see :mod:`depthmux.data.user_files`), which then name the
+    data set (the train file's stem) in checkpoints, tables and ``results.json``.
+    """
 
     task: str = "tweets"
     data_dir: str | None = None
+    train_file: str | None = None  # the user's own data (then `task` is not used)
+    dev_file: str | None = None  # the reported split of the user's data
+    val_file: str | None = None  # model selection; None: a seeded `val_split` share of train
+    text_columns: list[str] | None = None  # user data: one column, or two for pairs (None: ["text"])
+    label_column: str | None = None  # user data (None: "label")
+    val_split: float | None = None  # share of train held out for validation (None: 10%; tweets: fixed 80/10/10)
+    teacher: str = "probe"  # probe: a linear probe on the frozen backbone; finetune: backbone + head tuned first
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     model: str = "minilm"
     readout: str | None = None  # None: the model's own pooling (mean for MiniLM)
     ns: list[int] = field(default_factory=lambda: [2])
@@ -78,9 +103,46 @@ class ExperimentConfig:
     out_dir: str = "runs/mux"
     resume: bool = False
 
+    def user_data(self) -> UserDataSpec | None:
+        """The user's files as a :class:`UserDataSpec` (None for a built-in task)."""
+        if self.train_file is None and self.dev_file is None and self.val_file is None:
+            return None
+        require(
+            self.train_file is not None and self.dev_file is not None,
+            "give both --train FILE and --dev FILE (the reported split); --val FILE is optional",
+        )
+        return UserDataSpec(
+            self.train_file,
+            self.dev_file,
+            self.text_columns if self.text_columns is not None else ["text"],
+            self.label_column if self.label_column is not None else "label",
+            self.val_file,
+            self.val_split if self.val_split is not None else DEFAULT_VAL_FRACTION,
+        )
+
+    @property
+    def dataset(self) -> str:
+        """The data set's name: the user's train-file stem or the built-in task."""
+        spec = self.user_data()
+        return spec.name if spec is not None else task_name(self.task)
+
     def validate(self) -> ExperimentConfig:
         """One line for the first invalid setting (CLI option names); returns self."""
-        task_name(self.task)
+        spec = self.user_data()
+        if spec is not None:
+            spec.validate()
+        else:
+            task_name(self.task)
+            require(
+                self.text_columns is None and self.label_column is None,
+                "--text-column and --label-column name the columns of --train/--dev files; the built-in tasks "
+                "know their own",
+            )
+            if self.val_split is not None:
+                check_float("--val-split", self.val_split, 0.0, 1.0, low_open=True, high_open=True)
+        require(self.teacher in TEACHERS, f"unknown teacher {self.teacher!r}: choose one of {list(TEACHERS)}")
+        if self.teacher == "finetune":
+            self.finetune.validate()
         require(self.readout in (None, "cls", "mean"), f"unknown readout {self.readout!r}: choose cls or mean")
         _check_int_list("--n", self.ns, 1)
         _check_int_list("--prefill-layers", self.prefill_layers, 0)
@@ -102,11 +164,31 @@ class ExperimentConfig:
         return self
 
 
+#: ``--teacher``: where the frozen head and the N = 1 baseline come from (SPEC 1.2).
+TEACHERS = {
+    "probe": "a linear probe trained on the frozen backbone's read-outs",
+    "finetune": "the backbone and a linear head fine-tuned on the task first, then frozen",
+}
+
 #: Settings a resumed experiment must share with the stored ``experiment.json`` (they shape the
-#: teacher and the adapters); evaluation and benchmark settings may change between runs.
+#: teacher and the adapters); evaluation and benchmark settings may change between runs. A key the
+#: stored file lacks (a run from an older version) is not compared.
 EXPERIMENT_KEYS = (
     "task",
     "data_dir",
+    "train_file",
+    "dev_file",
+    "val_file",
+    "text_columns",
+    "label_column",
+    "val_split",
+    "teacher",
+    "finetune.epochs",
+    "finetune.batch_size",
+    "finetune.lr",
+    "finetune.head_lr",
+    "finetune.weight_decay",
+    "finetune.seed",
     "model",
     "readout",
     "ns",
@@ -122,6 +204,8 @@ EXPERIMENT_KEYS = (
     "train.lambda_info",
     "train.tau",
     "train.seed",
+    "train.patience",
+    "train.min_steps",
 )
 
 #: The main job (``depthmux mux run`` / ``make run``): N = 2, l = 1 on the embedded tweets, sized to
@@ -140,13 +224,28 @@ def holds_experiment(run: RunFolder) -> bool:
     return run.holds_run() or (run.root / "teacher").exists()
 
 
+def stored_keys(run: RunFolder, name: str, keys) -> list[str]:
+    """The dotted ``keys`` that ``<name>.json`` in ``run`` records (older runs lack newer settings)."""
+    stored = run.read_json(name)
+
+    def has(key: str) -> bool:
+        obj = stored
+        for part in key.split("."):
+            if not isinstance(obj, dict) or part not in obj:
+                return False
+            obj = obj[part]
+        return True
+
+    return [k for k in keys if has(k)]
+
+
 def _open_experiment(run: RunFolder, cfg: ExperimentConfig) -> None:
     """Under the lock: refuse a fresh run over an old one and a resume with other settings; clean
     what interrupted atomic saves left."""
     if cfg.resume:
         if not run.has_json("experiment"):
             raise DepthmuxError(f"--resume: {run.root} holds no mux experiment to resume (no experiment.json)")
-        run.check_matches("experiment", asdict(cfg), EXPERIMENT_KEYS)
+        run.check_matches("experiment", asdict(cfg), stored_keys(run, "experiment", EXPERIMENT_KEYS))
     elif holds_experiment(run):
         raise DepthmuxError(
             f"{run.root} already holds a mux experiment: continue it with --resume or choose a new --out"
@@ -172,28 +271,143 @@ def _check_train_sample(train: ClassificationDataset, largest_n: int) -> None:
     )
 
 
-def _teacher(
-    backbone: FrozenBackbone,
-    train: FeatureCache,
-    val: FeatureCache,
-    cfg: ExperimentConfig,
-    label_names: list[str],
-    out: Path,
-) -> TeacherClassifier:
+def load_splits(cfg: ExperimentConfig) -> dict[str, ClassificationDataset]:
+    """``{"train", "validation", "dev"}`` of the experiment's data: train sub-sampled to ``max_train`` and
+    validation to ``max_validation`` (seeded by the training seed); dev whole (it is reported)."""
+    spec = cfg.user_data()
+    if spec is not None:
+        splits = load_user_splits(spec)
+    else:
+        splits = {s: load_task(cfg.task, s, cfg.data_dir, cfg.val_split) for s in ("train", "validation", "dev")}
+    splits["train"] = _sample(splits["train"], cfg.max_train, cfg.train.seed)
+    splits["validation"] = _sample(splits["validation"], cfg.max_validation, cfg.train.seed)
+    return splits
+
+
+@dataclass
+class PreparedTask:
+    """What every cell of an experiment or sweep on one data set shares: the frozen backbone (fine-tuned
+    first for ``--teacher finetune``), the frozen teacher and its dev score, the feature caches at every
+    prefill depth (computed once), the data."""
+
+    backbone: FrozenBackbone
+    teacher: TeacherClassifier
+    teacher_score: GroupedScore
+    caches: dict[str, FeatureCache]
+    data: dict[str, ClassificationDataset]
+    teacher_kind: str
+    dataset: str
+
+    def teacher_row(self, out: Path) -> ResultRow:
+        s = self.teacher_score
+        return ResultRow(
+            1, self.backbone.num_layers, "teacher", s, s.accuracy_mean, None, str(out / "teacher"),
+            teacher=self.teacher_kind, dataset=self.dataset, train_examples=len(self.data["train"]),
+        )
+
+
+def _finetuned_backbone(backbone: FrozenBackbone, data: dict, cfg: ExperimentConfig, out: Path,
+                        progress: bool) -> tuple[FrozenBackbone, LinearProbeHead | None, dict | None]:
+    """``--teacher finetune``: tune the backbone and a head on the task, save the backbone to
+    ``out/teacher-backbone`` and reload it from there (so checkpoints name that folder). A resumed run
+    whose teacher is saved reuses the folder (the head comes from ``teacher/``)."""
+    folder = out / "teacher-backbone"
+    if cfg.resume and folder.is_dir() and (out / "teacher").is_dir():
+        return load_backbone(str(folder), backbone.readout_mode), None, None
+    console.print(f"fine-tuning the teacher ({backbone.name}) on {len(data['train'])} {cfg.dataset} examples")
+    head, info = finetune_teacher(backbone, data["train"], data["validation"], cfg.finetune, cfg.max_length, progress)
+    save_finetuned_backbone(backbone, folder)
+    return load_backbone(str(folder), backbone.readout_mode), head, info
+
+
+def _teacher(backbone: FrozenBackbone, caches: dict[str, FeatureCache], cfg: ExperimentConfig,
+             label_names: list[str], out: Path, head: LinearProbeHead | None, info: dict | None) -> TeacherClassifier:
+    """The frozen teacher: reloaded on resume, else the fine-tuned head (``head``) or a probe trained here."""
     path = out / "teacher"
     if cfg.resume and path.is_dir():
         return TeacherClassifier.from_pretrained(path, backbone)
-    head, info = train_probe(train.teacher, train.labels, val.teacher, val.labels, len(label_names), cfg.train.seed)
+    if head is None:
+        train, val = caches["train"], caches["validation"]
+        head, info = train_probe(train.teacher, train.labels, val.teacher, val.labels, len(label_names), cfg.train.seed)
+        console.print(f"teacher probe: L2={info['l2']}, validation accuracy {100 * info['val_accuracy']:.2f}")
+    else:
+        console.print(f"fine-tuned teacher: best epoch {info['best_epoch']}, validation accuracy "
+                      f"{100 * info['val_accuracy']:.2f}")
     teacher = TeacherClassifier(
-        TeacherConfig(
-            backbone=backbone.name, readout=backbone.readout_mode, task=task_name(cfg.task), label_names=label_names
-        ),
+        TeacherConfig(backbone=backbone.name, readout=backbone.readout_mode, task=cfg.dataset, label_names=label_names),
         backbone,
         head,
     )
-    teacher.save_pretrained(path, {"probe": info})
-    console.print(f"teacher probe: L2={info['l2']}, validation accuracy {100 * info['val_accuracy']:.2f}")
+    teacher.save_pretrained(path, {cfg.teacher: info})
     return teacher
+
+
+def check_grid(backbone: FrozenBackbone, ns: list[int], prefill_layers: list[int], mixers: list[str]) -> None:
+    """Every (N, l, mixer) fits the backbone (l below its depth, N dividing its width): one line if not."""
+    for l in prefill_layers:
+        backbone.check_prefill(l)
+    for n in [n for n in ns if n > 1]:
+        for mixer in mixers:
+            MuxConfig(n=n, mixer=mixer, readout=backbone.readout_mode).validate(backbone)
+
+
+def prepare_task(cfg: ExperimentConfig, backbone: FrozenBackbone, out: Path, layers: list[int],
+                 progress: bool = True) -> PreparedTask:
+    """Load the data, fine-tune the teacher if asked, cache the frozen features at ``layers`` and train
+    (or, on resume, reload) the teacher in ``out/teacher``; score it on dev."""
+    data = load_splits(cfg)
+    _check_train_sample(data["train"], max(cfg.ns))
+    for note in data["dev"].notes:
+        console.print(f"[dim]note: {note}[/dim]")
+    head = info = None
+    if cfg.teacher == "finetune":
+        backbone, head, info = _finetuned_backbone(backbone, data, cfg, out, progress)
+    layers = sorted(set(layers))
+    console.print(
+        f"caching frozen {backbone.name} features for {len(data['train'])} train / {len(data['validation'])} "
+        f"validation / {len(data['dev'])} dev examples at layers {layers}"
+    )
+    caches = {
+        name: build_feature_cache(backbone, d, layers, max_length=cfg.max_length, desc=f"cache {name}")
+        for name, d in data.items()
+    }
+    teacher = _teacher(backbone, caches, cfg, data["dev"].label_names, out, head, info)
+    score = evaluate_grouped(teacher, caches["dev"], progress=progress)
+    return PreparedTask(backbone, teacher, score, caches, data, cfg.teacher, cfg.dataset)
+
+
+def run_cell(prep: PreparedTask, cfg: ExperimentConfig, n: int, l: int, mixer: str, run_dir: Path,
+             progress: bool = True, bench: BenchResult | None = None) -> ResultRow:
+    """Train (or reuse, on resume) the adapters of one (N, l, mixer) with ``cfg.train`` in ``run_dir``;
+    evaluate them on dev over ``cfg.shuffles`` groupings; benchmark them unless ``bench`` is given or
+    ``cfg.bench`` is off."""
+    if cfg.resume and (run_dir / "best").is_dir():
+        model = MultiplexedClassifier.from_pretrained(run_dir / "best", prep.backbone)
+        best_epoch = read_json(run_dir / "best" / "state.json", str(run_dir / "best")).get("best_epoch")
+        console.print(f"N={n} l={l} {mixer}: reusing {run_dir / 'best'}")
+    else:
+        seed_everything(cfg.train.seed)
+        mcfg = MuxConfig(n=n, prefill_layers=l, mixer=mixer, **asdict(prep.teacher.config))
+        model = MultiplexedClassifier(mcfg, prep.backbone, prep.teacher.head)
+        hist = train_mux(
+            model,
+            prep.caches["train"],
+            prep.caches["validation"],
+            cfg.train,
+            run_dir,
+            resume=cfg.resume and RunFolder(run_dir).holds_run(),
+            progress=progress,
+        )
+        best_epoch = hist["best_epoch"]
+    score = evaluate_grouped(model, prep.caches["dev"], cfg.shuffles, progress=progress)
+    if bench is None and cfg.bench:
+        texts = prep.data["dev"].texts[: cfg.bench_samples]
+        bench = benchmark(prep.teacher, model, texts, cfg.bench_batch_size, cfg.bench_repetitions, progress=progress)
+    return ResultRow(
+        n, l, mixer, score, prep.teacher_score.accuracy_mean, bench, str(run_dir / "best"), best_epoch,
+        teacher=prep.teacher_kind, dataset=prep.dataset, lambda_info=cfg.train.lambda_info, seed=cfg.train.seed,
+        train_examples=len(prep.data["train"]),
+    )
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> list[ResultRow]:
@@ -215,72 +429,19 @@ def _run_grid(cfg: ExperimentConfig, run: RunFolder, progress: bool) -> list[Res
     out = run.root
     seed_everything(cfg.train.seed)
     backbone = load_backbone(cfg.model, cfg.readout)
-    for l in cfg.prefill_layers:
-        backbone.check_prefill(l)
-    for n in [n for n in cfg.ns if n > 1]:
-        for mixer in cfg.mixers:
-            MuxConfig(n=n, mixer=mixer, readout=backbone.readout_mode).validate(backbone)
+    check_grid(backbone, cfg.ns, cfg.prefill_layers, cfg.mixers)
     run.write_json("experiment", asdict(cfg))  # the grid fits the backbone: from here on, work is kept
-    train_data = _sample(load_task(cfg.task, "train", cfg.data_dir), cfg.max_train, cfg.train.seed)
-    val_data = _sample(load_task(cfg.task, "validation", cfg.data_dir), cfg.max_validation, cfg.train.seed)
-    dev_data = load_task(cfg.task, "dev", cfg.data_dir)
-    _check_train_sample(train_data, max(cfg.ns))
-    for note in dev_data.notes:
-        console.print(f"[dim]note: {note}[/dim]")
-    layers = sorted(set(cfg.prefill_layers))
-    console.print(
-        f"caching frozen {backbone.name} features for {len(train_data)} train / {len(val_data)} "
-        f"validation / {len(dev_data)} dev examples at layers {layers}"
-    )
-    caches = {
-        name: build_feature_cache(backbone, d, layers, max_length=cfg.max_length, desc=f"cache {name}")
-        for name, d in (("train", train_data), ("validation", val_data), ("dev", dev_data))
-    }
-    teacher = _teacher(backbone, caches["train"], caches["validation"], cfg, dev_data.label_names, out)
-    teacher_score = evaluate_grouped(teacher, caches["dev"], progress=progress)
-    rows = [
-        ResultRow(
-            1, backbone.num_layers, "teacher", teacher_score, teacher_score.accuracy_mean, None, str(out / "teacher")
-        )
-    ]
-    bench_texts = dev_data.texts[: cfg.bench_samples]
+    prep = prepare_task(cfg, backbone, out, cfg.prefill_layers, progress)
+    label_names = prep.data["dev"].label_names
+    rows = [prep.teacher_row(out)]
     for n in [n for n in cfg.ns if n > 1]:
         for l in cfg.prefill_layers:
             for mixer in cfg.mixers:
-                run_dir = out / f"n{n}-l{l}-{mixer}"
-                if cfg.resume and (run_dir / "best").is_dir():
-                    model = MultiplexedClassifier.from_pretrained(run_dir / "best", backbone)
-                    best_epoch = read_json(run_dir / "best" / "state.json", str(run_dir / "best")).get("best_epoch")
-                    console.print(f"N={n} l={l} {mixer}: reusing {run_dir / 'best'}")
-                else:
-                    seed_everything(cfg.train.seed)
-                    mcfg = MuxConfig(n=n, prefill_layers=l, mixer=mixer, **asdict(teacher.config))
-                    model = MultiplexedClassifier(mcfg, backbone, teacher.head)
-                    hist = train_mux(
-                        model,
-                        caches["train"],
-                        caches["validation"],
-                        cfg.train,
-                        run_dir,
-                        resume=cfg.resume and RunFolder(run_dir).holds_run(),
-                        progress=progress,
-                    )
-                    best_epoch = hist["best_epoch"]
-                score = evaluate_grouped(model, caches["dev"], cfg.shuffles, progress=progress)
-                bench = (
-                    benchmark(
-                        teacher, model, bench_texts, cfg.bench_batch_size, cfg.bench_repetitions, progress=progress
-                    )
-                    if cfg.bench
-                    else None
-                )
-                row = ResultRow(
-                    n, l, mixer, score, teacher_score.accuracy_mean, bench, str(run_dir / "best"), best_epoch
-                )
+                row = run_cell(prep, cfg, n, l, mixer, out / f"n{n}-l{l}-{mixer}", progress)
                 rows.append(row)
                 console.print(row_line(row))
-                write_results(rows, asdict(cfg), cfg.task, out)
-    write_results(rows, asdict(cfg), cfg.task, out)
+                write_results(rows, asdict(cfg), cfg.dataset, out, label_names)
+    write_results(rows, asdict(cfg), cfg.dataset, out, label_names)
     return rows
 
 

@@ -35,6 +35,9 @@ from depthmux.utils.checks import check_float, check_int, check_seed
 from depthmux.utils.run_folder import RunFolder
 from depthmux.utils.seed import capture_rng_state, restore_rng_state
 
+#: The most epochs ``min_steps`` may ask for (the paper's 50 for BERT/T5, SPEC 1.3).
+MAX_EPOCHS = 50
+
 
 @dataclass
 class MuxTrainConfig:
@@ -46,6 +49,8 @@ class MuxTrainConfig:
     tau: float = 0.05
     seed: int = 0
     save_every: int = 200       # steps between resumable checkpoints
+    patience: int = 0           # stop after this many epochs without a better validation accuracy (0: never)
+    min_steps: int = 0          # small data: raise the epochs until this many optimizer steps (at most MAX_EPOCHS)
 
     def validate(self) -> MuxTrainConfig:
         """One line for the first invalid field (CLI option names); returns self."""
@@ -57,7 +62,15 @@ class MuxTrainConfig:
         check_float("--tau", self.tau, 0.0, low_open=True)
         check_seed("--seed", self.seed)
         check_int("save_every", self.save_every, 0)
+        check_int("--patience", self.patience, 0)
+        check_int("--min-steps", self.min_steps, 0)
         return self
+
+    def planned_epochs(self, num_examples: int) -> int:
+        """Epochs over ``num_examples``: ``epochs``, raised for small data until ``min_steps`` optimizer
+        steps (never above :data:`MAX_EPOCHS`, SPEC 1.3's 50); early stopping may end sooner."""
+        steps_per_epoch = max(1, -(-num_examples // self.batch_size))
+        return max(self.epochs, min(MAX_EPOCHS, -(-self.min_steps // steps_per_epoch)))
 
 
 def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
@@ -163,11 +176,14 @@ def _train(model: MultiplexedClassifier, train: FeatureCache, validation: Featur
 
         run.save_checkpoint(state["global_step"], write)
 
-    for epoch in range(state["epoch"], cfg.epochs):
+    epochs = cfg.planned_epochs(len(train))
+    for epoch in range(state["epoch"], epochs):
+        if cfg.patience and epoch - max(state["best_epoch"], 0) >= cfg.patience:
+            break  # early stopping: `patience` epochs without a better validation accuracy
         batches = epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch)
         model.train()
         bar = tqdm(range(state["step_in_epoch"], len(batches)), disable=not progress, leave=False,
-                   desc=f"N={model.config.n} epoch {epoch + 1}/{cfg.epochs}")
+                   desc=f"N={model.config.n} epoch {epoch + 1}/{epochs}")
         for step in bar:
             idx = batches[step]
             hidden, mask = train.batch(model.config.prefill_layers, idx)
