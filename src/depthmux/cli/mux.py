@@ -33,6 +33,41 @@ DataDirOpt = Annotated[
 ]
 ModelOpt = Annotated[str, typer.Option(help="'minilm' (packaged all-MiniLM-L6-v2) or a local BERT-family folder.")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
+TrainFileOpt = Annotated[
+    Path | None,
+    typer.Option("--train", help="Your own labelled training file (.csv, .tsv, .jsonl/.json, .parquet); needs --dev."),
+]
+DevFileOpt = Annotated[Path | None, typer.Option("--dev", help="Your own labelled file to report on (with --train).")]
+ValFileOpt = Annotated[
+    Path | None, typer.Option("--val", help="Your own validation file for model selection (default: --val-split).")
+]
+TextColumnOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--text-column",
+        help="Text column of --train/--dev files (default 'text'); give two (repeat the option or 'a,b') for pairs.",
+    ),
+]
+LabelColumnOpt = Annotated[str | None, typer.Option(help="Label column of --train/--dev files (default 'label').")]
+ValSplitOpt = Annotated[
+    float | None,
+    typer.Option(help="Share of train held out (seeded) for model selection; default 0.1 (tweets: fixed split)."),
+]
+TeacherOpt = Annotated[
+    str,
+    typer.Option(
+        help="probe: a linear probe on the frozen backbone (fast); finetune: fine-tune backbone + head on the task "
+        "first, then freeze it (the paper's teacher)."
+    ),
+]
+FinetuneEpochsOpt = Annotated[int, typer.Option(help="Epochs of --teacher finetune (best on validation kept).")]
+FinetuneLrOpt = Annotated[float, typer.Option(help="AdamW learning rate of the backbone under --teacher finetune.")]
+PatienceOpt = Annotated[
+    int, typer.Option(help="Stop after this many epochs without a better validation accuracy (0: off).")
+]
+MinStepsOpt = Annotated[
+    int, typer.Option(help="Small data: raise the epochs (up to 50) until this many optimizer steps (0: off).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
@@ -44,6 +79,37 @@ def _ints(text: str, what: str) -> list[int]:
     if not values:
         raise DepthmuxError(f"{what} is empty")
     return values
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DepthmuxError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise DepthmuxError(f"{what} is empty")
+    return values
+
+
+def _columns(values: list[str] | None) -> list[str] | None:
+    """``--text-column a --text-column b`` or ``--text-column a,b`` -> ``["a", "b"]``."""
+    if values is None:
+        return None
+    return [c.strip() for v in values for c in v.split(",")]
+
+
+def _data_options(task, data_dir, train_file, dev_file, val_file, text_column, label_column, val_split) -> dict:
+    """The data settings of an :class:`~depthmux.recipes.mux.ExperimentConfig`, from the shared options."""
+    return dict(
+        task=task,
+        data_dir=str(data_dir) if data_dir else None,
+        train_file=str(train_file) if train_file else None,
+        dev_file=str(dev_file) if dev_file else None,
+        val_file=str(val_file) if val_file else None,
+        text_columns=_columns(text_column),
+        label_column=label_column,
+        val_split=val_split,
+    )
 
 
 def _threads(threads: int | None) -> None:
@@ -61,7 +127,8 @@ def _run_experiment(cfg, threads: int | None, as_json: bool) -> None:
     if as_json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
-        out_console.print(results_table(rows, cfg.task))
+        label_names = json.loads((Path(cfg.out_dir) / "results.json").read_text()).get("label_names")
+        out_console.print(results_table(rows, cfg.dataset, label_names))
         out_console.print(f"artifacts: {cfg.out_dir}/ (results.json, results.md, results.png, checkpoints)")
 
 
@@ -69,6 +136,15 @@ def _run_experiment(cfg, threads: int | None, as_json: bool) -> None:
 def train(
     task: TaskOpt = "tweets",
     data_dir: DataDirOpt = None,
+    train_file: TrainFileOpt = None,
+    dev_file: DevFileOpt = None,
+    val_file: ValFileOpt = None,
+    text_column: TextColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    val_split: ValSplitOpt = None,
+    teacher: TeacherOpt = "probe",
+    finetune_epochs: FinetuneEpochsOpt = 3,
+    finetune_lr: FinetuneLrOpt = 2e-5,
     model: ModelOpt = "minilm",
     n: Annotated[
         str, typer.Option(help="Inputs per pass, comma-separated (e.g. 2,4). N=1, the teacher, always runs.")
@@ -89,21 +165,27 @@ def train(
     bench: Annotated[bool, typer.Option(help="Also measure teacher vs multiplexed samples/s.")] = True,
     bench_samples: Annotated[int, typer.Option(help="Dev inputs timed per repetition.")] = 512,
     repetitions: Annotated[int, typer.Option(help="Interleaved benchmark repetitions.")] = 5,
+    patience: PatienceOpt = 0,
+    min_steps: MinStepsOpt = 0,
     seed: Annotated[int, typer.Option(help="Seed for sampling, initialisation and data order.")] = 0,
-    out: Annotated[Path, typer.Option(help="Run folder for checkpoints and results.")] = Path("runs/mux"),
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder for checkpoints and results (default: runs/mux-<data set>).")
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out from its last checkpoints (refused if its settings differ).")
     ] = False,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a frozen-backbone teacher probe, then RevMUX adapters for each N and l; evaluate on dev
-    over random groupings and benchmark speed against the teacher."""
-    from depthmux.recipes.mux import ExperimentConfig, MuxTrainConfig
+    """Train a frozen-backbone teacher (probe, or --teacher finetune), then RevMUX adapters for each N and l;
+    evaluate on dev over random groupings and benchmark speed against the teacher. Data: a built-in
+    --task, or your own --train/--dev files."""
+    from depthmux.recipes.mux import ExperimentConfig, FinetuneConfig, MuxTrainConfig
 
     cfg = ExperimentConfig(
-        task=task,
-        data_dir=str(data_dir) if data_dir else None,
+        **_data_options(task, data_dir, train_file, dev_file, val_file, text_column, label_column, val_split),
+        teacher=teacher,
+        finetune=FinetuneConfig(epochs=finetune_epochs, lr=finetune_lr, seed=seed),
         model=model,
         ns=_ints(n, "--n"),
         prefill_layers=_ints(prefill_layers, "--prefill-layers"),
@@ -113,10 +195,19 @@ def train(
         bench=bench,
         bench_samples=bench_samples,
         bench_repetitions=repetitions,
-        out_dir=str(out),
         resume=resume,
-        train=MuxTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lambda_info=lambda_info, tau=tau, seed=seed),
+        train=MuxTrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            lambda_info=lambda_info,
+            tau=tau,
+            seed=seed,
+            patience=patience,
+            min_steps=min_steps,
+        ),
     )
+    cfg.out_dir = str(out) if out is not None else f"runs/mux-{cfg.dataset}"
     _run_experiment(cfg, threads, as_json)
 
 
@@ -141,6 +232,11 @@ def evaluate(
     split: Annotated[str, typer.Option(help="dev (reported) or validation.")] = "dev",
     shuffles: Annotated[int, typer.Option(help="Random groupings for mean ± std.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the groupings.")] = 0,
+    dev_file: Annotated[
+        Path | None, typer.Option("--dev", help="Evaluate on your own labelled file instead of a task split.")
+    ] = None,
+    text_column: TextColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -149,7 +245,17 @@ def evaluate(
 
     _threads(threads)
     report = evaluate_checkpoint(
-        MuxEvalConfig(str(checkpoint), task, str(data_dir) if data_dir else None, split, shuffles, seed)
+        MuxEvalConfig(
+            str(checkpoint),
+            task,
+            str(data_dir) if data_dir else None,
+            split,
+            shuffles,
+            seed,
+            str(dev_file) if dev_file else None,
+            _columns(text_column),
+            label_column,
+        )
     )
     cfg, scores = report.config, {"teacher": report.teacher, "mux": report.mux}
     if as_json:
@@ -218,3 +324,77 @@ def bench(
         f"  speedup {r.speedup:.2f}x (min {r.speedup_min:.2f}, max {r.speedup_max:.2f}); ceiling "
         f"L/(l+(L-l)/N) = {r.ceiling:.2f}x; {100 * r.fraction_of_ceiling:.0f}% of ceiling"
     )
+
+
+@app.command()
+def sweep(
+    task: TaskOpt = "tweets",
+    data_dir: DataDirOpt = None,
+    train_file: TrainFileOpt = None,
+    dev_file: DevFileOpt = None,
+    val_file: ValFileOpt = None,
+    text_column: TextColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    val_split: ValSplitOpt = None,
+    teacher: TeacherOpt = "probe",
+    finetune_epochs: FinetuneEpochsOpt = 3,
+    finetune_lr: FinetuneLrOpt = 2e-5,
+    model: ModelOpt = "minilm",
+    n: Annotated[str, typer.Option(help="N values, comma-separated (e.g. 2,3,4,6,8).")] = "2,4",
+    prefill_layers: Annotated[str, typer.Option(help="l values, comma-separated (e.g. 0,1,3).")] = "0",
+    lambda_info: Annotated[
+        str, typer.Option("--lambda", help="λ values of the InfoNCE term, comma-separated (e.g. 0,0.25,0.5,1).")
+    ] = "0.25",
+    mixer: Annotated[str, typer.Option(help="Mixers, comma-separated: reversible,vanilla,datamux,ora.")] = "reversible",
+    seeds: Annotated[str, typer.Option(help="Training seeds of the adapters, comma-separated.")] = "0,1,2",
+    max_train: Annotated[
+        str, typer.Option(help="Train-set sizes, comma-separated (0: all); several give a learning curve.")
+    ] = "8000",
+    epochs: Annotated[int, typer.Option(help="Epochs per cell (raised for small data by --min-steps).")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Training batch size (inputs, not groups).")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate for the adapters.")] = 1e-3,
+    patience: PatienceOpt = 3,
+    min_steps: MinStepsOpt = 600,
+    shuffles: Annotated[int, typer.Option(help="Random groupings of the dev set for mean ± std (SPEC 1.4).")] = 10,
+    bench: Annotated[bool, typer.Option(help="Measure each (N, l, mixer)'s speedup once (Pareto plot).")] = True,
+    bench_samples: Annotated[int, typer.Option(help="Dev inputs timed per repetition.")] = 512,
+    repetitions: Annotated[int, typer.Option(help="Interleaved benchmark repetitions.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the data sample and the teacher (cells use --seeds).")] = 0,
+    out: Annotated[Path, typer.Option(help="Sweep folder; rerun the same command to continue it.")] = Path(
+        "runs/sweep"
+    ),
+    threads: ThreadsOpt = None,
+) -> None:
+    """Every cell of N × l × λ × mixer × seed (× train size): resumable (finished cells are skipped), the
+    teacher and the frozen features shared per train size; writes sweep_results.json/.md, a Pareto plot
+    of accuracy vs measured speedup and, with several --max-train sizes, the learning curve."""
+    from depthmux.recipes.mux import ExperimentConfig, FinetuneConfig, MuxTrainConfig
+    from depthmux.recipes.mux_sweeps import SweepConfig, aggregate, run_sweep, sweep_markdown
+
+    _threads(threads)
+    experiment = ExperimentConfig(
+        **_data_options(task, data_dir, train_file, dev_file, val_file, text_column, label_column, val_split),
+        teacher=teacher,
+        finetune=FinetuneConfig(epochs=finetune_epochs, lr=finetune_lr, seed=seed),
+        model=model,
+        ns=_ints(n, "--n"),
+        prefill_layers=_ints(prefill_layers, "--prefill-layers"),
+        mixers=[m for m in mixer.split(",") if m],
+        shuffles=shuffles,
+        bench=bench,
+        bench_samples=bench_samples,
+        bench_repetitions=repetitions,
+        train=MuxTrainConfig(
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=patience, min_steps=min_steps
+        ),
+    )
+    cfg = SweepConfig(
+        experiment,
+        lambdas=_floats(lambda_info, "--lambda"),
+        seeds=_ints(seeds, "--seeds"),
+        max_trains=[m or None for m in _ints(max_train, "--max-train")],
+        out_dir=str(out),
+    )
+    rows = run_sweep(cfg)
+    out_console.print(sweep_markdown(aggregate(rows)))
+    out_console.print(f"artifacts: {out}/ (sweep_results.json, sweep_results.md, pareto-*.png, one folder per cell)")

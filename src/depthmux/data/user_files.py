@@ -145,7 +145,9 @@ def _label_text(value) -> str:
     return str(value).strip()
 
 
-def read_labelled_file(path: str | os.PathLike, text_columns: list[str], label_column: str) -> tuple[list[Text], list[str]]:
+def read_labelled_file(
+    path: str | os.PathLike, text_columns: list[str], label_column: str
+) -> tuple[list[Text], list[str]]:
     """Texts (a string, or a pair) and label values (as text) of every row of a data file."""
     table = read_table(path, [*text_columns, label_column])
     texts: list[Text] = []
@@ -179,6 +181,28 @@ def label_order(values: set[str]) -> list[str]:
         return sorted(values)
 
 
+def load_user_file(
+    path: str | os.PathLike,
+    text_columns: list[str],
+    label_column: str,
+    label_names: list[str],
+    split: str = "dev",
+    name: str | None = None,
+) -> ClassificationDataset:
+    """One labelled file whose labels must be among ``label_names`` (a trained model's labels), e.g. to
+    evaluate a checkpoint on the user's dev file."""
+    require(
+        isinstance(text_columns, list) and len(text_columns) in (1, 2),
+        f"--text-column takes one column (single texts) or two (pairs), got {len(text_columns)}: {text_columns}",
+    )
+    texts, values = read_labelled_file(path, text_columns, label_column)
+    unseen = sorted(set(values) - set(label_names))
+    if unseen:
+        raise DepthmuxError(f"{path}: label(s) {unseen[:5]} are not among the model's labels {label_names[:10]}")
+    labels = [label_names.index(v) for v in values]
+    return ClassificationDataset(name or Path(path).stem, split, texts, labels, list(label_names))
+
+
 def load_user_splits(spec: UserDataSpec) -> dict[str, ClassificationDataset]:
     """``{"train", "validation", "dev"}`` from the user's files (see the module docstring)."""
     spec.validate()
@@ -197,12 +221,15 @@ def load_user_splits(spec: UserDataSpec) -> dict[str, ClassificationDataset]:
                 f"{path}: label(s) {unseen[:5]} never appear in the train file {spec.train_file} "
                 f"(train labels: {label_names[:10]})"
             )
-        return ClassificationDataset(spec.name, split, texts, [label_names.index(v) for v in values], label_names, notes)
+        return ClassificationDataset(
+            spec.name, split, texts, [label_names.index(v) for v in values], label_names, notes
+        )
 
     train = dataset(spec.train_file, "train", train_texts, train_values)
     if spec.val_file is not None:
-        validation = dataset(spec.val_file, "validation", *read_labelled_file(spec.val_file, spec.text_columns,
-                                                                              spec.label_column))
+        validation = dataset(
+            spec.val_file, "validation", *read_labelled_file(spec.val_file, spec.text_columns, spec.label_column)
+        )
         notes.append(f"validation = {spec.val_file}, used for model selection")
     else:
         require(len(train) >= 2, f"{spec.train_file}: one row cannot be split into train and validation")

@@ -1,8 +1,8 @@
 """The RevMUX recipes behind ``depthmux mux run / train / eval / bench`` (SPEC 1.2-1.5).
 
-:func:`run_experiment` trains the teacher (a probe, or a fine-tuned backbone and head), then adapters for a grid of (N, l, mixer);
-evaluates each on the dev split over random groupings next to the teacher (N = 1) and benchmarks
-its speed; every artifact goes to the run folder. :func:`evaluate_checkpoint` and
+:func:`run_experiment` trains the teacher (a probe, or a fine-tuned backbone and head), then
+adapters for a grid of (N, l, mixer); evaluates each on the dev split over random groupings next
+to the teacher (N = 1) and benchmarks its speed; every artifact goes to the run folder. :func:`evaluate_checkpoint` and
 :func:`benchmark_checkpoint` re-evaluate or re-time a saved checkpoint. Each takes one config
 dataclass whose ``validate()`` checks every setting before any work (one line, no traceback).
 
@@ -35,8 +35,16 @@ from pathlib import Path
 from rich.console import Console
 
 from depthmux.backbones import FrozenBackbone, load_backbone
-from depthmux.data import ClassificationDataset, UserDataSpec, load_task, load_user_splits, task_name
-from depthmux.data.user_files import DEFAULT_VAL_FRACTION
+from depthmux.data import (
+    TASK_NAMES,
+    ClassificationDataset,
+    UserDataSpec,
+    load_task,
+    load_user_file,
+    load_user_splits,
+    task_name,
+)
+from depthmux.data.user_files import DEFAULT_VAL_FRACTION, file_format
 from depthmux.errors import DepthmuxError, require
 from depthmux.multiplexing.evaluation import BenchResult, GroupedScore, benchmark, evaluate_grouped
 from depthmux.multiplexing.features import FeatureCache, build_feature_cache
@@ -455,8 +463,20 @@ class MuxEvalConfig:
     split: str = "dev"
     shuffles: int = 10
     seed: int = 0
+    dev_file: str | None = None  # the user's own labelled file (instead of a task split)
+    text_columns: list[str] | None = None  # its text column(s) (None: ["text"])
+    label_column: str | None = None  # its label column (None: "label")
 
     def validate(self) -> MuxEvalConfig:
+        if self.dev_file is not None:
+            require(self.task is None, "give --task or --dev FILE, not both")
+            require(self.split == "dev", "--split chooses a task's split; a --dev FILE is evaluated whole")
+            file_format(self.dev_file)
+        else:
+            require(
+                self.text_columns is None and self.label_column is None,
+                "--text-column and --label-column name the columns of a --dev FILE",
+            )
         if self.task is not None:
             task_name(self.task)
         require(self.split in ("dev", "validation"), f"--split must be dev or validation, got {self.split!r}")
@@ -489,7 +509,21 @@ def evaluate_checkpoint(cfg: MuxEvalConfig, progress: bool = True) -> MuxEvalRep
     """Accuracy (and F1) of a checkpoint over ``cfg.shuffles`` random groupings, and its teacher's."""
     cfg.validate()
     model = load_classifier(cfg.checkpoint)
-    data = load_task(cfg.task or model.config.task or "tweets", cfg.split, cfg.data_dir)
+    if cfg.dev_file is not None:
+        data = load_user_file(
+            cfg.dev_file,
+            cfg.text_columns if cfg.text_columns is not None else ["text"],
+            cfg.label_column if cfg.label_column is not None else "label",
+            model.config.label_names,
+        )
+    else:
+        task = cfg.task or model.config.task or "tweets"
+        require(
+            cfg.task is not None or task in TASK_NAMES,
+            f"{cfg.checkpoint} was trained on the user's data set {task!r}: evaluate it with --dev FILE "
+            "(and its --text-column/--label-column)",
+        )
+        data = load_task(task, cfg.split, cfg.data_dir)
     cache = build_feature_cache(model.body, data, model.cache_layers)
     if isinstance(model, TeacherClassifier):
         return MuxEvalReport(
