@@ -4,7 +4,10 @@ LLaMA decoder, below :mod:`depthmux.lm` (whose loader registers it).
 * :class:`EarlyExitConfig`, :class:`EarlyExitForCausalLM` (registered with transformers' Auto classes as
   model type ``"depthmux_early_exit"``), :class:`EarlyExitCausalLMOutput`, :func:`from_llama`,
   :func:`load_early_exit_model`, :func:`require_early_exit`, :func:`top2_margin`; :class:`ShallowExit`
-  (the shallow model as a causal LM of its own, for held-out evaluation).
+  (the shallow model as a causal LM of its own, for held-out evaluation);
+* :mod:`depthmux.early_exit.threshold`: :class:`AdaptiveThreshold` (Beta mixture over (confidence,
+  agreement) pairs, EMA-refreshed, threshold bounding the wrong-exit probability by delta),
+  :func:`check_threshold`, :func:`check_delta`, :func:`beta_cdf`.
 """
 
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -19,16 +22,21 @@ from depthmux.early_exit.modeling import (
     require_early_exit,
     top2_margin,
 )
+from depthmux.early_exit.threshold import AdaptiveThreshold, beta_cdf, check_delta, check_threshold
 
 AutoConfig.register(EarlyExitConfig.model_type, EarlyExitConfig, exist_ok=True)
 AutoModelForCausalLM.register(EarlyExitConfig, EarlyExitForCausalLM, exist_ok=True)
 
 __all__ = [
+    "AdaptiveThreshold",
     "EarlyExitCausalLMOutput",
     "EarlyExitConfig",
     "EarlyExitForCausalLM",
     "ShallowExit",
+    "beta_cdf",
+    "check_delta",
     "check_exit_layer",
+    "check_threshold",
     "from_llama",
     "load_early_exit_model",
     "require_early_exit",
