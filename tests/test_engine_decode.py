@@ -88,7 +88,7 @@ def test_engine_matches_the_models_own_causal_decode(tiny_recursive_factory, kin
     # a full forward over each finished sequence (its last token never entered) counts them
     with torch.no_grad():
         want = sum(int(model(torch.tensor([p + o[:-1]]), use_cache=False, routing="causal")
-                       .router_stats["tokens_per_recursion"].sum()) for p, o in zip(ps, got))
+                       .router_stats["tokens_per_recursion"].sum()) for p, o in zip(ps, got, strict=True))
     assert s.block_items == want
     if kind != "recursive_lora":
         assert s.skipped_recursions > 0 and 1.0 < s.average_depth() < 3.0  # tokens exited early, never computed
@@ -126,7 +126,7 @@ def test_cancel_mid_generation_frees_kv_and_leaves_the_others_unchanged(tiny_rec
         llm.step()
     out = llm.output(victim)
     assert out.finished and out.finish_reason == "aborted"
-    for rid, r in zip(ids, ref):
+    for rid, r in zip(ids, ref, strict=True):
         if rid != victim:
             assert llm.output(rid).token_ids == r.token_ids
     assert llm.kv.bytes_in_use == 0

@@ -86,7 +86,7 @@ def test_depthwise_block_calls_hold_at_most_b_items_deepest_first_and_never_exit
     run_prefill(sched)
     exited: set[int] = set()
     sizes = []
-    for step in range(40):
+    for _ in range(40):
         d = sched.schedule()
         assert len(d.entering) == sum(1 for r in sched.running if r.in_flight is not None
                                       and r.in_flight in {it.item_id for it in d.entering})

@@ -8,7 +8,7 @@ vLLM's v1 split, each part testable alone:
 * :mod:`depthmux.engine.kv_manager`: paged KV memory (:class:`KVSpec` byte accounting,
   :class:`KVManager`, main / recursion-wise / shared streams, freed on finish and cancel);
 * :mod:`depthmux.engine.runner`: :class:`ModelRunner` turns a decision into tensors and calls the
-  model's public stages; :class:`EngineStats` counters;
+  model's public stages; :mod:`depthmux.engine.stats`: :class:`EngineStats` counters;
 * :mod:`depthmux.engine.sampling`: :class:`SamplingParams` (validated), batched sampling;
 * :mod:`depthmux.engine.llm`: :class:`LLM` (``generate``, ``add_request`` / ``step`` /
   ``abort_request``, ``stream``, ``from_pretrained``) and :class:`RequestOutput`.
@@ -16,7 +16,7 @@ vLLM's v1 split, each part testable alone:
 
 from depthmux.engine.kv_manager import MAIN, KVManager, KVSpec, PagedCache, PagedLayerKV, StreamBinding
 from depthmux.engine.llm import LLM, RequestOutput, as_recursive_model
-from depthmux.engine.runner import EngineStats, ModelRunner
+from depthmux.engine.runner import ModelRunner
 from depthmux.engine.sampling import SamplingParams, sample_next_tokens
 from depthmux.engine.scheduler import (
     DEPTH_POLICIES,
@@ -27,6 +27,7 @@ from depthmux.engine.scheduler import (
     StepResult,
     WorkItem,
 )
+from depthmux.engine.stats import EngineStats
 
 __all__ = [
     "DEPTH_POLICIES", "LLM", "MAIN", "EngineStats", "KVManager", "KVSpec", "ModelRunner", "PagedCache",

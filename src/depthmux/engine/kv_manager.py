@@ -228,7 +228,9 @@ class PagedLayerKV:
         self.binding, self.role = binding, role
 
     def append(self, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor, write: torch.Tensor) -> None:
-        """Store the entries where ``write`` (and the row's ``writes``) hold. k, v [R, H_kv, M, D]; slot, write [R, M]."""
+        """Store the entries where ``write`` (and the row's ``writes``) hold.
+
+        k, v: [R, H_kv, M, D]; slot, write: [R, M]. No host sync: filler entries go to the trash block."""
         b = self.binding
         bs = b.pool.spec.block_size
         w = write & b.writes[:, None]
@@ -360,7 +362,8 @@ class KVManager:
         return {k[1]: n for k, n in self.lengths.items() if k[0] == request_id}
 
     # -- tensors for a stage call ------------------------------------------------------------
-    def binding(self, keys: list[tuple[str, int]], base: list[int], writes: list[bool] | None = None) -> StreamBinding:
+    def binding(self, keys: list[tuple[str, int]], base: list[int],
+                writes: list[bool] | None = None) -> StreamBinding:
         """The :class:`StreamBinding` of rows whose streams are ``keys`` (all in one pool)."""
         pool = self._pool_of(keys[0][1])
         pool.ensure(self.device, self.dtype)

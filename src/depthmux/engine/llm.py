@@ -10,7 +10,7 @@ Online use: ``rid = llm.add_request(prompt, params)``, then ``llm.step()`` until
 ``llm.has_unfinished_requests()`` is False (each step returns a :class:`RequestOutput` for every
 request that received a token), ``llm.abort_request(rid)`` to cancel (its KV is freed at once);
 ``llm.stream(prompts, params)`` yields those step outputs. ``llm.stats`` holds the counters a
-benchmark reads (:class:`~depthmux.engine.runner.EngineStats`).
+benchmark reads (:class:`~depthmux.engine.stats.EngineStats`).
 
 Models: a :class:`~depthmux.recursion.RecursiveForCausalLM` (recursive, relaxed, MoR) as is; a
 transformers LLaMA model (or :class:`~depthmux.lm.HFCausalLMAdapter`) converted losslessly with
@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import torch
 
 from depthmux.engine.kv_manager import KVManager, KVSpec
-from depthmux.engine.runner import EngineStats, ModelRunner
+from depthmux.engine.runner import ModelRunner
 from depthmux.engine.sampling import SamplingParams
 from depthmux.engine.scheduler import Request, Scheduler
+from depthmux.engine.stats import EngineStats
 from depthmux.errors import DepthmuxError
 from depthmux.lm import HFCausalLMAdapter, load_lm, load_saved_tokenizer, pretrained_model_dir
 from depthmux.recursion import RecursiveForCausalLM, convert_llama_to_recursive
@@ -204,7 +205,7 @@ class LLM:
             params = list(sampling_params)
             if len(params) != len(prompts):
                 raise DepthmuxError(f"{len(params)} sampling params for {len(prompts)} prompts")
-        return [self.add_request(p, sp) for p, sp in zip(prompts, params)]
+        return [self.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
 
     def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
                  ) -> list[RequestOutput]:

@@ -22,66 +22,22 @@ the rows' streams.
   per recursion); those that stop, or finished N_r, go to suffix + head and sample.
 
 Host syncs per step: the router decisions (one transfer) and the sampled tokens (one transfer).
+
+Length: the three decode paths (prefill, lockstep, depth-wise) read side by side in one file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from depthmux.engine.kv_manager import MAIN, KVManager, PagedCache
 from depthmux.engine.sampling import SamplingParams, sample_next_tokens
 from depthmux.engine.scheduler import PrefillChunk, SchedulerDecision, StepResult, WorkItem
+from depthmux.engine.stats import EngineStats
 from depthmux.recursion import RecursiveForCausalLM, RouteDecision, TokenContext
 from depthmux.recursion.modeling import rope_cos_sin
-
-
-@dataclass
-class EngineStats:
-    """Counters a benchmark reads from ``LLM.stats`` (no timings).
-
-    Attributes:
-        steps: engine steps run.
-        block_calls: shared-block calls (``run_block`` on one batch).
-        block_items: (token, recursion) pairs the shared block computed (real tokens only).
-        block_padding: padded positions in prefill block calls (right-padded rows of different lengths).
-        max_decode_block_items: most decode items in one block call (<= B).
-        max_prefill_block_tokens: most real prefill tokens in one block call.
-        skipped_recursions: (token, recursion) pairs not computed because the token had exited.
-        prefill_tokens, decode_tokens: tokens that entered the model as prefill / decode.
-        generated_tokens: tokens sampled.
-        exits_by_depth: tokens by number of recursions they ran (index = recursions).
-        preemptions: requests whose KV was taken back and recomputed.
-        computed_exited: block-call items that were not in flight (bookkeeping check, stays 0).
-        kv_bytes_in_use, kv_bytes_peak: KV pages held now / at most.
-    """
-
-    steps: int = 0
-    block_calls: int = 0
-    block_items: int = 0
-    block_padding: int = 0
-    max_decode_block_items: int = 0
-    max_prefill_block_tokens: int = 0
-    skipped_recursions: int = 0
-    prefill_tokens: int = 0
-    decode_tokens: int = 0
-    generated_tokens: int = 0
-    exits_by_depth: list[int] = field(default_factory=list)
-    preemptions: int = 0
-    computed_exited: int = 0
-    kv_bytes_in_use: int = 0
-    kv_bytes_peak: int = 0
-
-    def average_depth(self) -> float:
-        """Mean recursions per token that left the model."""
-        n = sum(self.exits_by_depth)
-        return sum(i * c for i, c in enumerate(self.exits_by_depth)) / n if n else 0.0
-
-    def as_dict(self) -> dict:
-        d = dict(self.__dict__)
-        d["average_depth"] = self.average_depth()
-        return d
 
 
 def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
@@ -133,9 +89,11 @@ class _Carry:
             ts = [getattr(p, name) for p in parts]
             return None if ts[0] is None else torch.cat(ts)
 
-        return _Carry(sum((p.ids for p in parts), []), sum((p.request_ids for p in parts), []),
-                      sum((p.positions for p in parts), []), sum((p.rec for p in parts), []), join("h"),
-                      join("gate"), join("depth"), join("weight"), join("first"))
+        def flat(name):
+            return [v for p in parts for v in getattr(p, name)]
+
+        return _Carry(flat("ids"), flat("request_ids"), flat("positions"), flat("rec"), join("h"), join("gate"),
+                      join("depth"), join("weight"), join("first"))
 
 
 class ModelRunner:
@@ -183,7 +141,7 @@ class ModelRunner:
     def _block_binding(self, request_ids: list[str], recs: list[int], counts: list[int] | None = None):
         """Allocate the entries each row writes at its recursion and bind the rows' recursion streams."""
         keys, base, writes = [], [], []
-        for i, (rid, r) in enumerate(zip(request_ids, recs)):
+        for i, (rid, r) in enumerate(zip(request_ids, recs, strict=True)):
             stream, w = self._stream(r)
             n = 1 if counts is None else counts[i]
             base.append(self.kv.allocate(rid, stream, n) if w else self.kv.length(rid, stream))
@@ -201,8 +159,8 @@ class ModelRunner:
         """hidden [N, d] final-normed states -> one token per row."""
         logits = self.model.logits(hidden[:, None])[:, 0]
         ps = [params[r] for r in request_ids]
-        tokens = sample_next_tokens(logits, ps, [self._generator(r, p) for r, p in zip(request_ids, ps)],
-                                    self.default_generator)
+        gens = [self._generator(r, p) for r, p in zip(request_ids, ps, strict=True)]
+        tokens = sample_next_tokens(logits, ps, gens, self.default_generator)
         self.stats.generated_tokens += len(tokens)
         return tokens
 
@@ -292,7 +250,7 @@ class ModelRunner:
             idx = torch.tensor(sampling, device=dev)
             last = torch.tensor([lengths[i] - 1 for i in sampling], device=dev)
             tokens = self._sample(x[idx, last], [rids[i] for i in sampling], params)
-            for i, t in zip(sampling, tokens):
+            for i, t in zip(sampling, tokens, strict=True):
                 result.sampled[rids[i]] = t
 
     def _enter(self, items: list[WorkItem]) -> tuple[torch.Tensor, TokenContext]:
@@ -329,7 +287,8 @@ class ModelRunner:
                     dec = _decision_rows(dec, torch.tensor(kept, device=self.device))
                     idx = torch.tensor(active, device=self.device)
             if self.loop:
-                cache = self._cache(len(active), block=self._block_binding([rids[a] for a in active], [r] * len(active)))
+                binding = self._block_binding([rids[a] for a in active], [r] * len(active))
+                cache = self._cache(len(active), block=binding)
             else:
                 cache = ctx.cache
             ctx_a = _context_rows(ctx, idx, cache)
@@ -341,7 +300,7 @@ class ModelRunner:
                 depth[a] += 1
         self._count_exits(depth)
         x = body.suffix(x, ctx)
-        for rid, t in zip(rids, self._sample(x[:, 0], rids, params)):
+        for rid, t in zip(rids, self._sample(x[:, 0], rids, params), strict=True):
             result.sampled[rid] = t
 
     def _decode_depthwise(self, decision: SchedulerDecision, result: StepResult) -> None:
@@ -410,7 +369,8 @@ class ModelRunner:
             pos = torch.tensor([[p] for p in out.positions], device=dev)
             ctx = self._context(pos, torch.ones_like(pos, dtype=torch.bool), self._cache(len(base), main=main))
             hidden = body.suffix(out.h[:, None], ctx)[:, 0]
-            for rid, t in zip(out.request_ids, self._sample(hidden, out.request_ids, decision.params)):
+            tokens = self._sample(hidden, out.request_ids, decision.params)
+            for rid, t in zip(out.request_ids, tokens, strict=True):
                 result.sampled[rid] = t
 
     def _run_block_items(self, batch: _Carry) -> torch.Tensor:

@@ -189,7 +189,8 @@ class Scheduler:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise DepthmuxError(f"{name} must be a positive integer, got {value!r}")
         self.kv, self.depth_policy = kv, depth_policy
-        self.max_batch_items, self.max_prefill_tokens, self.max_num_seqs = max_batch_items, max_prefill_tokens, max_num_seqs
+        self.max_batch_items, self.max_prefill_tokens = max_batch_items, max_prefill_tokens
+        self.max_num_seqs = max_num_seqs
         self.num_recursion_steps = num_recursion_steps
         self.requests: dict[str, Request] = {}
         self.waiting: deque[Request] = deque()
