@@ -168,10 +168,10 @@ def _folder(tmp_path, model_type: str | None):
 @pytest.mark.parametrize(
     "model_type, message",
     [
-        ("llama", r"is a llama model \(decoder-only\); mux supports encoder families: bert, roberta, xlm-roberta"),
+        ("gpt2", r"is a gpt2 model \(decoder-only\), which mux cannot run layer by layer; mux supports: bert, roberta"),
         ("depthmux_recursive", r"is a depthmux_recursive model \(decoder-only\)"),
-        ("t5", r"is a t5 model \(encoder-decoder\)"),
-        ("wombat", r"is a 'wombat' model, unknown to mux; mux supports encoder families: bert"),
+        ("bart", r"is a bart model \(encoder-decoder\)"),
+        ("wombat", r"is a 'wombat' model, unknown to mux; mux supports: bert"),
         (None, "config.json has no model_type"),
     ],
 )
@@ -180,14 +180,17 @@ def test_unsupported_backbones_are_one_line(tmp_path, model_type, message):
         load_backbone(_folder(tmp_path, model_type))
 
 
-def test_real_llama_folder_given_to_mux_cli_is_one_line(tmp_path, tiny_llama_factory, capsys):
-    tiny_llama_factory().save_pretrained(tmp_path / "llama")
+def test_real_gpt2_folder_given_to_mux_cli_is_one_line(tmp_path, capsys):
+    """LLaMA-family decoders are supported now (tests/test_mux_decoder.py); GPT-2 is not."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(tmp_path / "gpt2")
     capsys.readouterr()  # drop transformers' save progress bar
     with pytest.raises(SystemExit) as exit_:
-        main(["mux", "bench", "--model", str(tmp_path / "llama"), "--samples", "4"])
+        main(["mux", "bench", "--model", str(tmp_path / "gpt2"), "--samples", "4"])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1
-    assert "is a llama model (decoder-only); mux supports encoder families" in err
+    assert "is a gpt2 model (decoder-only), which mux cannot run layer by layer" in err
 
 
 def test_roberta_folder_loads_through_the_registry(tmp_path, tokenizer):

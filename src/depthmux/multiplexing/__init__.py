@@ -9,7 +9,7 @@ grouped evaluation and the speed benchmark. The end-to-end grid experiment is a 
 from depthmux.multiplexing.adapters import DownProjection, UpProjection
 from depthmux.multiplexing.evaluation import BenchResult, GroupedScore, benchmark, evaluate_grouped
 from depthmux.multiplexing.features import FeatureCache, build_feature_cache
-from depthmux.multiplexing.heads import HEADS, LinearProbeHead, TaskHead
+from depthmux.multiplexing.heads import HEADS, TASK_VERBALIZERS, LinearProbeHead, TaskHead, VerbalizerHead
 from depthmux.multiplexing.mixers import (
     MIXERS,
     DataMuxMultiplexer,
@@ -34,6 +34,7 @@ from depthmux.multiplexing.teacher import train_probe
 __all__ = [
     "HEADS",
     "MIXERS",
+    "TASK_VERBALIZERS",
     "BenchResult",
     "ClassifierOutput",
     "DataMuxMultiplexer",
@@ -52,6 +53,7 @@ __all__ = [
     "TeacherConfig",
     "UpProjection",
     "VanillaMultiplexer",
+    "VerbalizerHead",
     "benchmark",
     "build_feature_cache",
     "build_multiplexer",

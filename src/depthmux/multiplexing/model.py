@@ -27,7 +27,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from depthmux.backbones import EncodedBatch, FrozenBackbone, load_backbone
+from depthmux.backbones import READOUT_MODES, EncodedBatch, FrozenBackbone, load_backbone
 from depthmux.errors import DepthmuxError, require
 from depthmux.multiplexing.adapters import DownProjection, UpProjection
 from depthmux.multiplexing.features import FeatureCache
@@ -37,17 +37,18 @@ from depthmux.utils.checkpoint import load_checkpoint, save_checkpoint
 from depthmux.utils.checks import check_int
 
 FORMAT_VERSION = 2
-READOUTS = ("cls", "mean", "last")
+READOUTS = READOUT_MODES  # cls | mean | last (decoder-only) | answer (encoder-decoder)
 
 
 @dataclass
 class TeacherConfig:
     """What rebuilds the frozen parts: the backbone (name or folder), its read-out, the labels."""
 
-    backbone: str = "minilm"  # "minilm" (packaged) or a local model folder
-    readout: str = "mean"  # cls | mean | last: where pooling (and demux) read the output
+    backbone: str = "minilm"  # "minilm" / "smollm2" (packaged) or a local model folder
+    readout: str = "mean"  # cls | mean | last | answer: where pooling (and demux) read the output
     task: str | None = None
     label_names: list[str] = field(default_factory=lambda: ["0", "1"])
+    prompt: str | None = None  # template the backbone applies to every text (verbalizers); None: as is
 
     @property
     def num_labels(self) -> int:
@@ -61,6 +62,7 @@ class TeacherConfig:
         )
         require(self.readout in READOUTS, f"unknown readout {self.readout!r}: choose one of {list(READOUTS)}")
         require(isinstance(self.task, str | None), f"task must be a string, got {self.task!r}")
+        require(isinstance(self.prompt, str | None), f"prompt must be a string, got {self.prompt!r}")
         names = self.label_names
         require(
             isinstance(names, list)
@@ -73,6 +75,10 @@ class TeacherConfig:
             require(
                 self.readout == backbone.readout_mode,
                 f"the config reads out by {self.readout!r} but the backbone by {backbone.readout_mode!r}",
+            )
+            require(
+                self.prompt == backbone.prompt,
+                f"the config's prompt {self.prompt!r} differs from the backbone's {backbone.prompt!r}",
             )
 
     @classmethod
@@ -261,15 +267,18 @@ class MultiplexedClassifier(FrozenBackboneClassifier):
         """The one path from prefill states to logits (real inputs and the feature cache).
 
         Args:
-            hidden: ``h_k = Encoder_{0:l}(X_k)``, [B, S, d], right-padded. Values at padded
-                positions are ignored: they are set to zero here, and S is cut to the longest input.
+            hidden: ``h_k = Encoder_{0:l}(X_k)``, [B, S, d], padded on either side. Values at
+                padded positions are ignored: the padding is moved to the backbone's composite
+                side (``body.align``: right for encoders and T5, left for decoder-only models, so
+                every slot's last real token sits at the group's last position), set to zero,
+                and S is cut to the longest input.
             attention_mask: [B, S], 1 for real tokens.
         Returns:
             :class:`ClassifierOutput`: logits [B, C] and the recovered read-out ĥ_k [B, d].
         """
         body, cfg, n = self.body, self.config, self.config.n
-        S = int(attention_mask.sum(-1).max())
-        hidden, attention_mask = hidden[:, :S], attention_mask[:, :S]
+        hidden, attention_mask = body.align(hidden, attention_mask)
+        S = hidden.shape[1]
         hidden = hidden.masked_fill(attention_mask[..., None] == 0, 0.0)
         B, _, d = hidden.shape
         groups = -(-B // n)
@@ -281,11 +290,12 @@ class MultiplexedClassifier(FrozenBackboneClassifier):
         composite = self.mixer.mux(slots)  # [G, S, d]
         group_mask = attention_mask.view(groups, n, S).amax(dim=1)  # OR of the N masks, [G, S]
         out = body.run_layers(composite, group_mask, cfg.prefill_layers, body.num_layers)
-        if cfg.readout == "cls":  # demux only where the read-out looks (SPEC 1.1 step 5)
-            out = out[:, :1]
-        demuxed = self.mixer.demux(out)  # [N, G, S', w]
+        out, _ = body.output_states(out, group_mask)  # final norm / T5 decoder, on the composite: [G, S', d]
+        slot_mask = body.output_mask(attention_mask)  # each input's own mask there, [G*N, S']
+        out, slot_mask = body.readout_window(out, slot_mask)  # demux only where the read-out looks (SPEC 1.1 step 5)
+        demuxed = self.mixer.demux(out)  # [N, G, S'', w]
         demuxed = demuxed.transpose(0, 1).reshape(groups * n, out.shape[1], -1)[:B]
-        pooled = body.readout(demuxed, attention_mask[:B, : out.shape[1]])  # [B, w]
+        pooled = body.pool(demuxed, slot_mask[:B])  # [B, w]
         recovered = self.up(pooled)  # ĥ_k, [B, d]
         return ClassifierOutput(self.head(recovered), recovered)
 
@@ -327,7 +337,7 @@ def load_classifier(
     not match the config) is one line naming it."""
     tensors, state = load_checkpoint(directory)
     where = f"corrupt checkpoint {directory}"
-    if not isinstance(state, dict) or state.get("kind") not in CLASSIFIERS or "head" not in tensors:
+    if not isinstance(state, dict) or state.get("kind") not in CLASSIFIERS:
         raise DepthmuxError(f"{directory} is not a depthmux mux checkpoint")
     try:
         if state.get("format_version") == 1:
@@ -341,10 +351,10 @@ def load_classifier(
     except (DepthmuxError, KeyError, TypeError) as e:
         raise DepthmuxError(f"{where}: {e}") from None
     if backbone is None:
-        backbone = load_backbone(config.backbone, config.readout)
+        backbone = load_backbone(config.backbone, config.readout, config.prompt)
     try:
         head = head_from_description(state["head"], backbone)
-        head.load_state_dict(tensors["head"])
+        head.load_state_dict(tensors.get("head", {}))  # a verbalizer has no tensors of its own
         model = cls(config, backbone, head)
         missing, unexpected = model.load_state_dict(tensors.get("adapters", {}), strict=False)
     except (DepthmuxError, KeyError, TypeError) as e:
