@@ -360,10 +360,11 @@ def check_grid(backbone: FrozenBackbone, ns: list[int], prefill_layers: list[int
 
 
 def prepare_task(cfg: ExperimentConfig, backbone: FrozenBackbone, out: Path, layers: list[int],
-                 progress: bool = True) -> PreparedTask:
-    """Load the data, fine-tune the teacher if asked, cache the frozen features at ``layers`` and train
-    (or, on resume, reload) the teacher in ``out/teacher``; score it on dev."""
-    data = load_splits(cfg)
+                 progress: bool = True, data: dict[str, ClassificationDataset] | None = None) -> PreparedTask:
+    """Load the data (unless given, from :func:`load_splits`), fine-tune the teacher if asked, cache the
+    frozen features at ``layers`` and train (or, on resume, reload) the teacher in ``out/teacher``;
+    score it on dev."""
+    data = data if data is not None else load_splits(cfg)
     _check_train_sample(data["train"], max(cfg.ns))
     for note in data["dev"].notes:
         console.print(f"[dim]note: {note}[/dim]")
@@ -438,8 +439,10 @@ def _run_grid(cfg: ExperimentConfig, run: RunFolder, progress: bool) -> list[Res
     seed_everything(cfg.train.seed)
     backbone = load_backbone(cfg.model, cfg.readout)
     check_grid(backbone, cfg.ns, cfg.prefill_layers, cfg.mixers)
-    run.write_json("experiment", asdict(cfg))  # the grid fits the backbone: from here on, work is kept
-    prep = prepare_task(cfg, backbone, out, cfg.prefill_layers, progress)
+    data = load_splits(cfg)
+    _check_train_sample(data["train"], max(cfg.ns))
+    run.write_json("experiment", asdict(cfg))  # the grid and the data are good: from here on, work is kept
+    prep = prepare_task(cfg, backbone, out, cfg.prefill_layers, progress, data)
     label_names = prep.data["dev"].label_names
     rows = [prep.teacher_row(out)]
     for n in [n for n in cfg.ns if n > 1]:
