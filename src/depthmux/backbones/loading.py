@@ -48,9 +48,10 @@ def model_name(model: str | os.PathLike | None) -> str:
     return str(model or DEFAULT_MODEL) if is_packaged(model) else str(Path(model).resolve())
 
 
-def load_hf_model(path: str | os.PathLike, auto_class=None, dtype: torch.dtype = torch.float32):
+def load_hf_model(path: str | os.PathLike, auto_class=None, dtype: torch.dtype = torch.float32, what: str = "model"):
     """``auto_class.from_pretrained(path)`` (default ``AutoModel``) with SDPA attention, or eager
-    attention for architectures that have no SDPA implementation in transformers."""
+    attention for architectures that have no SDPA implementation in transformers; a failure is one
+    line, "cannot load {what} from {path}: ..."."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -65,7 +66,7 @@ def load_hf_model(path: str | os.PathLike, auto_class=None, dtype: torch.dtype =
             return auto_class.from_pretrained(str(path), dtype=dtype, attn_implementation="eager")
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DepthmuxError(f"cannot load model from {path}: {first}") from None
+        raise DepthmuxError(f"cannot load {what} from {path}: {first}") from None
 
 
 def load_hf_tokenizer(path: str | os.PathLike):

@@ -64,11 +64,9 @@ def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Caus
                             f"{EarlyExitConfig.model_type!r} or a LLaMA-family causal LM ({', '.join(LLAMA_FAMILY)})")
     from transformers import AutoModelForCausalLM
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise DepthmuxError(f"cannot load a causal LM from {d}: {str(e).splitlines()[0]}") from None
-    return HFCausalLMAdapter(model).eval()
+    from depthmux.backbones.loading import load_hf_model  # the one raw Hugging Face loader (level 1)
+
+    return HFCausalLMAdapter(load_hf_model(d, AutoModelForCausalLM, dtype, what="a causal LM")).eval()
 
 
 def load_saved_tokenizer(model_dir: str | os.PathLike):
