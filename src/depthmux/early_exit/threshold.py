@@ -10,7 +10,7 @@ once). The mixture models ``c`` as::
 Fitting: the component of every pair is observed (y), so EM's responsibilities are the labels and EM
 reduces to one weighted method-of-moments fit per component (``a = m k``, ``b = (1 - m) k`` with
 ``k = m (1 - m) / v - 1``, m and v the component's weighted mean and variance) and ``pi`` = the
-weighted share of y = 1. The weights are an exponential moving average: each :meth:`update` multiplies
+weighted share of y = 1, Laplace-smoothed (``(n_1 + 1) / (n + 2)``). The weights are an exponential moving average: each :meth:`update` multiplies
 the running sufficient statistics (count, sum c, sum c^2 per component) by ``decay`` and adds the new
 pairs, so old decoding steps fade out.
 
@@ -154,13 +154,14 @@ class AdaptiveThreshold:
         return self.threshold
 
     def components(self) -> tuple[BetaComponent, BetaComponent]:
-        """``(wrong, right)`` components of the current fit."""
+        """``(wrong, right)`` components of the current fit; the mixing weights are Laplace-smoothed
+        (``(n_k + 1) / (n + 2)``), so a handful of pairs that all agree never rules wrong exits out."""
         counts = self.stats[:, 0]
         total = float(counts.sum())
         out = []
         for k in (0, 1):
             a, b = beta_from_moments(*(float(v) for v in self.stats[k]))
-            out.append(BetaComponent(a, b, float(counts[k]) / total if total > 0 else 0.5))
+            out.append(BetaComponent(a, b, (float(counts[k]) + 1.0) / (total + 2.0)))
         return out[0], out[1]
 
     def wrong_exit_probability(self, threshold: float) -> float:

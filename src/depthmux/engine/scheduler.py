@@ -160,12 +160,15 @@ class StepResult:
         depths: depth-wise, item id -> its next recursion (items still in flight).
         exited: depth-wise, ids of items that left the model this step (their token is in ``sampled``).
         ran_items: depth-wise, ids of the items that ran the shared block (for bookkeeping checks).
+        accepted: request id -> tokens emitted BEFORE ``sampled[request id]`` this step that already
+            entered the model (self-speculative decoding's accepted drafts, engine/early_exit.py).
     """
 
     sampled: dict[str, int] = field(default_factory=dict)
     depths: dict[int, int] = field(default_factory=dict)
     exited: list[int] = field(default_factory=list)
     ran_items: list[int] = field(default_factory=list)
+    accepted: dict[str, list[int]] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -360,10 +363,15 @@ class Scheduler:
             req = self.requests[rid]
             if req.finished:
                 continue
-            req.output_token_ids.append(token)
+            accepted = result.accepted.get(rid, [])
+            req.num_computed += len(accepted)  # accepted drafts already entered the model
             progressed.append(req)
-            if token in req.stop_token_ids:
-                self._finish(req, "stop")
-            elif len(req.output_token_ids) >= req.params.max_new_tokens or req.num_tokens >= req.max_len:
-                self._finish(req, "length")
+            for t in (*accepted, token):
+                req.output_token_ids.append(t)
+                if t in req.stop_token_ids:
+                    self._finish(req, "stop")
+                    break
+                if len(req.output_token_ids) >= req.params.max_new_tokens or req.num_tokens >= req.max_len:
+                    self._finish(req, "length")
+                    break
         return progressed

@@ -1,0 +1,357 @@
+"""Early-exit decoding inside the engine (SPEC 2, SPEC 5): FREE's synchronized parallel decoding and a
+self-speculative mode, at any batch size, on an :class:`~depthmux.early_exit.EarlyExitForCausalLM`.
+
+:class:`EarlyExitLLM` is the engine's :class:`~depthmux.engine.LLM` (same scheduler, paged KV manager,
+continuous batching, prefill) whose runner, :class:`EarlyExitRunner`, replaces the decode step.
+Every decode token enters through the shallow layers 0..L_s-1 (writing their KV in the sequence's
+main stream); then, per :class:`EarlyExitPolicy`:
+
+* ``mode="exit"`` (FREE). Confidence = p_top1 - p_top2 of the shallow exit (SPEC 2). A row whose
+  confidence is above the threshold emits the shallow token and KEEPS its state h_s (the runner holds
+  it with its position). Every other row runs the deep layers L_s..L-1 on [its kept tokens + the
+  current token] in ONE causal pass that writes the missing deep KV at the kept tokens' own stream
+  entries (synchronized parallel decoding); its token comes from the deep exit. Rows have different
+  numbers of kept tokens: the deep rows are batched together, left-aligned and right-padded
+  ([D, M, d], M = 1 + most kept tokens), filler entries never written; exiting rows skip the deep
+  layers entirely. With an :class:`~depthmux.early_exit.AdaptiveThreshold` the deep pass also
+  compares each kept token with the deep model's token at its position (and the current token's
+  shallow and deep tokens): those (confidence, agreement) pairs refresh the threshold.
+* ``mode="speculative"`` (LayerSkip's self-speculation, greedy). The shallow exit drafts up to k
+  tokens (k shallow steps, batched over rows); one deep pass over [current token + drafts] (the last
+  draft first runs the shallow layers) verifies them; the longest agreeing prefix is accepted plus the
+  deep model's next token, so the output equals deep greedy decoding. The rejected drafts' entries
+  are cut from the stream (:func:`truncate_stream`), so the KV stays exactly the deep model's.
+  The accepted drafts go back to the scheduler as ``StepResult.accepted``. A row drafts at most
+  ``max_new_tokens - generated - 1`` tokens (so its KV stays within its reservation) and never past
+  the context.
+
+Threshold 1.0 exits nothing (confidence <= 1), so ``mode="exit"`` then decodes exactly as the deep
+model. Host syncs per decode step: exit mode 2-3 (exit decisions, tokens), speculative k + 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from depthmux.early_exit import (
+    AdaptiveThreshold,
+    EarlyExitForCausalLM,
+    check_threshold,
+    require_early_exit,
+    top2_margin,
+)
+from depthmux.engine.kv_manager import MAIN, KVManager
+from depthmux.engine.llm import LLM
+from depthmux.engine.runner import ModelRunner
+from depthmux.engine.sampling import SamplingParams, sample_next_tokens
+from depthmux.engine.scheduler import Request, SchedulerDecision, StepResult, WorkItem
+from depthmux.errors import DepthmuxError
+from depthmux.utils.checks import check_int
+
+EARLY_EXIT_MODES = ("exit", "speculative")
+
+
+@dataclass
+class EarlyExitPolicy:
+    """How the engine uses the shallow exit (module docstring).
+
+    Attributes:
+        mode: "exit" (FREE) or "speculative" (self-speculative, greedy only).
+        threshold: fixed exit threshold in [0, 1]: a token exits when its confidence is ABOVE it.
+        adaptive: an :class:`AdaptiveThreshold` (exit mode) that replaces ``threshold`` once fitted.
+        draft_tokens: k >= 1, drafts per verification (speculative mode).
+        measure: exit mode, also compare every kept token with the deep model's token at its position
+            (one LM head per kept token) to count wrong exits; always on with ``adaptive``.
+        max_kept: exit mode, a row holding this many kept tokens runs the deep layers at its next token
+            whatever its confidence (None: no bound, as FREE). It bounds the deep pass and makes sure
+            the adaptive threshold keeps receiving verified pairs even when nearly every token exits.
+    """
+
+    mode: str = "exit"
+    threshold: float = 1.0
+    adaptive: AdaptiveThreshold | None = None
+    draft_tokens: int = 4
+    measure: bool = False
+    max_kept: int | None = 16
+
+    def validate(self) -> EarlyExitPolicy:
+        if self.mode not in EARLY_EXIT_MODES:
+            raise DepthmuxError(f"early-exit mode must be one of {', '.join(EARLY_EXIT_MODES)}, got {self.mode!r}")
+        check_threshold(self.threshold)
+        check_int("draft tokens k", self.draft_tokens, 1)
+        check_int("max kept tokens", self.max_kept, 1, allow_none=True)
+        if self.adaptive is not None and not isinstance(self.adaptive, AdaptiveThreshold):
+            raise DepthmuxError(f"adaptive must be an AdaptiveThreshold, got {type(self.adaptive).__name__}")
+        return self
+
+    def current_threshold(self) -> float:
+        return self.adaptive.threshold if self.adaptive is not None else self.threshold
+
+
+@dataclass
+class EarlyExitStats:
+    """Decode counters of :class:`EarlyExitRunner` (no timings).
+
+    Attributes:
+        shallow_tokens: decode tokens that ran the shallow layers (drafts included).
+        exited_tokens: tokens emitted from the shallow exit (exit mode).
+        deep_passes: (row, step) pairs that ran the deep layers in decode.
+        deep_tokens: tokens the deep layers computed in decode (kept + current; speculative: drafts + 1).
+        max_kept: most kept tokens filled in by one row's deep pass.
+        verified_exits, wrong_exits: exited tokens later compared with the deep model, and how many differed
+            (exit mode with ``measure`` or ``adaptive``).
+        drafted_tokens, accepted_tokens: speculative drafts made and accepted.
+        thresholds: the threshold at each decode step (exit mode).
+    """
+
+    shallow_tokens: int = 0
+    exited_tokens: int = 0
+    deep_passes: int = 0
+    deep_tokens: int = 0
+    max_kept: int = 0
+    verified_exits: int = 0
+    wrong_exits: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    thresholds: list[float] = field(default_factory=list)
+
+    def exit_rate(self) -> float:
+        n = self.exited_tokens + self.deep_passes
+        return self.exited_tokens / n if n else 0.0
+
+    def wrong_exit_rate(self) -> float:
+        return self.wrong_exits / self.verified_exits if self.verified_exits else 0.0
+
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "thresholds"}
+        d.update(exit_rate=self.exit_rate(), wrong_exit_rate=self.wrong_exit_rate(),
+                 acceptance_rate=self.acceptance_rate(),
+                 final_threshold=self.thresholds[-1] if self.thresholds else None)
+        return d
+
+
+@dataclass
+class _Kept:
+    """A sequence's exited tokens whose deep KV is missing: states h_s [d], positions, confidences
+    (0-dim tensors), and the tokens their shallow exit emitted."""
+
+    h: list[torch.Tensor] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    confidence: list[torch.Tensor] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+
+
+def truncate_stream(kv: KVManager, request_id: str, stream: int, length: int) -> None:
+    """Forget a stream's entries from ``length`` on (their pages stay with the request, marked empty)."""
+    key = (request_id, stream)
+    old = kv.lengths.get(key, 0)
+    if length >= old:
+        return
+    pool = kv.pools["main" if stream == MAIN else "block"]
+    bs = kv.spec.block_size
+    index = torch.arange(length, old)
+    blocks = torch.tensor(kv.blocks[key])[index // bs]
+    pool.pos[blocks.to(pool.pos.device), (index % bs).to(pool.pos.device)] = -1
+    kv.lengths[key] = length
+
+
+class EarlyExitRunner(ModelRunner):
+    """The engine's runner with the early-exit decode step (module docstring); prefill is the engine's
+    (the full model: deep KV for every prompt token, first token from the deep exit).
+
+    Args: as :class:`ModelRunner` (depth policy "lockstep"), plus ``policy`` and ``requests`` (the
+    scheduler's request table, read to cap drafts at a request's remaining tokens).
+    """
+
+    def __init__(self, model: EarlyExitForCausalLM, kv: KVManager, max_len: int, seed: int,
+                 policy: EarlyExitPolicy, requests: dict[str, Request]):
+        super().__init__(model, kv, "lockstep", max_len, seed)
+        self.ee = require_early_exit(model)
+        self.policy = policy.validate()
+        self.requests = requests
+        self.kept: dict[str, _Kept] = {}
+        self.ee_stats = EarlyExitStats()
+
+    def execute(self, decision: SchedulerDecision) -> StepResult:
+        for rid in (*decision.released, *decision.preempted):
+            self.kept.pop(rid, None)  # a preempted request is recomputed by a full prefill
+        return super().execute(decision)
+
+    def _decode_lockstep(self, items: list[WorkItem], params: dict[str, SamplingParams], result: StepResult) -> None:
+        if self.policy.mode == "exit":
+            self._decode_exit(items, params, result)
+        else:
+            self._decode_speculative(items, result)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _shallow_step(self, rids: list[str], tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """One new token per row through the shallow layers (entries allocated in the main streams):
+        returns h_s [R, d]."""
+        dev = self.device
+        base = [self.kv.allocate(r, MAIN, 1) for r in rids]
+        main = self.kv.binding([(r, MAIN) for r in rids], base)
+        pos = torch.tensor([[p] for p in positions], device=dev)
+        ctx = self._context(pos, torch.ones_like(pos, dtype=torch.bool), self._cache(len(rids), main=main))
+        h = self.ee.shallow(self.body.embed(torch.tensor([[t] for t in tokens], device=dev)), ctx)
+        self.ee_stats.shallow_tokens += len(rids)
+        return h[:, 0]
+
+    def _deep_pass(self, rids: list[str], states: list[torch.Tensor], starts: list[int]) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+        """The deep layers on each row's tokens ``states[i]`` [n_i, d] at positions starts[i] .. starts[i] + n_i - 1
+        (their entries already allocated), batched left-aligned: returns (h_d [R, M, d], real [R, M])."""
+        dev = self.device
+        lengths = torch.tensor([s.shape[0] for s in states], device=dev)
+        h = pad_sequence(states, batch_first=True)  # [R, M, d]
+        M = h.shape[1]
+        real = torch.arange(M, device=dev)[None, :] < lengths[:, None]
+        pos = (torch.tensor(starts, device=dev)[:, None] + torch.arange(M, device=dev)[None, :]) * real
+        main = self.kv.binding([(r, MAIN) for r in rids], starts)
+        ctx = self._context(pos, real, self._cache(len(rids), main=main))
+        self.ee_stats.deep_passes += len(rids)
+        self.ee_stats.deep_tokens += int(sum(s.shape[0] for s in states))
+        return self.ee.deep(h, ctx), real
+
+    def _tokens(self, logits: torch.Tensor, rids: list[str], params: dict[str, SamplingParams]) -> list[int]:
+        ps = [params[r] for r in rids]
+        gens = [self._generator(r, p) for r, p in zip(rids, ps, strict=True)]
+        tokens = sample_next_tokens(logits, ps, gens, self.default_generator)
+        self.stats.generated_tokens += len(tokens)
+        return tokens
+
+    # -- FREE: synchronized parallel decoding -------------------------------------------------
+    def _decode_exit(self, items: list[WorkItem], params: dict[str, SamplingParams], result: StepResult) -> None:
+        ee, st, pol = self.ee, self.ee_stats, self.policy
+        rids = [it.request_id for it in items]
+        self.stats.decode_tokens += len(items)
+        h_s = self._shallow_step(rids, [it.token_id for it in items], [it.position for it in items])
+        logits_s = ee.exit_logits(h_s[:, None])[:, 0]  # [E, V]
+        conf = top2_margin(logits_s)  # [E]
+        threshold = pol.current_threshold()
+        st.thresholds.append(threshold)
+        exits = (conf > threshold).tolist()
+        if pol.max_kept is not None:
+            exits = [e and len(self.kept[r].tokens) < pol.max_kept if r in self.kept else e
+                     for e, r in zip(exits, rids, strict=True)]
+        out = [i for i, e in enumerate(exits) if e]
+        deep = [i for i, e in enumerate(exits) if not e]
+        if out:
+            idx = torch.tensor(out, device=self.device)
+            tokens = self._tokens(logits_s.index_select(0, idx), [rids[i] for i in out], params)
+            for i, t in zip(out, tokens, strict=True):
+                kept = self.kept.setdefault(rids[i], _Kept())
+                kept.h.append(h_s[i])
+                kept.positions.append(items[i].position)
+                kept.confidence.append(conf[i])
+                kept.tokens.append(t)
+                result.sampled[rids[i]] = t
+            st.exited_tokens += len(out)
+        if not deep:
+            return
+        d_rids = [rids[i] for i in deep]
+        kept = [self.kept.pop(r, _Kept()) for r in d_rids]
+        states = [torch.stack([*k.h, h_s[i]]) for k, i in zip(kept, deep, strict=True)]
+        starts = [k.positions[0] if k.positions else items[i].position for k, i in zip(kept, deep, strict=True)]
+        st.max_kept = max(st.max_kept, max(len(k.tokens) for k in kept))
+        h_d, real = self._deep_pass(d_rids, states, starts)
+        last = real.long().sum(1) - 1
+        rows = torch.arange(len(deep), device=self.device)
+        logits_d = ee.exit_logits(h_d[rows, last][:, None])[:, 0]  # [D, V]
+        tokens = self._tokens(logits_d, d_rids, params)
+        for r, t in zip(d_rids, tokens, strict=True):
+            result.sampled[r] = t
+        if pol.adaptive is not None or pol.measure:
+            self._compare(kept, h_d, real, last, conf.index_select(0, torch.tensor(deep, device=self.device)),
+                          logits_s.index_select(0, torch.tensor(deep, device=self.device)).argmax(-1),
+                          logits_d.argmax(-1))
+
+    def _compare(self, kept: list[_Kept], h_d: torch.Tensor, real: torch.Tensor, last: torch.Tensor,
+                 conf_now: torch.Tensor, shallow_now: torch.Tensor, deep_now: torch.Tensor) -> None:
+        """(confidence, shallow == deep) pairs of this deep pass: every kept token (its emitted token vs the
+        deep model's at its position) and every current token; counts wrong exits, refreshes the threshold."""
+        conf, agree = [conf_now], [shallow_now == deep_now]
+        was_kept = real & (torch.arange(real.shape[1], device=real.device)[None, :] < last[:, None])  # [D, M]
+        if bool(was_kept.any()):
+            deep_kept = self.ee.exit_logits(h_d[was_kept][:, None])[:, 0].argmax(-1)
+            emitted = torch.tensor([t for k in kept for t in k.tokens], device=deep_kept.device)
+            right = deep_kept == emitted
+            self.ee_stats.verified_exits += int(right.numel())
+            self.ee_stats.wrong_exits += int((~right).sum())
+            conf.append(torch.stack([c for k in kept for c in k.confidence]))
+            agree.append(right)
+        if self.policy.adaptive is not None:
+            self.policy.adaptive.update(torch.cat(conf), torch.cat(agree))
+
+    # -- self-speculative decoding ------------------------------------------------------------
+    def _decode_speculative(self, items: list[WorkItem], result: StepResult) -> None:
+        ee, st = self.ee, self.ee_stats
+        E = len(items)
+        rids = [it.request_id for it in items]
+        self.stats.decode_tokens += E
+        budget = []
+        for it in items:
+            req = self.requests[it.request_id]
+            remaining = req.params.max_new_tokens - len(req.output_token_ids)
+            budget.append(max(0, min(self.policy.draft_tokens, remaining - 1, self.max_len - 1 - it.position)))
+        current = [it.token_id for it in items]
+        drafts: list[list[int]] = [[] for _ in range(E)]
+        states: list[list[torch.Tensor]] = [[] for _ in range(E)]
+        for j in range(max(budget)):
+            rows = [i for i in range(E) if budget[i] > j]
+            h = self._shallow_step([rids[i] for i in rows], [current[i] for i in rows],
+                                   [items[i].position + j for i in rows])
+            tokens = ee.exit_logits(h[:, None])[:, 0].argmax(-1).tolist()
+            for r, i in enumerate(rows):
+                states[i].append(h[r])
+                drafts[i].append(tokens[r])
+                current[i] = tokens[r]
+        st.drafted_tokens += sum(budget)
+        # verification: the last token through the shallow layers, then one deep pass over every row's tokens
+        h_last = self._shallow_step(rids, current, [it.position + b for it, b in zip(items, budget, strict=True)])
+        seqs = [torch.stack([*states[i], h_last[i]]) for i in range(E)]
+        h_d, _ = self._deep_pass(rids, seqs, [it.position for it in items])
+        greedy = ee.exit_logits(h_d).argmax(-1).tolist()  # [E, M]: the deep model's token after each position
+        for i, it in enumerate(items):
+            a = 0
+            while a < budget[i] and drafts[i][a] == greedy[i][a]:
+                a += 1
+            st.accepted_tokens += a
+            self.stats.generated_tokens += a + 1
+            truncate_stream(self.kv, rids[i], MAIN, it.position + a + 1)  # rejected drafts leave the KV
+            result.accepted[rids[i]] = drafts[i][:a]
+            result.sampled[rids[i]] = greedy[i][a]
+
+
+class EarlyExitLLM(LLM):
+    """The engine serving an :class:`~depthmux.early_exit.EarlyExitForCausalLM` with an early-exit
+    :class:`EarlyExitPolicy` (module docstring). A model without a shallow exit is a one-line error.
+
+    Args: ``model``, ``tokenizer`` and the engine options of :class:`LLM` (the depth policy is always
+    "lockstep": the model has no recursion loop), plus ``policy``.
+    """
+
+    def __init__(self, model, tokenizer=None, *, policy: EarlyExitPolicy | None = None, seed: int = 0,
+                 **engine_kwargs):
+        model = require_early_exit(model)
+        policy = (policy or EarlyExitPolicy()).validate()
+        if engine_kwargs.get("depth_policy", "lockstep") != "lockstep":
+            raise DepthmuxError("early-exit decoding runs every layer in one step: depth_policy must be 'lockstep'")
+        engine_kwargs["depth_policy"] = "lockstep"
+        super().__init__(model, tokenizer, seed=seed, **engine_kwargs)
+        self.policy = policy
+        self.runner = EarlyExitRunner(self.model, self.kv, self.max_len, seed, policy, self.scheduler.requests)
+
+    def add_request(self, prompt, sampling_params: SamplingParams | None = None, request_id: str | None = None) -> str:
+        if self.policy.mode == "speculative" and sampling_params is not None and not sampling_params.greedy:
+            raise DepthmuxError("self-speculative decoding is greedy here: use temperature 0")
+        return super().add_request(prompt, sampling_params, request_id)
+
+    @property
+    def early_exit_stats(self) -> EarlyExitStats:
+        return self.runner.ee_stats

@@ -1,0 +1,230 @@
+"""Early-exit decoding in the engine (SPEC 2, SPEC 5), on a tiny LLaMA converted with a shallow exit:
+threshold 1.0 = deep greedy; synchronized parallel decoding batches rows with different numbers of kept
+tokens and leaves the deep KV equal to a full recompute; self-speculative decoding = deep greedy on 32
+prompts (KV equal to a recompute, rejected drafts cut); the adaptive threshold moves; bad input is one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from depthmux.early_exit import AdaptiveThreshold, from_llama, top2_margin
+from depthmux.engine import MAIN, SamplingParams
+from depthmux.engine.early_exit import EarlyExitLLM, EarlyExitPolicy
+from depthmux.errors import DepthmuxError
+from depthmux.recursion import RecursiveCache
+
+VOCAB = 64
+N_PROMPTS = 32
+
+
+def ee_model(factory, exit_layer: int = 2, layers: int = 4, seed: int = 3):
+    """A tiny LLaMA with a shallow exit; its (untied) LM head is scaled so that confidences spread over [0, 1]."""
+    model = from_llama(factory(vocab_size=VOCAB, num_hidden_layers=layers, max_position_embeddings=96, seed=seed),
+                       exit_layer=exit_layer)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    return model.eval()
+
+
+def prompts(n: int = N_PROMPTS, seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 41, (n,), generator=g).tolist()
+    return [torch.randint(3, VOCAB, (t,), generator=g).tolist() for t in lengths]
+
+
+def max_new(i: int) -> int:
+    return 3 + (i * 7) % 12
+
+
+@torch.no_grad()
+def deep_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """The deep model's token-by-token greedy decode with its own RecursiveCache."""
+    out = model(torch.tensor([prompt]), cache=RecursiveCache(), use_cache=True)
+    tokens: list[int] = []
+    for _ in range(n):
+        tokens.append(int(out.logits[0, -1].argmax()))
+        out = model(torch.tensor([tokens[-1:]]), cache=out.cache, use_cache=True)
+    return tokens
+
+
+def run_staggered(llm, ps: list[list[int]], first: int = 6) -> list[list[int]]:
+    """Submit ``first`` requests, then one more at every step while the others run."""
+    def params(i):
+        return SamplingParams(max_new_tokens=max_new(i), ignore_eos=True)
+
+    ids = [llm.add_request(p, params(i)) for i, p in enumerate(ps[:first])]
+    rest = list(enumerate(ps))[first:]
+    while llm.has_unfinished_requests() or rest:
+        if rest:
+            i, p = rest.pop(0)
+            ids.append(llm.add_request(p, params(i)))
+        llm.step()
+    return [llm.output(r).token_ids for r in ids]
+
+
+@pytest.fixture
+def model_and_reference(tiny_llama_factory):
+    model = ee_model(tiny_llama_factory)
+    ps = prompts()
+    return model, ps, [deep_greedy(model, p, max_new(i)) for i, p in enumerate(ps)]
+
+
+def median_confidence(model, ps) -> float:
+    with torch.no_grad():
+        conf = torch.cat([top2_margin(model(torch.tensor([p]), return_shallow=True).shallow_logits[0]) for p in ps])
+    return float(conf.median())
+
+
+def test_threshold_one_exits_nothing_and_equals_deep_greedy(model_and_reference):
+    model, ps, ref = model_and_reference
+    llm = EarlyExitLLM(model, policy=EarlyExitPolicy(threshold=1.0), max_batch_items=6, max_prefill_tokens=48)
+    assert run_staggered(llm, ps) == ref
+    st = llm.early_exit_stats
+    assert st.exited_tokens == 0 and st.deep_passes == st.shallow_tokens > 0 and llm.kv.bytes_in_use == 0
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_self_speculative_equals_deep_greedy(model_and_reference, k):
+    model, ps, ref = model_and_reference
+    llm = EarlyExitLLM(model, policy=EarlyExitPolicy(mode="speculative", draft_tokens=k), max_batch_items=6,
+                       max_prefill_tokens=48)
+    assert run_staggered(llm, ps) == ref
+    st = llm.early_exit_stats
+    assert 0 < st.accepted_tokens < st.drafted_tokens  # drafts were both accepted and rejected
+    assert llm.kv.bytes_in_use == 0
+
+
+def paged(llm, rid: str, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` K and V entries of a request's main stream at ``layer``: [n, H_kv, D] twice."""
+    pool = llm.kv.pools["main"]
+    blocks = torch.tensor(llm.kv.blocks[(rid, MAIN)])
+    k = pool.k[layer][blocks].flatten(0, 1)[:n]
+    v = pool.v[layer][blocks].flatten(0, 1)[:n]
+    return k, v
+
+
+@torch.no_grad()
+def check_kv_against_recompute(llm, model) -> int:
+    """Every running request's KV equals a full forward over the tokens that entered: all of them at the
+    shallow layers, those before the first kept token at the deep layers. Returns the deep entries checked."""
+    checked = 0
+    for req in llm.scheduler.running:
+        n = req.num_computed
+        if n == 0:
+            continue
+        cache = RecursiveCache()
+        model(torch.tensor([req.all_token_ids[:n]]), cache=cache, use_cache=True)
+        kept = llm.runner.kept.get(req.request_id)
+        n_deep = kept.positions[0] if kept is not None and kept.positions else n
+        assert llm.kv.lengths[(req.request_id, MAIN)] == n  # rejected drafts were cut
+        for p in range(model.config.num_hidden_layers):
+            m = n if p < model.config.exit_layer else n_deep
+            k, v = paged(llm, req.request_id, p, m)
+            ref_k = cache.layers[p].k[0, :, :m].transpose(0, 1)
+            ref_v = cache.layers[p].v[0, :, :m].transpose(0, 1)
+            assert (k - ref_k).abs().max() < 1e-4 and (v - ref_v).abs().max() < 1e-4, (req.request_id, p)
+        checked += n_deep
+    return checked
+
+
+@pytest.mark.parametrize("mode", ["exit", "speculative"])
+def test_deep_kv_equals_a_full_recompute(model_and_reference, mode):
+    model, ps, _ = model_and_reference
+    policy = EarlyExitPolicy(mode=mode, threshold=median_confidence(model, ps[:8]), draft_tokens=3)
+    llm = EarlyExitLLM(model, policy=policy, max_batch_items=8)
+    for p in ps[:8]:
+        llm.add_request(p, SamplingParams(max_new_tokens=40, ignore_eos=True))
+    checked = 0
+    while llm.has_unfinished_requests():
+        llm.step()
+        checked += check_kv_against_recompute(llm, model)
+    st = llm.early_exit_stats
+    assert checked > 0
+    if mode == "exit":
+        assert st.exited_tokens > 0 and st.max_kept >= 2  # deep passes filled in several kept tokens
+
+
+def test_synchronized_parallel_decoding_batches_rows_with_different_kept_counts(model_and_reference):
+    model, ps, ref = model_and_reference
+    calls: list[list[int]] = []
+    deep = model.deep
+
+    def counting_deep(h, ctx):
+        calls.append(ctx.write.long().sum(1).tolist())
+        return deep(h, ctx)
+
+    policy = EarlyExitPolicy(threshold=median_confidence(model, ps[:8]), measure=True)
+    llm = EarlyExitLLM(model, policy=policy, max_batch_items=8)
+    model.deep = counting_deep
+    try:
+        outs = llm.generate(ps[:8], SamplingParams(max_new_tokens=20, ignore_eos=True))
+    finally:
+        del model.deep
+    decode_calls = calls  # prefill runs the whole model through the engine's own stages, not model.deep
+    assert any(len(c) > 1 and len(set(c)) > 1 for c in decode_calls)  # one pass, several rows, ragged
+    assert len(decode_calls) <= llm.stats.steps  # at most one deep call per step, never one per sequence
+    st = llm.early_exit_stats
+    assert st.deep_passes == sum(len(c) for c in decode_calls) and st.deep_tokens == sum(map(sum, decode_calls))
+    assert st.verified_exits > 0 and 0.0 <= st.wrong_exit_rate() <= 1.0
+    assert [o.token_ids[0] for o in outs] == [r[0] for r in ref[:8]]  # the first token comes from the deep prefill
+
+
+def test_adaptive_threshold_moves_from_its_initial_value(model_and_reference):
+    model, ps, _ = model_and_reference
+    adaptive = AdaptiveThreshold(0.2, initial=1.0, min_pairs=16)
+    llm = EarlyExitLLM(model, policy=EarlyExitPolicy(adaptive=adaptive), max_batch_items=8)
+    llm.generate(ps[:16], SamplingParams(max_new_tokens=16, ignore_eos=True))
+    st = llm.early_exit_stats
+    assert st.thresholds[0] == 1.0 and st.thresholds[-1] < 1.0 and st.exited_tokens > 0
+    assert adaptive.seen >= 16 and st.verified_exits > 0
+
+
+def test_sampling_in_exit_mode_is_seeded(model_and_reference):
+    model, ps, _ = model_and_reference
+    sp = SamplingParams(max_new_tokens=10, temperature=0.8, seed=7, ignore_eos=True)
+    policy = EarlyExitPolicy(threshold=median_confidence(model, ps[:4]))
+    a = EarlyExitLLM(model, policy=policy).generate(ps[:4], sp)
+    b = EarlyExitLLM(model, policy=policy).generate(ps[:4], sp)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b] and all(len(o.token_ids) == 10 for o in a)
+
+
+def one_line(excinfo) -> str:
+    assert "\n" not in str(excinfo.value)
+    return str(excinfo.value)
+
+
+def test_a_model_without_an_exit_head_is_one_line(tmp_path, tiny_recursive_factory, tiny_llama_factory):
+    with pytest.raises(DepthmuxError, match="needs a model with a shallow exit") as e:
+        EarlyExitLLM(tiny_recursive_factory())
+    one_line(e)
+    with pytest.raises(DepthmuxError, match="needs a model with a shallow exit"):
+        EarlyExitLLM(tiny_llama_factory())
+    tiny_llama_factory().save_pretrained(tmp_path)
+    with pytest.raises(DepthmuxError, match="needs a model with a shallow exit") as e:
+        EarlyExitLLM.from_pretrained(tmp_path)
+    one_line(e)
+
+
+@pytest.mark.parametrize(("policy", "match"), [
+    (dict(threshold=1.5), "exit threshold must be a finite number in"),
+    (dict(threshold=-0.1), "exit threshold must be a finite number in"),
+    (dict(threshold=float("nan")), "exit threshold must be a finite number in"),
+    (dict(mode="sometimes"), "early-exit mode must be one of exit, speculative"),
+    (dict(mode="speculative", draft_tokens=0), "draft tokens k must be an integer >= 1"),
+    (dict(max_kept=0), "max kept tokens must be an integer >= 1"),
+])
+def test_bad_policies_are_one_line(model_and_reference, policy, match):
+    model, _, _ = model_and_reference
+    with pytest.raises(DepthmuxError, match=match) as e:
+        EarlyExitLLM(model, policy=EarlyExitPolicy(**policy))
+    one_line(e)
+
+
+def test_speculative_sampling_and_depthwise_policy_are_refused(model_and_reference):
+    model, ps, _ = model_and_reference
+    llm = EarlyExitLLM(model, policy=EarlyExitPolicy(mode="speculative"))
+    with pytest.raises(DepthmuxError, match="self-speculative decoding is greedy here"):
+        llm.generate(ps[0], SamplingParams(temperature=0.7))
+    with pytest.raises(DepthmuxError, match="depth_policy must be 'lockstep'"):
+        EarlyExitLLM(model, depth_policy="depthwise")
