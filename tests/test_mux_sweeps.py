@@ -70,7 +70,8 @@ def test_sweep_runs_resumes_and_grows(sweep_setup, monkeypatch):
     assert len(calls) == 2 * 2 * 2 * 2  # sizes × l × λ × seeds
     assert len(rows) == 2 * (1 + 8) and [r.n for r in rows[:2]] == [1, 2]
     assert {r.train_examples for r in rows} == {20, 45}  # 20, and all of train less the 10% validation
-    assert sorted(p.name for p in (out / "bench").iterdir()) == ["n2-l0-reversible.json", "n2-l1-reversible.json"]
+    benches = sorted(p.name for p in (out / "bench").iterdir())
+    assert benches == ["movies-n2-l0-reversible.json", "movies-n2-l1-reversible.json"]
     cell = out / "movies-train20" / "n2-l1-reversible-lam0.5-s1"
     assert (cell / "best").is_dir() and (cell / "cell.json").is_file()
     # min_steps=8 raises 1 epoch to 3 on 20 examples (3 steps per epoch); patience 2 cannot stop before 3
@@ -172,3 +173,29 @@ def test_small_data_recipe_more_epochs_and_early_stopping(tiny_backbone):
     hist = train_mux(model, cache(16), cache(8), MuxTrainConfig(epochs=40, batch_size=8, patience=2), progress=False)
     assert len(hist["history"]) < 40  # random labels: the validation accuracy stops improving
     assert len(hist["history"]) - hist["best_epoch"] == 2
+
+
+def test_sweep_cli_over_two_glue_tasks(tmp_path, tiny_backbone, capsys):
+    tiny_backbone.model.save_pretrained(tmp_path / "bert")
+    tiny_backbone.tokenizer.save_pretrained(tmp_path / "bert")
+    rng = random.Random(2)
+    for folder, header, row in (
+        ("SST-2", "sentence\tlabel", lambda i, y: f"{rng.choice(POS if y else NEG)} {rng.choice(FILL)}\t{y}"),
+        ("RTE", "index\tsentence1\tsentence2\tlabel",
+         lambda i, y: f"{i}\tthe {FILL[i % 8]}\t{'the' if y else 'no'} {FILL[i % 8]}\t"
+                      f"{'entailment' if y else 'not_entailment'}"),
+    ):  # fmt: skip
+        (tmp_path / "glue" / folder).mkdir(parents=True)
+        for split, count in (("train", 30), ("dev", 10)):
+            lines = [header] + [row(i, i % 2) for i in range(count)]
+            (tmp_path / "glue" / folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    argv = ["mux", "sweep", "--task", "sst2,rte", "--data-dir", str(tmp_path / "glue"),
+            "--model", str(tmp_path / "bert"), "--n", "2", "--seeds", "0", "--max-train", "0", "--epochs", "1",
+            "--min-steps", "0", "--patience", "0",
+            "--shuffles", "1", "--no-bench", "--out", str(tmp_path / "sweep")]  # fmt: skip
+    main(argv)
+    assert "| sst2 |" in capsys.readouterr().out
+    results = json.loads((tmp_path / "sweep" / "sweep_results.json").read_text())
+    assert [(p["dataset"], p["n"]) for p in results["aggregated"]] == [("sst2", 1), ("sst2", 2), ("rte", 1), ("rte", 2)]
+    assert (tmp_path / "sweep" / "pareto-sst2-train27.png").is_file()
+    assert (tmp_path / "sweep" / "pareto-rte-train27.png").is_file()

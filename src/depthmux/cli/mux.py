@@ -261,13 +261,23 @@ def evaluate(
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
         return
+    from depthmux.recipes.reports import is_imbalanced
+
     what = f"N={cfg['n']} l={cfg['prefill_layers']} {cfg['mixer']}" if "n" in cfg else "teacher checkpoint"
     out_console.print(f"{report.task} {split} ({report.examples} examples), {what}")
-    out_console.print(f"  teacher (N=1): accuracy {scores['teacher']}   F1 {100 * scores['teacher'].f1_mean:.2f}")
+    macro = is_imbalanced(scores["teacher"].support)  # multi-class or imbalanced: macro F1 (else label 1's F1)
+    if macro:
+        counts = zip(cfg["label_names"], scores["teacher"].support, strict=True)
+        out_console.print("  examples per class: " + ", ".join(f"{name} {count}" for name, count in counts))
+
+    def f1(score) -> str:
+        mean, std = (score.macro_f1_mean, score.macro_f1_std) if macro else (score.f1_mean, score.f1_std)
+        return f"{'macro ' if macro else ''}F1 {100 * mean:.2f} ± {100 * std:.2f}"
+
+    out_console.print(f"  teacher (N=1): accuracy {scores['teacher']}   {f1(scores['teacher'])}")
     if scores["mux"] is not None:
         out_console.print(
-            f"  multiplexed:   accuracy {scores['mux']}   F1 {100 * scores['mux'].f1_mean:.2f} "
-            f"± {100 * scores['mux'].f1_std:.2f}  ({scores['mux'].shuffles} groupings)"
+            f"  multiplexed:   accuracy {scores['mux']}   {f1(scores['mux'])}  ({scores['mux'].shuffles} groupings)"
         )
 
 
@@ -328,7 +338,9 @@ def bench(
 
 @app.command()
 def sweep(
-    task: TaskOpt = "tweets",
+    task: Annotated[
+        str, typer.Option(help="Built-in task(s), comma-separated (sst2,mrpc,rte,qnli need --data-dir), or tweets.")
+    ] = "tweets",
     data_dir: DataDirOpt = None,
     train_file: TrainFileOpt = None,
     dev_file: DevFileOpt = None,
@@ -372,8 +384,9 @@ def sweep(
     from depthmux.recipes.mux_sweeps import SweepConfig, aggregate, run_sweep, sweep_markdown
 
     _threads(threads)
+    tasks = [t.strip() for t in task.split(",") if t.strip()] or [task]
     experiment = ExperimentConfig(
-        **_data_options(task, data_dir, train_file, dev_file, val_file, text_column, label_column, val_split),
+        **_data_options(tasks[0], data_dir, train_file, dev_file, val_file, text_column, label_column, val_split),
         teacher=teacher,
         finetune=FinetuneConfig(epochs=finetune_epochs, lr=finetune_lr, seed=seed),
         model=model,
@@ -390,6 +403,7 @@ def sweep(
     )
     cfg = SweepConfig(
         experiment,
+        tasks=tasks if len(tasks) > 1 else None,
         lambdas=_floats(lambda_info, "--lambda"),
         seeds=_ints(seeds, "--seeds"),
         max_trains=[m or None for m in _ints(max_train, "--max-train")],

@@ -5,7 +5,7 @@ The sweep is built from the experiment's own parts (:func:`~depthmux.recipes.mux
 :func:`~depthmux.recipes.mux.run_cell`): for each train-set size the data is loaded, the teacher
 trained (or fine-tuned) and the frozen features cached at every prefill depth once; every cell then
 trains only its adapters on those caches. The speed of an (N, l, mixer) does not depend on λ, the
-seed or the data size, so it is measured once and shared.
+seed or the train-set size, so it is measured once per data set and shared.
 
 Layout of ``out_dir`` (locked while a sweep writes)::
 
@@ -15,7 +15,8 @@ Layout of ``out_dir`` (locked while a sweep writes)::
     <dataset>-train<M|all>/n2-l0-reversible-lam0.25-s0/
                                        one cell: a train_mux run folder (best/ is the model) and
                                        cell.json (its ResultRow) once finished; a finished cell is skipped
-    bench/n2-l0-reversible.json        the speed of (N, l, mixer), measured once
+    bench/<dataset>-n2-l0-reversible.json
+                                       the speed of (N, l, mixer) on that data, measured once
     sweep_results.json / .md           every cell, and the cells aggregated over seeds: the spread over
                                        seeds and the spread over groupings reported separately
     pareto-<dataset>-train<M|all>.png  accuracy vs measured speedup, the Pareto front drawn
@@ -30,6 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from depthmux.backbones import load_backbone
+from depthmux.data import task_name
 from depthmux.errors import DepthmuxError, require
 from depthmux.multiplexing.evaluation import BenchResult
 from depthmux.recipes.mux import (
@@ -56,7 +58,7 @@ SMALL_DATA_RECIPE = {"min_steps": 600, "patience": 3}
 SWEEP_KEYS = tuple(
     f"experiment.{k}"
     for k in EXPERIMENT_KEYS
-    if k not in ("ns", "prefill_layers", "mixers", "max_train", "train.lambda_info", "train.seed")
+    if k not in ("task", "ns", "prefill_layers", "mixers", "max_train", "train.lambda_info", "train.seed")
 )
 
 
@@ -64,10 +66,12 @@ SWEEP_KEYS = tuple(
 class SweepConfig:
     """The grid of a sweep. ``experiment`` holds the data, model, teacher and training recipe; its ``ns``,
     ``prefill_layers`` and ``mixers`` are three axes of the grid, ``lambdas``, ``seeds`` and
-    ``max_trains`` (None: the whole train split) the other three. ``experiment.train.seed`` seeds the
-    data sample and the teacher; ``seeds`` seed the adapters' training."""
+    ``max_trains`` (None: the whole train split) the other three. ``tasks`` (built-in tasks) repeats the
+    grid on each, with its own teacher, caches and Pareto plot (None: the experiment's own data).
+    ``experiment.train.seed`` seeds the data sample and the teacher; ``seeds`` seed the adapters' training."""
 
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    tasks: list[str] | None = None
     lambdas: list[float] = field(default_factory=lambda: [0.25])
     seeds: list[int] = field(default_factory=lambda: [0])
     max_trains: list[int | None] = field(default_factory=lambda: [8000])
@@ -75,6 +79,12 @@ class SweepConfig:
 
     def validate(self) -> SweepConfig:
         self.experiment.validate()
+        if self.tasks is not None:
+            require(isinstance(self.tasks, list) and self.tasks, "--task must name at least one task")
+            require(self.experiment.user_data() is None, "sweep either built-in --task(s) or --train/--dev files")
+            for t in self.tasks:
+                task_name(t)
+            require(len(set(self.tasks)) == len(self.tasks), f"--task repeats a task: {self.tasks}")
         require(isinstance(self.lambdas, list) and self.lambdas, "--lambda must list at least one value")
         for lam in self.lambdas:
             check_float("--lambda", lam, 0.0)
@@ -119,15 +129,17 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[ResultRow]:
         check_grid(backbone, exp.ns, exp.prefill_layers, exp.mixers)
         run.write_json("sweep", asdict(cfg))
         rows: list[ResultRow] = []
-        for m in cfg.max_trains:
-            rows += _run_size(cfg, m, backbone, run.root, progress)
-            write_sweep_results(rows, cfg, run.root)
+        for task in cfg.tasks or [exp.task]:
+            for m in cfg.max_trains:
+                rows += _run_size(cfg, replace(exp, task=task, max_train=m, resume=True), backbone, run.root, progress)
+                write_sweep_results(rows, cfg, run.root)
         return rows
 
 
-def _run_size(cfg: SweepConfig, max_train: int | None, backbone, out: Path, progress: bool) -> list[ResultRow]:
-    """Every cell of one train-set size; the data, teacher and caches are prepared only if a cell is left."""
-    exp = replace(cfg.experiment, max_train=max_train, resume=True)
+def _run_size(cfg: SweepConfig, exp: ExperimentConfig, backbone, out: Path, progress: bool) -> list[ResultRow]:
+    """Every cell of one data set and train-set size (``exp.max_train``); the data, teacher and caches are
+    prepared only if a cell is left."""
+    max_train = exp.max_train
     group = out / f"{exp.dataset}-train{_size(max_train)}"
     cells = [
         (n, l, mixer, lam, seed)
@@ -152,7 +164,7 @@ def _run_size(cfg: SweepConfig, max_train: int | None, backbone, out: Path, prog
         if path.is_file():
             rows.append(row_from_dict(read_json(path, str(path))))
             continue
-        bench_path = out / "bench" / f"n{n}-l{l}-{mixer}.json"
+        bench_path = out / "bench" / f"{exp.dataset}-n{n}-l{l}-{mixer}.json"  # speed depends on the inputs' lengths
         bench = BenchResult(**read_json(bench_path, str(bench_path))) if bench_path.is_file() else None
         cell = replace(exp, train=replace(exp.train, lambda_info=lam, seed=seed))
         row = run_cell(prep, cell, n, l, mixer, path.parent, progress, bench)
@@ -361,14 +373,16 @@ def write_sweep_results(rows: list[ResultRow], cfg: SweepConfig, out: Path) -> l
     if len(sizes) > 1:
         text += "\nLearning curve: accuracy - teacher (points, ± over seeds)\n\n" + learning_curve_markdown(points)
     atomic_write_text(out / "sweep_results.md", text)
+    model = Path(cfg.experiment.model).name
     for dataset in dict.fromkeys(p.dataset for p in points):
         mine = [p for p in points if p.dataset == dataset]
         for size in sorted({p.train_examples for p in mine}):
             plot_pareto(
                 [p for p in mine if p.train_examples == size],
                 out / f"pareto-{dataset}-train{size}.png",
-                f"RevMUX on {dataset}, {size} train examples, teacher: {cfg.experiment.teacher}",
+                f"RevMUX on {dataset} ({model}), {size} train examples, teacher: {cfg.experiment.teacher}",
             )
         if len({p.train_examples for p in mine}) > 1:
-            plot_learning_curve(mine, out / f"learning-curve-{dataset}.png", f"RevMUX on {dataset}: gap to the teacher")
+            title = f"RevMUX on {dataset} ({model}): gap to the teacher"
+            plot_learning_curve(mine, out / f"learning-curve-{dataset}.png", title)
     return points
