@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from tiny_families import ALL_FAMILIES, DECODER_FAMILIES, ENCODER_FAMILIES, save_family, tiny_backbone_of
 
 from depthmux.backbones import (
     BACKBONE_FAMILIES,
@@ -22,6 +21,7 @@ from depthmux.backbones import (
 )
 from depthmux.errors import DepthmuxError
 from depthmux.multiplexing import LinearProbeHead, MultiplexedClassifier, MuxConfig
+from tiny_families import ALL_FAMILIES, DECODER_FAMILIES, ENCODER_FAMILIES, save_family, tiny_backbone_of
 
 TEXTS = ["ok", "the plot was thin but the acting was great, truly", "fine film", "a b c d e f g h i j k"]
 PAIRS = [("is it raining today?", "it is raining."), ("who?", "me, and nobody else at all")]

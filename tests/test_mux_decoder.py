@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from tiny_families import DECODER_FAMILIES, save_family, tiny_backbone_of
 from torch import nn
 
 from depthmux.backbones import load_backbone
@@ -25,6 +24,7 @@ from depthmux.multiplexing import (
     load_classifier,
 )
 from depthmux.multiplexing.evaluation import logits_cached
+from tiny_families import DECODER_FAMILIES, save_family, tiny_backbone_of
 
 TEXTS = [
     "ok",
@@ -149,7 +149,8 @@ def test_label_word_of_several_tokens_is_one_line(tokenizer):
         VerbalizerHead.from_backbone(backbone, [" negative", " unremarkableness"])
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("verbalizer label word ' unremarkableness' is ") and "must be exactly one token" in message
+    assert message.startswith("verbalizer label word ' unremarkableness' is ")
+    assert "must be exactly one token" in message
     with pytest.raises(DepthmuxError, match="share a token"):
         VerbalizerHead.from_backbone(backbone, [" good", "good"])
 

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_families import tiny_backbone_of
 from torch import nn
 
 from depthmux.data import ClassificationDataset
@@ -26,6 +25,7 @@ from depthmux.multiplexing import (
 )
 from depthmux.multiplexing.evaluation import evaluate_grouped, logits_cached
 from depthmux.training.mux import MuxTrainConfig, train_mux
+from tiny_families import tiny_backbone_of
 
 TEXTS = ["ok", "the plot was long and winding and never arrives", "fine", "great acting, weak script", "dull"]
 
@@ -50,7 +50,8 @@ class CopyFirstEncoderState(nn.Module):
 
 def t5_model(backbone, n: int, l: int, head=None) -> MultiplexedClassifier:
     config = MuxConfig(n=n, prefill_layers=l, backbone=backbone.name, readout="answer", label_names=["neg", "pos"])
-    model = MultiplexedClassifier(config, backbone, head or VerbalizerHead.from_backbone(backbone, ["negative", "positive"]))
+    head = head or VerbalizerHead.from_backbone(backbone, ["negative", "positive"])
+    model = MultiplexedClassifier(config, backbone, head)
     torch.manual_seed(2)
     with torch.no_grad():
         for p in model.trainable_state_dict().values():

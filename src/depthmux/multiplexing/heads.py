@@ -86,7 +86,9 @@ def label_token_ids(backbone: FrozenBackbone, label_words: list[str]) -> list[in
     """One vocabulary id per label word; one line for a word that is not exactly one token, or
     for two words that are the same token."""
     require(
-        isinstance(label_words, list | tuple) and len(label_words) >= 2 and all(isinstance(w, str) and w for w in label_words),
+        isinstance(label_words, list | tuple)
+        and len(label_words) >= 2
+        and all(isinstance(w, str) and w for w in label_words),
         f"a verbalizer needs >= 2 non-empty label words, got {label_words!r}",
     )
     tokenizer = backbone.tokenizer

@@ -13,8 +13,15 @@ written by ``save_pretrained``, reloading the backbone from the name/path in its
 
 One computation for cached and real inputs: ``MultiplexedClassifier.forward(batch)`` is prefill
 followed by :meth:`MultiplexedClassifier.forward_from_prefill`, and the feature cache feeds the
-same method; it zeroes prefill states at padded positions and cuts padding to the longest input,
-so cached training/evaluation and real inference give the same logits (SPEC 1.1, last paragraph).
+same method; it moves padding to the backbone's composite side, zeroes prefill states at padded
+positions and cuts padding to the longest input, so cached training/evaluation and real inference
+give the same logits (SPEC 1.1, last paragraph).
+
+Any backbone family (SPEC 1.6): after the frozen layers l+1..L run on the composite, the
+backbone's ``output_states`` runs on the composite too (a final norm; for T5 the encoder's norm
+and the whole decoder), then demux reads only the read-out window (encoders: [CLS] or every
+position; decoder-only: the group's last position, where every slot's last real token sits;
+T5: the decoder's answer position), and the backbone's ``pool`` picks each slot's read-out.
 """
 
 from __future__ import annotations
