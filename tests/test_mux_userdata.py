@@ -62,6 +62,12 @@ def test_five_class_csv_end_to_end_through_the_cli(user_files, capsys):
     markdown = (root / "run" / "results.md").read_text()
     assert "teacher: probe" in markdown and "macro F1 %" in markdown and "food 5" in markdown
 
+    # the default recipe on small data: --epochs 2 raised toward 600 steps (4 an epoch), early stopping after 3
+    train_config = json.loads((root / "run" / "n2-l0-reversible" / "train_config.json").read_text())["train"]
+    assert (train_config["min_steps"], train_config["patience"]) == (600, 3)
+    log = (root / "run" / "n2-l0-reversible" / "log.jsonl").read_text().splitlines()
+    assert len(log) >= 4 and (len(log) == 50 or len(log) - mux["best_epoch"] == 3)
+
     best = root / "run" / "n2-l0-reversible" / "best"
     model = MultiplexedClassifier.from_pretrained(best)
     assert model.config.task == "news" and model.config.label_names == sorted(CLASSES)

@@ -63,10 +63,12 @@ TeacherOpt = Annotated[
 FinetuneEpochsOpt = Annotated[int, typer.Option(help="Epochs of --teacher finetune (best on validation kept).")]
 FinetuneLrOpt = Annotated[float, typer.Option(help="AdamW learning rate of the backbone under --teacher finetune.")]
 PatienceOpt = Annotated[
-    int, typer.Option(help="Stop after this many epochs without a better validation accuracy (0: off).")
+    int | None,
+    typer.Option(help="Stop after this many epochs without a better validation accuracy (0: off; default 3)."),
 ]
 MinStepsOpt = Annotated[
-    int, typer.Option(help="Small data: raise the epochs (up to 50) until this many optimizer steps (0: off).")
+    int | None,
+    typer.Option(help="Small data: raise the epochs (up to 50) until this many optimizer steps (0: off; default 600)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
@@ -110,6 +112,14 @@ def _data_options(task, data_dir, train_file, dev_file, val_file, text_column, l
         label_column=label_column,
         val_split=val_split,
     )
+
+
+def _small_data_recipe(patience: int | None, min_steps: int | None) -> dict:
+    """``--patience``/``--min-steps``, unset ones from :data:`depthmux.recipes.mux.SMALL_DATA_RECIPE`."""
+    from depthmux.recipes.mux import SMALL_DATA_RECIPE
+
+    given = {"patience": patience, "min_steps": min_steps}
+    return {k: SMALL_DATA_RECIPE[k] if v is None else v for k, v in given.items()}
 
 
 def _threads(threads: int | None) -> None:
@@ -165,8 +175,8 @@ def train(
     bench: Annotated[bool, typer.Option(help="Also measure teacher vs multiplexed samples/s.")] = True,
     bench_samples: Annotated[int, typer.Option(help="Dev inputs timed per repetition.")] = 512,
     repetitions: Annotated[int, typer.Option(help="Interleaved benchmark repetitions.")] = 5,
-    patience: PatienceOpt = 0,
-    min_steps: MinStepsOpt = 0,
+    patience: PatienceOpt = None,
+    min_steps: MinStepsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling, initialisation and data order.")] = 0,
     out: Annotated[
         Path | None, typer.Option(help="Run folder for checkpoints and results (default: runs/mux-<data set>).")
@@ -203,8 +213,7 @@ def train(
             lambda_info=lambda_info,
             tau=tau,
             seed=seed,
-            patience=patience,
-            min_steps=min_steps,
+            **_small_data_recipe(patience, min_steps),
         ),
     )
     cfg.out_dir = str(out) if out is not None else f"runs/mux-{cfg.dataset}"
@@ -365,8 +374,8 @@ def sweep(
     epochs: Annotated[int, typer.Option(help="Epochs per cell (raised for small data by --min-steps).")] = 3,
     batch_size: Annotated[int, typer.Option(help="Training batch size (inputs, not groups).")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate for the adapters.")] = 1e-3,
-    patience: PatienceOpt = 3,
-    min_steps: MinStepsOpt = 600,
+    patience: PatienceOpt = None,
+    min_steps: MinStepsOpt = None,
     shuffles: Annotated[int, typer.Option(help="Random groupings of the dev set for mean ± std (SPEC 1.4).")] = 10,
     bench: Annotated[bool, typer.Option(help="Measure each (N, l, mixer)'s speedup once (Pareto plot).")] = True,
     bench_samples: Annotated[int, typer.Option(help="Dev inputs timed per repetition.")] = 512,
@@ -398,7 +407,7 @@ def sweep(
         bench_samples=bench_samples,
         bench_repetitions=repetitions,
         train=MuxTrainConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=patience, min_steps=min_steps
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, **_small_data_recipe(patience, min_steps)
         ),
     )
     cfg = SweepConfig(

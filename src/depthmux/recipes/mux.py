@@ -216,6 +216,12 @@ EXPERIMENT_KEYS = (
     "train.min_steps",
 )
 
+#: The training recipe of ``mux train`` and ``mux sweep`` unless told otherwise, made for small data too:
+#: at least ``min_steps`` optimizer steps (more epochs on a few hundred examples, at most 50; from about
+#: 6400 examples at batch 32 the 3 epochs already take more) and early stopping after ``patience``
+#: epochs without a better validation accuracy.
+SMALL_DATA_RECIPE = {"min_steps": 600, "patience": 3}
+
 #: The main job (``depthmux mux run`` / ``make run``): N = 2, l = 1 on the embedded tweets, sized to
 #: finish within 15 minutes on a 2-core CPU, install included.
 QUICKSTART = ExperimentConfig(task="tweets", ns=[2], prefill_layers=[1], max_train=5000, out_dir="runs/quickstart")

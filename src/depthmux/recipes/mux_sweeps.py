@@ -49,11 +49,6 @@ from depthmux.utils.checks import check_float, check_seed
 from depthmux.utils.run_folder import RunFolder
 from depthmux.utils.seed import seed_everything
 
-#: The training recipe a sweep uses unless told otherwise, made for small data too: at least
-#: ``min_steps`` optimizer steps (more epochs on a few hundred examples, at most 50) and early stopping
-#: after ``patience`` epochs without a better validation accuracy.
-SMALL_DATA_RECIPE = {"min_steps": 600, "patience": 3}
-
 #: Settings every rerun of a sweep must share with ``sweep.json`` (the grid's lists may grow).
 SWEEP_KEYS = tuple(
     f"experiment.{k}"
