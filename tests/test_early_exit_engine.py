@@ -228,3 +228,18 @@ def test_speculative_sampling_and_depthwise_policy_are_refused(model_and_referen
         llm.generate(ps[0], SamplingParams(temperature=0.7))
     with pytest.raises(DepthmuxError, match="depth_policy must be 'lockstep'"):
         EarlyExitLLM(model, depth_policy="depthwise")
+
+
+@pytest.mark.slow
+def test_smollm2_threshold_one_and_self_speculative_equal_deep_greedy():
+    """The real model (SmolLM2-135M with an untrained exit after 8 of 30 layers): exact output either way."""
+    from depthmux.engine import LLM
+    from depthmux.lm import load_saved_tokenizer, pretrained_model_dir
+
+    model = from_llama("smollm2", exit_layer=8)
+    tok = load_saved_tokenizer(pretrained_model_dir("smollm2"))
+    ps = ["The king said", "Once upon a time", "To be or not to be,", "The capital of France is"]
+    sp = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    ref = [o.token_ids for o in LLM(model, tok, depth_policy="lockstep").generate(ps, sp)]
+    for policy in (EarlyExitPolicy(threshold=1.0), EarlyExitPolicy(mode="speculative", draft_tokens=3)):
+        assert [o.token_ids for o in EarlyExitLLM(model, tok, policy=policy).generate(ps, sp)] == ref
