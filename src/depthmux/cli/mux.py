@@ -308,6 +308,10 @@ def bench(
     samples: Annotated[int, typer.Option(help="Dev inputs timed per repetition.")] = 512,
     batch_size: Annotated[int, typer.Option(help="Inputs per batch, the same for both paths.")] = 64,
     repetitions: Annotated[int, typer.Option(help="Interleaved repetitions (median ratio is reported).")] = 5,
+    dev_file: Annotated[
+        Path | None, typer.Option("--dev", help="Time your own texts (a data file) instead of the task's dev split.")
+    ] = None,
+    text_column: TextColumnOpt = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -328,13 +332,16 @@ def bench(
             samples,
             batch_size,
             repetitions,
+            str(dev_file) if dev_file else None,
+            _columns(text_column),
         )
     )
     if as_json:
         print(json.dumps(r.as_dict(), indent=2))
         return
+    source = dev_file.stem if dev_file else task
     out_console.print(
-        f"{r.samples} {task} dev inputs, batch {r.batch_size}, {r.repetitions} interleaved repetitions, "
+        f"{r.samples} {source} dev inputs, batch {r.batch_size}, {r.repetitions} interleaved repetitions, "
         f"{r.threads} thread(s)"
     )
     out_console.print(f"  teacher (N=1):      {r.teacher_samples_per_s:8.1f} samples/s")

@@ -145,17 +145,10 @@ def _label_text(value) -> str:
     return str(value).strip()
 
 
-def read_labelled_file(
-    path: str | os.PathLike, text_columns: list[str], label_column: str
-) -> tuple[list[Text], list[str]]:
-    """Texts (a string, or a pair) and label values (as text) of every row of a data file."""
-    table = read_table(path, [*text_columns, label_column])
+def _texts(path, table: dict[str, list], text_columns: list[str]) -> list[Text]:
+    """Each row's text (a string, or a pair); a blank or over-long text is one line naming its row."""
     texts: list[Text] = []
-    labels: list[str] = []
-    for row in range(len(table[label_column])):
-        value = table[label_column][row]
-        if _is_missing(value) or _label_text(value) == "":
-            raise DepthmuxError(f"{path}: row {row + 1} has no label (column {label_column!r})")
+    for row in range(len(table[text_columns[0]])):
         parts = []
         for c in text_columns:
             cell = table[c][row]
@@ -169,8 +162,29 @@ def read_labelled_file(
                 )
             parts.append(text)
         texts.append(parts[0] if len(parts) == 1 else (parts[0], parts[1]))
+    return texts
+
+
+def read_texts(path: str | os.PathLike, text_columns: list[str]) -> list[Text]:
+    """The texts of every row of a data file (no labels needed: e.g. inputs to time)."""
+    require(
+        isinstance(text_columns, list) and len(text_columns) in (1, 2),
+        f"--text-column takes one column (single texts) or two (pairs), got {len(text_columns)}: {text_columns}",
+    )
+    return _texts(path, read_table(path, text_columns), text_columns)
+
+
+def read_labelled_file(
+    path: str | os.PathLike, text_columns: list[str], label_column: str
+) -> tuple[list[Text], list[str]]:
+    """Texts (a string, or a pair) and label values (as text) of every row of a data file."""
+    table = read_table(path, [*text_columns, label_column])
+    labels: list[str] = []
+    for row, value in enumerate(table[label_column]):
+        if _is_missing(value) or _label_text(value) == "":
+            raise DepthmuxError(f"{path}: row {row + 1} has no label (column {label_column!r})")
         labels.append(_label_text(value))
-    return texts, labels
+    return _texts(path, table, text_columns), labels
 
 
 def label_order(values: set[str]) -> list[str]:

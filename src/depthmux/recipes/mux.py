@@ -44,7 +44,7 @@ from depthmux.data import (
     load_user_splits,
     task_name,
 )
-from depthmux.data.user_files import DEFAULT_VAL_FRACTION, file_format
+from depthmux.data.user_files import DEFAULT_VAL_FRACTION, file_format, read_texts
 from depthmux.errors import DepthmuxError, require
 from depthmux.multiplexing.evaluation import BenchResult, GroupedScore, benchmark, evaluate_grouped
 from depthmux.multiplexing.features import FeatureCache, build_feature_cache
@@ -563,9 +563,15 @@ class MuxBenchConfig:
     samples: int = 512
     batch_size: int = 64
     repetitions: int = 5
+    texts_file: str | None = None  # time the user's own texts (a data file) instead of a task's dev split
+    text_columns: list[str] | None = None  # their column(s) (None: ["text"])
 
     def validate(self) -> MuxBenchConfig:
         task_name(self.task)
+        if self.texts_file is not None:
+            file_format(self.texts_file)
+        else:
+            require(self.text_columns is None, "--text-column names the column(s) of a --dev FILE")
         check_int("--n", self.n, 2)
         check_int("--prefill-layers", self.prefill_layers, 0)
         require(self.mixer in MIXERS, f"unknown mixer {self.mixer!r}: choose one of {list(MIXERS)}")
@@ -593,5 +599,9 @@ def benchmark_checkpoint(cfg: MuxBenchConfig, progress: bool = True) -> BenchRes
             backbone,
             LinearProbeHead(backbone.hidden_size, 2),
         )
-    texts = load_task(cfg.task, "dev", cfg.data_dir).texts[: cfg.samples]
+    if cfg.texts_file is not None:
+        texts = read_texts(cfg.texts_file, cfg.text_columns if cfg.text_columns is not None else ["text"])
+    else:
+        texts = load_task(cfg.task, "dev", cfg.data_dir).texts
+    texts = texts[: cfg.samples]
     return benchmark(mux.teacher(), mux, texts, cfg.batch_size, cfg.repetitions, progress=progress)
