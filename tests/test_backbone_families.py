@@ -65,7 +65,7 @@ def test_layer_by_layer_equals_the_models_own_forward(tokenizer, family, l):
 
 def test_the_families_are_really_different(tokenizer):
     """The checks above would pass vacuously if the families' extra inputs did nothing: leaving out
-    MPNet's relative position bias or ModernBERT's final norm changes the result."""
+    MPNet's relative position bias, ModernBERT's final norm or Qwen2's sliding window changes the result."""
     mpnet = tiny_backbone_of("mpnet", tokenizer)
     batch = mpnet.tokenize(TEXTS)
     with torch.no_grad():
@@ -78,6 +78,24 @@ def test_the_families_are_really_different(tokenizer):
         modern = tiny_backbone_of("modernbert", tokenizer)
         h = modern.run_layers(modern.embed(batch), batch.attention_mask, 0, modern.num_layers)
         assert (modern.pool(h, batch.attention_mask) - modern.encode(batch)).abs().max().item() > 1e-3
+        qwen2 = tiny_backbone_of("qwen2", tokenizer)  # its sliding-window layers (window 3) see less
+        full = qwen2.encode(batch)
+        qwen2._layer_window = lambda index: None
+        assert (qwen2.encode(batch) - full).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("family", ENCODER_FAMILIES + ["t5"])
+def test_right_padded_batches_pass_align_unchanged(tokenizer, family):
+    """Encoders (and T5's encoder) mix right-padded slots: ``align`` only cuts padding, bit for bit,
+    so the packaged MiniLM path computes exactly what it did before decoders existed."""
+    backbone = tiny_backbone_of(family, tokenizer)
+    batch = backbone.tokenize(TEXTS)
+    hidden = torch.randn(*batch.input_ids.shape, 48)
+    hidden = torch.cat([hidden, torch.randn(len(TEXTS), 3, 48)], 1)  # extra padding columns
+    mask = torch.cat([batch.attention_mask, torch.zeros(len(TEXTS), 3, dtype=torch.long)], 1)
+    aligned, aligned_mask = backbone.align(hidden, mask)
+    S = int(mask.sum(-1).max())
+    assert torch.equal(aligned, hidden[:, :S]) and torch.equal(aligned_mask, mask[:, :S])
 
 
 @pytest.mark.parametrize(
