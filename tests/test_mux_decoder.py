@@ -24,6 +24,7 @@ from depthmux.multiplexing import (
     load_classifier,
 )
 from depthmux.multiplexing.evaluation import logits_cached
+from depthmux.multiplexing.heads import task_verbalization
 from tiny_families import DECODER_FAMILIES, save_family, tiny_backbone_of
 
 TEXTS = [
@@ -181,3 +182,17 @@ def test_config_and_backbone_prompts_must_agree(tokenizer):
     backbone = tiny_backbone_of("llama", tokenizer, prompt="Q: {text}\nA:")
     with pytest.raises(DepthmuxError, match=r"the config's prompt None differs from the backbone's 'Q: \{text\}"):
         TeacherClassifier(TeacherConfig(backbone="tiny", readout="last"), backbone, LinearProbeHead(48, 2))
+
+
+def test_verbalizations_for_builtin_tasks_and_users_label_names(tokenizer):
+    assert task_verbalization("sst2") == TASK_VERBALIZERS["sst2"]
+    assert task_verbalization("rte", ["not_entailment", "entailment"]).label_words == (" false", " true")
+    own = task_verbalization("my.csv", ["negative", "neutral", "positive"])
+    assert own.prompt == "{text}\nAnswer:" and own.label_words == (" negative", " neutral", " positive")
+    assert task_verbalization("pairs.csv", ["no", "yes"], pairs=True).prompt == "{text_a}\n{text_b}\nAnswer:"
+    backbone = tiny_backbone_of("llama", tokenizer, prompt=own.prompt)
+    assert VerbalizerHead.from_backbone(backbone, own.label_words).num_labels == 3
+    with pytest.raises(DepthmuxError, match="verbalizer label word ' unremarkableness' is"):
+        VerbalizerHead.from_backbone(backbone, task_verbalization("x.csv", ["fine", "unremarkableness"]).label_words)
+    with pytest.raises(DepthmuxError, match="task 'sst2' has 3 labels, its verbalizer 2 words"):
+        task_verbalization("sst2", ["a", "b", "c"])

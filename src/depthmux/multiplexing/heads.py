@@ -170,14 +170,29 @@ TASK_VERBALIZERS: dict[str, Verbalization] = {
 }
 
 
-def task_verbalization(task: str) -> Verbalization:
-    """The prompt and label words of a built-in task; one line for a task without them."""
+def task_verbalization(
+    task: str | None, label_names: list[str] | None = None, pairs: bool = False, prompt: str | None = None
+) -> Verbalization:
+    """The prompt and label words for a verbalizer.
+
+    A built-in task (:data:`TASK_VERBALIZERS`) gives its own (``prompt`` overrides its prompt).
+    Any other data set (a user's file) uses ``prompt`` or a plain default ("{text}\\nAnswer:", or
+    "{text_a}\\n{text_b}\\nAnswer:" for pairs) and its label names as the words, each with a
+    leading space (" negative"); a name that is not one token is refused by :func:`label_token_ids`.
+    """
+    if task in TASK_VERBALIZERS:
+        builtin = TASK_VERBALIZERS[task]
+        require(
+            label_names is None or len(label_names) == len(builtin.label_words),
+            f"task {task!r} has {len(label_names or [])} labels, its verbalizer {len(builtin.label_words)} words",
+        )
+        return Verbalization(prompt or builtin.prompt, builtin.label_words)
     require(
-        task in TASK_VERBALIZERS,
-        f"no verbalizer prompt for task {task!r}: built in for {', '.join(TASK_VERBALIZERS)}; "
-        "use the linear probe head",
+        label_names is not None and len(label_names) >= 2,
+        f"no verbalizer for task {task!r}: give its label names (built in for {', '.join(TASK_VERBALIZERS)})",
     )
-    return TASK_VERBALIZERS[task]
+    default = "{text_a}\n{text_b}\nAnswer:" if pairs else "{text}\nAnswer:"
+    return Verbalization(prompt or default, tuple(" " + name.strip() for name in label_names))
 
 
 HEADS: dict[str, type[TaskHead]] = {LinearProbeHead.kind: LinearProbeHead, VerbalizerHead.kind: VerbalizerHead}
