@@ -78,6 +78,20 @@ def test_train_eval_and_exact_resume(tmp_path, corpus, llama_dir, capsys):
     assert res["deep"]["nll"] > 0 and res["shallow"]["nll"] > 0 and res["deep"]["nll"] != res["shallow"]["nll"]
     assert res["params"]["total"] == model.parameter_counts()["total"]
 
+    plot = tmp_path / "bench.png"
+    code, stdout, err = run_cli(["ee", "bench", "--model", str(out), "--thresholds", "1.0,0.05", "--deltas", "0.2",
+                                 "--draft-tokens", "2", "--batch-sizes", "1,3", "--prompts", "3", "--prompt-tokens",
+                                 "8", "--max-new-tokens", "5", "--plot", str(plot), "--json"], capsys)
+    assert code == 0, err
+    bench = json.loads(stdout)
+    rows = {(r["batch_size"], r["config"]): r for r in bench["results"]}
+    assert len(rows) == 2 * 5 and plot.is_file()
+    for b in (1, 3):  # nothing exits at 1.0 and speculation is exact: both equal the deep model's output
+        assert rows[b, "deep"]["speedup_vs_deep"] == 1.0
+        assert rows[b, "exit@1.0"]["exact"] == 1.0 and rows[b, "exit@1.0"]["exit_rate"] == 0.0
+        assert rows[b, "speculative@2"]["exact"] == 1.0 and rows[b, "speculative@2"]["token_agreement"] == 1.0
+        assert 0.0 <= rows[b, "adaptive@0.2"]["exit_rate"] <= 1.0
+
 
 def test_shallow_exit_view_evaluates_the_shallow_model(tiny_llama_factory):
     from depthmux.data.text import PackedBlocks
@@ -115,12 +129,27 @@ def test_bad_options_are_one_line_before_any_work(tmp_path, corpus, llama_dir, c
     assert not (out / "train_config.json").exists()
 
 
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--thresholds", "1.5", "exit threshold must be a finite number in"),
+    ("--thresholds", "a,b", "--thresholds must be a comma-separated list of floats"),
+    ("--deltas", "1", "delta (bound on the wrong-exit probability) must be"),
+    ("--draft-tokens", "0", "--draft-tokens must be an integer >= 1"),
+    ("--batch-sizes", "", "--batch-sizes needs at least one batch size"),
+    ("--max-new-tokens", "0", "--max-new-tokens must be an integer >= 1"),
+    ("--device", "gpu7", "bad --device"),
+])
+def test_bench_bad_options_are_one_line(tmp_path, capsys, option, value, message):
+    code, _, err = run_cli(["ee", "bench", "--model", str(tmp_path), option, value], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
 def test_eval_of_a_model_without_an_exit_head_is_one_line(tmp_path, corpus, llama_dir, capsys):
     code, _, err = run_cli(["ee", "eval", "--model", str(llama_dir), "--corpus", str(corpus)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "needs a model with a shallow exit" in err
 
 
-@pytest.mark.parametrize("cmd", [["ee"], ["ee", "train"], ["ee", "eval"]])
+@pytest.mark.parametrize("cmd", [["ee"], ["ee", "train"], ["ee", "eval"], ["ee", "bench"]])
 def test_help(cmd, capsys):
     code, out, _ = run_cli([*cmd, "--help"], capsys)
     assert code == 0 and "Usage" in out

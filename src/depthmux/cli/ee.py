@@ -1,6 +1,6 @@
 """``depthmux ee``: early exiting with a shallow-deep decoder (FREE, SPEC 2).
 
-Thin over :mod:`depthmux.recipes.early_exit` (``run_ee_train``, ``run_ee_eval``): options become
+Thin over :mod:`depthmux.recipes.early_exit` (``run_ee_train``, ``run_ee_eval``, ``run_ee_bench``): options become
 validated specs (every number checked up front: one line, exit 2).
 """
 
@@ -13,7 +13,7 @@ import typer
 
 app = typer.Typer(
     help="Early exit (FREE): train a shallow exit on a pretrained LLaMA (SmolLM2 by default) with the FREE "
-         "loss, evaluate the held-out NLL of both exits.",
+         "loss, evaluate the held-out NLL of both exits, benchmark early-exit decoding in the engine.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -110,3 +110,53 @@ def eval_(
                f"after {res['exit_layer']}/{res['num_layers']} layers NLL {res['shallow']['nll']:.4f} "
                f"(ppl {res['shallow']['ppl']:.2f}), argmax agreement {res['exit_agreement']:.3f} "
                f"({res['deep']['targets']} tokens of {res['corpus']})")
+
+
+def _numbers(option: str, text: str, kind: type) -> tuple:
+    """``"1.0,0.9"`` -> (1.0, 0.9); an empty string -> (); anything else is a one-line error."""
+    from depthmux.errors import DepthmuxError
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return tuple(kind(p) for p in parts)
+    except ValueError:
+        raise DepthmuxError(f"{option} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
+
+
+@app.command()
+def bench(
+    model: Path = typer.Option(..., "--model", help="A saved early-exit model (run, checkpoint or model folder)."),
+    thresholds: str = typer.Option("1.0,0.9,0.8,0.6", help="Fixed exit thresholds in [0, 1] (FREE runs)."),
+    deltas: str = typer.Option("", help="Wrong-exit bounds in (0, 1) for adaptive-threshold runs (e.g. 0.05,0.1)."),
+    draft_tokens: str = typer.Option("4", "--draft-tokens", help="Drafts k per verification (self-speculative "
+                                                                "runs; empty: none)."),
+    batch_sizes: str = typer.Option("1,16", "--batch-sizes", help="Sequences in flight at once."),
+    prompts: int = typer.Option(16, "--prompts", help="Held-out prompts."),
+    prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Tokens per prompt."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Tokens generated per prompt (greedy)."),
+    rounds: int = typer.Option(1, help="Rounds of interleaved runs (the fastest counts)."),
+    corpus: str | None = typer.Option(None, help="Prompt corpus (default: the run's held-out split)."),
+    device: str = typer.Option("cpu", help="Device: cpu, cuda, cuda:1, ..."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write speed-up vs agreement to this image."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+) -> None:
+    """Early-exit decoding in the engine against the deep model: tokens/s, exit rate, agreement (SPEC 2)."""
+    from depthmux.recipes.early_exit import EEBenchConfig, run_ee_bench
+
+    _quiet_transformers()
+    cfg = EEBenchConfig(model=str(model), thresholds=_numbers("--thresholds", thresholds, float),
+                        deltas=_numbers("--deltas", deltas, float),
+                        draft_tokens=_numbers("--draft-tokens", draft_tokens, int),
+                        batch_sizes=_numbers("--batch-sizes", batch_sizes, int), num_prompts=prompts,
+                        prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens, rounds=rounds, corpus=corpus,
+                        device=device, plot=str(plot) if plot else None)
+    res = run_ee_bench(cfg.validate())
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"{res['model']}: exit after {res['exit_layer']}/{res['num_layers']} layers, {res['prompts']} prompts, "
+               f"{res['max_new_tokens']} new tokens each, {res['device']}")
+    for r in res["results"]:
+        extra = "".join(f", {k} {r[k]:.3f}" for k in ("exit_rate", "acceptance_rate") if r.get(k) is not None)
+        typer.echo(f"  batch {r['batch_size']:>3} {r['config']:<18} {r['tokens_per_s']:8.1f} tok/s  "
+                   f"x{r['speedup_vs_deep']:.2f}  agreement {r['token_agreement']:.3f}{extra}")

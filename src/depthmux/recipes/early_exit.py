@@ -5,17 +5,33 @@
 * :func:`build_ee_model`: a pretrained LLaMA -> :class:`~depthmux.early_exit.EarlyExitForCausalLM`;
 * :func:`run_ee_train`: the packaged corpora through :func:`depthmux.recipes.lm.prepare_lm_data` and the
   generic loop :func:`depthmux.training.lm.train_lm` (accelerate, checkpoints, exact ``--resume``);
-* :func:`run_ee_eval`: held-out NLL of the shallow and the deep exit, and how often they agree.
+* :func:`run_ee_eval`: held-out NLL of the shallow and the deep exit, and how often they agree;
+* :func:`run_ee_bench` (:class:`EEBenchConfig`): FREE thresholds, adaptive deltas and self-speculative
+  runs against the deep model in the same engine and process (tokens/s, exit rate, agreement), and
+  :func:`plot_ee_bench`.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from depthmux.early_exit import EarlyExitForCausalLM, ShallowExit, from_llama, require_early_exit
+import torch
+
+from depthmux.early_exit import (
+    AdaptiveThreshold,
+    EarlyExitForCausalLM,
+    ShallowExit,
+    check_delta,
+    check_threshold,
+    from_llama,
+    require_early_exit,
+)
+from depthmux.engine import LLM, SamplingParams
+from depthmux.engine.early_exit import EarlyExitLLM, EarlyExitPolicy
 from depthmux.errors import DepthmuxError
 from depthmux.lm import evaluate_lm, load_lm, load_saved_tokenizer, pretrained_model_dir, resolve_model_dir
 from depthmux.recipes.lm import LMDataSpec, eval_data_spec, prepare_lm_data
@@ -24,7 +40,8 @@ from depthmux.utils.checkpoint import read_json
 from depthmux.utils.checks import check_float, check_int
 from depthmux.utils.run_folder import RunFolder
 
-__all__ = ["EEModelSpec", "build_ee_model", "ee_tokenizer_spec", "run_ee_eval", "run_ee_train"]
+__all__ = ["EEBenchConfig", "EEModelSpec", "build_ee_model", "ee_tokenizer_spec", "plot_ee_bench", "run_ee_bench",
+           "run_ee_eval", "run_ee_train"]
 
 
 @dataclass
@@ -151,3 +168,149 @@ def run_ee_eval(model: str | os.PathLike, data_spec: LMDataSpec | None = None, b
             "exit_confidence": stats["exit_confidence"], "exit_layer": lm.config.exit_layer,
             "num_layers": lm.config.num_hidden_layers, "model": str(model_dir), "params": lm.parameter_counts(),
             "corpus": data_spec.corpus, "block_size": data_spec.block_size}
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding benchmark (SPEC 2): the early-exit policies against the deep model in the same engine
+
+
+@dataclass
+class EEBenchConfig:
+    """A sweep of early-exit decoding policies against the deep model, in one process (``depthmux ee bench``).
+
+    ``model``: a saved early-exit model (run, checkpoint or model folder). Prompts: the first
+    ``prompt_tokens`` tokens of the first ``num_prompts`` held-out blocks of the run's data (or of
+    ``corpus``; blocks are packed documents, so a prompt may span a document boundary). Every
+    configuration decodes them greedily for ``max_new_tokens`` tokens at each batch size B (at most B
+    sequences in flight, continuous batching), after a warm-up; configurations alternate within each
+    of ``rounds`` rounds and the best round counts. ``thresholds``: fixed-threshold FREE runs;
+    ``deltas``: adaptive-threshold runs; ``draft_tokens``: self-speculative runs.
+    """
+
+    model: str
+    thresholds: tuple[float, ...] = (1.0, 0.9, 0.8, 0.6)
+    deltas: tuple[float, ...] = ()
+    draft_tokens: tuple[int, ...] = (4,)
+    batch_sizes: tuple[int, ...] = (1, 16)
+    num_prompts: int = 16
+    prompt_tokens: int = 32
+    max_new_tokens: int = 32
+    rounds: int = 1
+    corpus: str | None = None
+    device: str = "cpu"
+    plot: str | None = None
+
+    def validate(self) -> EEBenchConfig:
+        for t in self.thresholds:
+            check_threshold(t)
+        for d in self.deltas:
+            check_delta(d)
+        for k in self.draft_tokens:
+            check_int("--draft-tokens", k, 1)
+        if not self.batch_sizes:
+            raise DepthmuxError("--batch-sizes needs at least one batch size")
+        for b in self.batch_sizes:
+            check_int("--batch-sizes", b, 1)
+        check_int("--prompts", self.num_prompts, 1)
+        check_int("--prompt-tokens", self.prompt_tokens, 1)
+        check_int("--max-new-tokens", self.max_new_tokens, 1)
+        check_int("--rounds", self.rounds, 1)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise DepthmuxError(f"bad --device {self.device!r}: {str(e).splitlines()[0]}") from None
+        return self
+
+
+def _bench_prompts(cfg: EEBenchConfig, model_dir: Path) -> list[list[int]]:
+    spec = eval_data_spec(cfg.model, corpus=cfg.corpus)
+    spec = replace(spec, block_size=max(spec.block_size, cfg.prompt_tokens), max_eval_blocks=cfg.num_prompts)
+    _, _, held = prepare_lm_data(spec.validate(), tokenizer=load_saved_tokenizer(model_dir))
+    if held is None or len(held) < cfg.num_prompts:
+        raise DepthmuxError(f"the held-out split has {0 if held is None else len(held)} blocks, fewer than "
+                            f"--prompts {cfg.num_prompts}")
+    return [row[:cfg.prompt_tokens].tolist() for row in held.input_ids[:cfg.num_prompts]]
+
+
+def run_ee_bench(cfg: EEBenchConfig) -> dict[str, Any]:
+    """Tokens/s of every policy over the deep model in the same engine, exit rate, agreement with the deep
+    model's greedy output (``token_agreement``: share of positions equal, ``exact``: share of identical
+    sequences) and, for speculative runs, the draft acceptance rate. Returns a JSON-ready dict."""
+    cfg.validate()
+    model_dir = resolve_model_dir(cfg.model)
+    model = require_early_exit(load_lm(model_dir)).to(cfg.device)
+    prompts = _bench_prompts(cfg, model_dir)
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, ignore_eos=True)
+    configs: list[tuple[str, dict, Any]] = [("deep", {}, None)]
+    configs += [(f"exit@{t}", {"threshold": t}, lambda t=t: EarlyExitPolicy(threshold=t)) for t in cfg.thresholds]
+    configs += [(f"adaptive@{d}", {"delta": d}, lambda d=d: EarlyExitPolicy(adaptive=AdaptiveThreshold(d)))
+                for d in cfg.deltas]
+    configs += [(f"speculative@{k}", {"draft_tokens": k},
+                 lambda k=k: EarlyExitPolicy(mode="speculative", draft_tokens=k)) for k in cfg.draft_tokens]
+
+    def decode(policy_factory, batch: int):
+        kw = dict(depth_policy="lockstep", max_batch_items=batch, max_num_seqs=batch)
+        llm = LLM(model, **kw) if policy_factory is None else EarlyExitLLM(model, policy=policy_factory(), **kw)
+        if cfg.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, params)
+        if cfg.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        stats = llm.early_exit_stats.as_dict() if policy_factory is not None else {}
+        return [o.token_ids for o in outs], time.perf_counter() - t0, stats
+
+    results = []
+    for batch in cfg.batch_sizes:
+        decode(None, batch)  # warm-up
+        best: dict[str, tuple] = {}
+        for _ in range(cfg.rounds):
+            for name, _, factory in configs:
+                tokens, seconds, stats = decode(factory, batch)
+                if name not in best or seconds < best[name][1]:
+                    best[name] = (tokens, seconds, stats)
+        deep_tokens, deep_seconds, _ = best["deep"]
+        n_tokens = sum(len(t) for t in deep_tokens)
+        for name, setting, _ in configs:
+            tokens, seconds, stats = best[name]
+            same = sum(a == b for x, y in zip(tokens, deep_tokens, strict=True) for a, b in zip(x, y, strict=False))
+            row = {"batch_size": batch, "config": name, **setting, "seconds": seconds,
+                   "tokens_per_s": sum(len(t) for t in tokens) / seconds, "speedup_vs_deep": deep_seconds / seconds,
+                   "token_agreement": same / n_tokens,
+                   "exact": sum(x == y for x, y in zip(tokens, deep_tokens, strict=True)) / len(prompts)}
+            for key in ("exit_rate", "acceptance_rate", "final_threshold", "max_kept"):
+                if key in stats:
+                    row[key] = stats[key]
+            results.append(row)
+    out = {"model": str(model_dir), "device": cfg.device, "exit_layer": model.config.exit_layer,
+           "num_layers": model.config.num_hidden_layers, "prompts": len(prompts), "prompt_tokens": cfg.prompt_tokens,
+           "max_new_tokens": cfg.max_new_tokens, "rounds": cfg.rounds, "results": results}
+    if cfg.plot:
+        out["plot"] = str(plot_ee_bench(results, cfg.plot))
+    return out
+
+
+def plot_ee_bench(results: list[dict], path: str | os.PathLike) -> Path:
+    """Speed-up over the deep model against token agreement, one series per batch size and kind of policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for batch in sorted({r["batch_size"] for r in results}):
+        for kind, marker in (("exit", "o"), ("adaptive", "s"), ("speculative", "^")):
+            rows = [r for r in results if r["batch_size"] == batch and r["config"].startswith(kind)]
+            if rows:
+                ax.plot([r["token_agreement"] for r in rows], [r["speedup_vs_deep"] for r in rows], marker=marker,
+                        linestyle="-" if kind == "exit" else "none", label=f"{kind}, batch {batch}")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("token agreement with deep greedy")
+    ax.set_ylabel("tokens/s over the deep model")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
