@@ -31,7 +31,13 @@ DataDirOpt = Annotated[
         help="Folder with GLUE TSVs (SST-2/, MRPC/, ...). Without it GLUE loads from the HF hub, which fails offline."
     ),
 ]
-ModelOpt = Annotated[str, typer.Option(help="'minilm' (packaged all-MiniLM-L6-v2) or a local BERT-family folder.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        help="'minilm' (packaged all-MiniLM-L6-v2), 'smollm2' (packaged SmolLM2-135M) or a local folder: BERT family, "
+        "MPNet, DeBERTa-v2, ModernBERT, LLaMA/Mistral/Qwen2/Qwen3 or T5."
+    ),
+]
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
 TrainFileOpt = Annotated[
     Path | None,
@@ -57,7 +63,8 @@ TeacherOpt = Annotated[
     str,
     typer.Option(
         help="probe: a linear probe on the frozen backbone (fast); finetune: fine-tune backbone + head on the task "
-        "first, then freeze it (the paper's teacher)."
+        "first, then freeze it (the paper's teacher); verbalizer: the frozen LM head on one label word per class "
+        "after a task prompt (decoder-only and T5 models)."
     ),
 ]
 FinetuneEpochsOpt = Annotated[int, typer.Option(help="Epochs of --teacher finetune (best on validation kept).")]

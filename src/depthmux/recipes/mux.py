@@ -48,7 +48,7 @@ from depthmux.data.user_files import DEFAULT_VAL_FRACTION, file_format, read_tex
 from depthmux.errors import DepthmuxError, require
 from depthmux.multiplexing.evaluation import BenchResult, GroupedScore, benchmark, evaluate_grouped
 from depthmux.multiplexing.features import FeatureCache, build_feature_cache
-from depthmux.multiplexing.heads import LinearProbeHead
+from depthmux.multiplexing.heads import LinearProbeHead, TaskHead, VerbalizerHead, task_verbalization
 from depthmux.multiplexing.mixers import MIXERS
 from depthmux.multiplexing.model import (
     MultiplexedClassifier,
@@ -176,6 +176,8 @@ class ExperimentConfig:
 TEACHERS = {
     "probe": "a linear probe trained on the frozen backbone's read-outs",
     "finetune": "the backbone and a linear head fine-tuned on the task first, then frozen",
+    "verbalizer": "the frozen LM head restricted to one label word per class, after the task's prompt "
+    "(decoder-only and encoder-decoder models; nothing trained)",
 }
 
 #: Settings a resumed experiment must share with the stored ``experiment.json`` (they shape the
@@ -335,7 +337,7 @@ def _finetuned_backbone(backbone: FrozenBackbone, data: dict, cfg: ExperimentCon
 
 
 def _teacher(backbone: FrozenBackbone, caches: dict[str, FeatureCache], cfg: ExperimentConfig,
-             label_names: list[str], out: Path, head: LinearProbeHead | None, info: dict | None) -> TeacherClassifier:
+             label_names: list[str], out: Path, head: TaskHead | None, info: dict | None) -> TeacherClassifier:
     """The frozen teacher: reloaded on resume, else the fine-tuned head (``head``) or a probe trained here."""
     path = out / "teacher"
     if cfg.resume and path.is_dir():
@@ -344,11 +346,14 @@ def _teacher(backbone: FrozenBackbone, caches: dict[str, FeatureCache], cfg: Exp
         train, val = caches["train"], caches["validation"]
         head, info = train_probe(train.teacher, train.labels, val.teacher, val.labels, len(label_names), cfg.train.seed)
         console.print(f"teacher probe: L2={info['l2']}, validation accuracy {100 * info['val_accuracy']:.2f}")
+    elif cfg.teacher == "verbalizer":
+        console.print(f"verbalizer teacher: label words {info['label_words']} after the prompt {info['prompt']!r}")
     else:
         console.print(f"fine-tuned teacher: best epoch {info['best_epoch']}, validation accuracy "
                       f"{100 * info['val_accuracy']:.2f}")
     teacher = TeacherClassifier(
-        TeacherConfig(backbone=backbone.name, readout=backbone.readout_mode, task=cfg.dataset, label_names=label_names),
+        TeacherConfig(backbone=backbone.name, readout=backbone.readout_mode, task=cfg.dataset, label_names=label_names,
+                      prompt=backbone.prompt),
         backbone,
         head,
     )
@@ -377,6 +382,12 @@ def prepare_task(cfg: ExperimentConfig, backbone: FrozenBackbone, out: Path, lay
     head = info = None
     if cfg.teacher == "finetune":
         backbone, head, info = _finetuned_backbone(backbone, data, cfg, out, progress)
+    if cfg.teacher == "verbalizer":  # the prompt goes on the backbone before anything is tokenised
+        dev = data["dev"]
+        words = task_verbalization(cfg.dataset, dev.label_names, isinstance(dev.texts[0], tuple))
+        backbone.prompt = words.prompt
+        head = VerbalizerHead.from_backbone(backbone, words.label_words)
+        info = {"label_words": list(words.label_words), "prompt": words.prompt}
     layers = sorted(set(layers))
     console.print(
         f"caching frozen {backbone.name} features for {len(data['train'])} train / {len(data['validation'])} "
@@ -445,6 +456,8 @@ def _run_grid(cfg: ExperimentConfig, run: RunFolder, progress: bool) -> list[Res
     seed_everything(cfg.train.seed)
     backbone = load_backbone(cfg.model, cfg.readout)
     check_grid(backbone, cfg.ns, cfg.prefill_layers, cfg.mixers)
+    if cfg.teacher == "verbalizer":
+        backbone.output_embeddings()  # an encoder has no LM head: one line before any work
     data = load_splits(cfg)
     _check_train_sample(data["train"], max(cfg.ns))
     run.write_json("experiment", asdict(cfg))  # the grid and the data are good: from here on, work is kept
