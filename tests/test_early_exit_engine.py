@@ -95,6 +95,17 @@ def test_self_speculative_equals_deep_greedy(model_and_reference, k):
     assert llm.kv.bytes_in_use == 0
 
 
+def test_stream_yields_every_accepted_draft_once(model_and_reference):
+    model, ps, ref = model_and_reference
+    llm = EarlyExitLLM(model, policy=EarlyExitPolicy(mode="speculative", draft_tokens=4))
+    seen: dict[str, list[int]] = {}
+    steps_with_several = 0
+    for out in llm.stream(ps[:6], [SamplingParams(max_new_tokens=max_new(i), ignore_eos=True) for i in range(6)]):
+        seen.setdefault(out.request_id, []).extend(out.new_token_ids)
+        steps_with_several += len(out.new_token_ids) > 1
+    assert list(seen.values()) == ref[:6] and steps_with_several > 0
+
+
 def paged(llm, rid: str, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` K and V entries of a request's main stream at ``layer``: [n, H_kv, D] twice."""
     pool = llm.kv.pools["main"]

@@ -189,8 +189,9 @@ class LLM:
         if decision.empty:
             return outputs
         result = self.runner.execute(decision)
-        for req in self.scheduler.update(decision, result):
-            outputs.append(self._output(req, [req.output_token_ids[-1]]))
+        before = {r.request_id: len(r.output_token_ids) for r in self.scheduler.running}
+        for req in self.scheduler.update(decision, result):  # several tokens when speculative drafts were accepted
+            outputs.append(self._output(req, req.output_token_ids[before[req.request_id]:]))
         return outputs
 
     def _add_all(self, prompts, sampling_params) -> list[str]:
