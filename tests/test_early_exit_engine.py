@@ -139,10 +139,13 @@ def check_kv_against_recompute(llm, model) -> int:
     return checked
 
 
-@pytest.mark.parametrize("mode", ["exit", "speculative"])
+@pytest.mark.parametrize("mode", ["exit", "exit_bounded", "speculative"])
 def test_deep_kv_equals_a_full_recompute(model_and_reference, mode):
     model, ps, _ = model_and_reference
-    policy = EarlyExitPolicy(mode=mode, threshold=median_confidence(model, ps[:8]), draft_tokens=3)
+    if mode == "exit_bounded":  # every token is confident enough, but at most 2 are kept: forced deep passes
+        policy = EarlyExitPolicy(threshold=0.0, max_kept=2)
+    else:
+        policy = EarlyExitPolicy(mode=mode, threshold=median_confidence(model, ps[:8]), draft_tokens=3)
     llm = EarlyExitLLM(model, policy=policy, max_batch_items=8)
     for p in ps[:8]:
         llm.add_request(p, SamplingParams(max_new_tokens=40, ignore_eos=True))
@@ -154,6 +157,9 @@ def test_deep_kv_equals_a_full_recompute(model_and_reference, mode):
     assert checked > 0
     if mode == "exit":
         assert st.exited_tokens > 0 and st.max_kept >= 2  # deep passes filled in several kept tokens
+    if mode == "exit_bounded":
+        # 39 decode steps per request (the first token comes from the prefill): exit, exit, deep, ... 13 times
+        assert st.max_kept == 2 and st.exited_tokens == 2 * st.deep_passes == 8 * 26
 
 
 def test_synchronized_parallel_decoding_batches_rows_with_different_kept_counts(model_and_reference):
