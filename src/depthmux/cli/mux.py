@@ -1,8 +1,15 @@
 """``depthmux mux``: RevMUX data multiplexing on a frozen encoder (SPEC 1).
 
 Thin: each command parses its options into a config of :mod:`depthmux.recipes.mux`
-(``ExperimentConfig``, ``MuxEvalConfig``, ``MuxBenchConfig``), whose ``validate()`` refuses a bad
-value with one line before any work, runs the recipe and prints the result.
+(``ExperimentConfig``, ``MuxEvalConfig``, ``MuxBenchConfig``) or :mod:`depthmux.recipes.mux_sweeps`
+(``SweepConfig``), whose ``validate()`` refuses a bad value with one line before any work, runs the
+recipe and prints the result.
+
+Data: a built-in ``--task``, or the user's own files (``--train``/``--dev``, optional ``--val``, with
+``--text-column`` and ``--label-column``; CSV, TSV, JSON lines or Parquet).
+
+Length: five commands whose options Typer needs declared one by one (train and sweep share most, as
+the ``*Opt`` aliases); split up, the aliases would live in one file and their commands in others.
 """
 
 from __future__ import annotations
