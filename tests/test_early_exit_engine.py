@@ -1,7 +1,8 @@
 """Early-exit decoding in the engine (SPEC 2, SPEC 5), on a tiny LLaMA converted with a shallow exit:
 threshold 1.0 = deep greedy; synchronized parallel decoding batches rows with different numbers of kept
 tokens and leaves the deep KV equal to a full recompute; self-speculative decoding = deep greedy on 32
-prompts (KV equal to a recompute, rejected drafts cut); the adaptive threshold moves; bad input is one line."""
+prompts (KV equal to a recompute, rejected drafts cut) and its sampling acceptance rule keeps the target
+distribution; the adaptive threshold moves; bad input is one line."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from depthmux.early_exit import AdaptiveThreshold, from_llama, top2_margin
 from depthmux.engine import MAIN, SamplingParams
-from depthmux.engine.early_exit import EarlyExitLLM, EarlyExitPolicy
+from depthmux.engine.early_exit import EarlyExitLLM, EarlyExitPolicy, speculative_accept
 from depthmux.errors import DepthmuxError
 from depthmux.recursion import RecursiveCache
 
@@ -238,13 +239,37 @@ def test_bad_policies_are_one_line(model_and_reference, policy, match):
     one_line(e)
 
 
-def test_speculative_sampling_and_depthwise_policy_are_refused(model_and_reference):
-    model, ps, _ = model_and_reference
-    llm = EarlyExitLLM(model, policy=EarlyExitPolicy(mode="speculative"))
-    with pytest.raises(DepthmuxError, match="self-speculative decoding is greedy here"):
-        llm.generate(ps[0], SamplingParams(temperature=0.7))
+def test_depthwise_policy_is_refused(model_and_reference):
+    model, _, _ = model_and_reference
     with pytest.raises(DepthmuxError, match="depth_policy must be 'lockstep'"):
         EarlyExitLLM(model, depth_policy="depthwise")
+
+
+def test_speculative_acceptance_rule_keeps_the_target_distribution():
+    """One draft x ~ q, accepted w.p. min(1, p(x)/q(x)), else a token from the residual: the emitted token is ~ p."""
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    q = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(4)
+    n = 20_000
+    for _ in range(n):
+        x = int(torch.multinomial(q, 1, generator=g))
+        a, nxt = speculative_accept([x], [q], [p, p], g)
+        counts[x if a == 1 else nxt] += 1
+    assert (counts / n - p).abs().max() < 0.015
+
+
+def test_speculative_sampling_is_seeded_and_near_zero_temperature_is_greedy(model_and_reference):
+    model, ps, ref = model_and_reference
+    policy = EarlyExitPolicy(mode="speculative", draft_tokens=3)
+    sp = [SamplingParams(max_new_tokens=max_new(i), temperature=0.9, seed=i, ignore_eos=True) for i in range(8)]
+    a = [o.token_ids for o in EarlyExitLLM(model, policy=policy).generate(ps[:8], sp)]
+    b = [o.token_ids for o in EarlyExitLLM(model, policy=policy, max_batch_items=3).generate(ps[:8], sp)]
+    assert a == b and a != ref[:8]
+    cold = [SamplingParams(max_new_tokens=max_new(i), temperature=1e-4, seed=i, ignore_eos=True) for i in range(8)]
+    llm = EarlyExitLLM(model, policy=policy)
+    assert [o.token_ids for o in llm.generate(ps[:8], cold)] == ref[:8]
+    assert llm.early_exit_stats.accepted_tokens > 0
 
 
 @pytest.mark.slow

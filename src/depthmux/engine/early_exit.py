@@ -16,10 +16,12 @@ main stream); then, per :class:`EarlyExitPolicy`:
   layers entirely. With an :class:`~depthmux.early_exit.AdaptiveThreshold` the deep pass also
   compares each kept token with the deep model's token at its position (and the current token's
   shallow and deep tokens): those (confidence, agreement) pairs refresh the threshold.
-* ``mode="speculative"`` (LayerSkip's self-speculation, greedy). The shallow exit drafts up to k
-  tokens (k shallow steps, batched over rows); one deep pass over [current token + drafts] (the last
-  draft first runs the shallow layers) verifies them; the longest agreeing prefix is accepted plus the
-  deep model's next token, so the output equals deep greedy decoding. The rejected drafts' entries
+* ``mode="speculative"`` (LayerSkip's self-speculation). The shallow exit drafts up to k tokens (k
+  shallow steps, batched over rows); one deep pass over [current token + drafts] (the last draft first
+  runs the shallow layers) verifies them. Greedy requests accept the longest agreeing prefix plus the
+  deep model's next token, so the output equals deep greedy decoding; sampled requests draft from the
+  shallow exit's distribution and use the standard speculative acceptance rule
+  (:func:`speculative_accept`), which keeps the deep model's sampling distribution. The rejected drafts' entries
   are cut from the stream (:func:`truncate_stream`), so the KV stays exactly the deep model's.
   The accepted drafts go back to the scheduler as ``StepResult.accepted``. A row drafts at most
   ``max_new_tokens - generated - 1`` tokens (so its KV stays within its reservation) and never past
@@ -46,7 +48,7 @@ from depthmux.early_exit import (
 from depthmux.engine.kv_manager import MAIN, KVManager
 from depthmux.engine.llm import LLM
 from depthmux.engine.runner import ModelRunner
-from depthmux.engine.sampling import SamplingParams, sample_next_tokens
+from depthmux.engine.sampling import SamplingParams, _nucleus, sample_next_tokens
 from depthmux.engine.scheduler import Request, SchedulerDecision, StepResult, WorkItem
 from depthmux.errors import DepthmuxError
 from depthmux.utils.checks import check_int
@@ -59,7 +61,7 @@ class EarlyExitPolicy:
     """How the engine uses the shallow exit (module docstring).
 
     Attributes:
-        mode: "exit" (FREE) or "speculative" (self-speculative, greedy only).
+        mode: "exit" (FREE) or "speculative" (self-speculative).
         threshold: fixed exit threshold in [0, 1]: a token exits when its confidence is ABOVE it.
         adaptive: an :class:`AdaptiveThreshold` (exit mode) that replaces ``threshold`` once fitted.
         draft_tokens: k >= 1, drafts per verification (speculative mode).
@@ -187,7 +189,7 @@ class EarlyExitRunner(ModelRunner):
         if self.policy.mode == "exit":
             self._decode_exit(items, params, result)
         else:
-            self._decode_speculative(items, result)
+            self._decode_speculative(items, params, result)
 
     # -- helpers ----------------------------------------------------------------------------
     def _shallow_step(self, rids: list[str], tokens: list[int], positions: list[int]) -> torch.Tensor:
@@ -289,10 +291,13 @@ class EarlyExitRunner(ModelRunner):
             self.policy.adaptive.update(torch.cat(conf), torch.cat(agree))
 
     # -- self-speculative decoding ------------------------------------------------------------
-    def _decode_speculative(self, items: list[WorkItem], result: StepResult) -> None:
+    def _decode_speculative(self, items: list[WorkItem], params: dict[str, SamplingParams],
+                            result: StepResult) -> None:
         ee, st = self.ee, self.ee_stats
         E = len(items)
         rids = [it.request_id for it in items]
+        ps = [params[r] for r in rids]
+        gens = [self._generator(r, p) or self.default_generator for r, p in zip(rids, ps, strict=True)]
         self.stats.decode_tokens += E
         budget = []
         for it in items:
@@ -301,13 +306,19 @@ class EarlyExitRunner(ModelRunner):
             budget.append(max(0, min(self.policy.draft_tokens, remaining - 1, self.max_len - 1 - it.position)))
         current = [it.token_id for it in items]
         drafts: list[list[int]] = [[] for _ in range(E)]
+        draft_probs: list[list[torch.Tensor]] = [[] for _ in range(E)]  # q of sampled rows' drafts [V]
         states: list[list[torch.Tensor]] = [[] for _ in range(E)]
         for j in range(max(budget)):
             rows = [i for i in range(E) if budget[i] > j]
             h = self._shallow_step([rids[i] for i in rows], [current[i] for i in rows],
                                    [items[i].position + j for i in rows])
-            tokens = ee.exit_logits(h[:, None])[:, 0].argmax(-1).tolist()
+            logits = ee.exit_logits(h[:, None])[:, 0]  # [R, V]
+            tokens = logits.argmax(-1).tolist()
             for r, i in enumerate(rows):
+                if not ps[i].greedy:  # draft from the shallow exit's own sampling distribution q
+                    q = sampling_probs(logits[r], ps[i])
+                    draft_probs[i].append(q)
+                    tokens[r] = int(torch.multinomial(q, 1, generator=gens[i]))
                 states[i].append(h[r])
                 drafts[i].append(tokens[r])
                 current[i] = tokens[r]
@@ -316,16 +327,50 @@ class EarlyExitRunner(ModelRunner):
         h_last = self._shallow_step(rids, current, [it.position + b for it, b in zip(items, budget, strict=True)])
         seqs = [torch.stack([*states[i], h_last[i]]) for i in range(E)]
         h_d, _ = self._deep_pass(rids, seqs, [it.position for it in items])
-        greedy = ee.exit_logits(h_d).argmax(-1).tolist()  # [E, M]: the deep model's token after each position
+        logits_d = ee.exit_logits(h_d)  # [E, M, V]: the deep model's next-token logits after each position
+        greedy = logits_d.argmax(-1).tolist()
         for i, it in enumerate(items):
-            a = 0
-            while a < budget[i] and drafts[i][a] == greedy[i][a]:
-                a += 1
+            if ps[i].greedy:
+                a = 0
+                while a < budget[i] and drafts[i][a] == greedy[i][a]:
+                    a += 1
+                nxt = greedy[i][a]
+            else:
+                p = [sampling_probs(logits_d[i, j], ps[i]) for j in range(budget[i] + 1)]
+                a, nxt = speculative_accept(drafts[i], draft_probs[i], p, gens[i])
             st.accepted_tokens += a
             self.stats.generated_tokens += a + 1
             truncate_stream(self.kv, rids[i], MAIN, it.position + a + 1)  # rejected drafts leave the KV
             result.accepted[rids[i]] = drafts[i][:a]
-            result.sampled[rids[i]] = greedy[i][a]
+            result.sampled[rids[i]] = nxt
+
+
+def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution a sampled request draws from: ``softmax(logits / T)`` cut to its top-p nucleus and
+    renormalised. [V] -> [V] (float32)."""
+    probs = (logits.float() / params.temperature).softmax(-1)
+    if params.top_p < 1.0:
+        probs = _nucleus(probs[None], torch.tensor([params.top_p], device=probs.device))[0]
+        probs = probs / probs.sum()
+    return probs
+
+
+def speculative_accept(drafts: list[int], q: list[torch.Tensor], p: list[torch.Tensor],
+                       generator: torch.Generator | None) -> tuple[int, int]:
+    """The standard speculative acceptance rule (Leviathan et al.; Chen et al.), which keeps the target
+    distribution: draft ``x_j`` ~ ``q[j]`` is accepted with probability ``min(1, p[j][x_j] / q[j][x_j])``;
+    at the first rejection the next token is drawn from ``normalise(max(0, p[j] - q[j]))``; when every
+    draft is accepted, from ``p[k]``. ``p`` has one more entry than ``drafts``. Returns (accepted count,
+    next token)."""
+    for j, x in enumerate(drafts):
+        u = float(torch.rand((), generator=generator, device=p[j].device))
+        if u * float(q[j][x]) <= float(p[j][x]):  # u < p/q without dividing by a tiny q
+            continue
+        residual = (p[j] - q[j]).clamp(min=0)
+        total = residual.sum()
+        dist = residual / total if float(total) > 0 else p[j]
+        return j, int(torch.multinomial(dist, 1, generator=generator))
+    return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=generator))
 
 
 class EarlyExitLLM(LLM):
@@ -346,11 +391,6 @@ class EarlyExitLLM(LLM):
         super().__init__(model, tokenizer, seed=seed, **engine_kwargs)
         self.policy = policy
         self.runner = EarlyExitRunner(self.model, self.kv, self.max_len, seed, policy, self.scheduler.requests)
-
-    def add_request(self, prompt, sampling_params: SamplingParams | None = None, request_id: str | None = None) -> str:
-        if self.policy.mode == "speculative" and sampling_params is not None and not sampling_params.greedy:
-            raise DepthmuxError("self-speculative decoding is greedy here: use temperature 0")
-        return super().add_request(prompt, sampling_params, request_id)
 
     @property
     def early_exit_stats(self) -> EarlyExitStats:
