@@ -1,7 +1,9 @@
 """``depthmux lm``: train, evaluate and convert recursive / MoR language models (SPEC 3, SPEC 4).
 
-Thin over :mod:`depthmux.recipes.lm` (``run_lm_train``, ``run_lm_eval``, ``run_lm_convert``):
-options become validated specs (every number checked up front: one line, exit 2).
+Thin over :mod:`depthmux.recipes.lm` (``run_lm_train``, ``run_lm_eval``, ``run_lm_convert``),
+:mod:`depthmux.recipes.mor_smollm2` (``build-mor``), :mod:`depthmux.recipes.decode_bench`
+(``bench-decode``) and the decode engine (``generate``): options become validated specs (every
+number checked up front: one line, exit 2).
 """
 
 from __future__ import annotations
@@ -159,3 +161,166 @@ def convert(
     n = model.parameter_counts()["total"]
     typer.echo(f"recursive model ({sharing}, N_r={recursions}, init={init}, LoRA rank {lora_rank}, "
                f"{n:,} params) in {out}")
+
+
+def _stop_token_ids(stops: list[str], tokenizer) -> tuple[int, ...]:
+    """``--stop`` values: a token id, or a string that is exactly one token of the model's tokenizer."""
+    ids = []
+    for s in stops:
+        if s.isdigit():
+            ids.append(int(s))
+            continue
+        if tokenizer is None:
+            raise DepthmuxError(f"--stop {s!r}: the model has no tokenizer, give a token id")
+        toks = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(toks) != 1:
+            raise DepthmuxError(f"--stop {s!r} is {len(toks)} tokens: give a single-token string or a token id")
+        ids.append(toks[0])
+    return tuple(ids)
+
+
+@app.command()
+def generate(
+    prompts: list[str] | None = typer.Argument(None, help="Prompts (each one request)."),
+    file: Path | None = typer.Option(None, "--file", help="A file with one prompt per line."),
+    model: str = typer.Option("smollm2", "--model", help="smollm2 | a model, checkpoint or run folder."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Tokens to generate at most per prompt."),
+    temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (0, 1]."),
+    seed: int | None = typer.Option(None, help="Sampling seed (per request; same tokens whatever the batch)."),
+    stop: list[str] | None = typer.Option(None, "--stop", help="Stop token: a single-token string or a token id "
+                                                                  "(repeatable). EOS always stops."),
+    depth_policy: str = typer.Option("depthwise", "--depth-policy", help="depthwise | lockstep (recursive models)."),
+    max_batch: int = typer.Option(16, "--max-batch", help="B: most sequences and block items per step."),
+) -> None:
+    """Generate with the decode engine, streaming each prompt's text to the terminal in prompt order."""
+    from depthmux.engine import LLM, SamplingParams
+    from depthmux.utils.checks import check_int
+
+    _quiet_transformers()
+    texts = list(prompts or [])
+    if file is not None:
+        if not file.is_file():
+            raise DepthmuxError(f"--file {file}: no such file")
+        texts += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise DepthmuxError("no prompts: give them as arguments or with --file")
+    if any(not t.strip() for t in texts):
+        raise DepthmuxError("empty prompt")
+    check_int("--max-batch", max_batch, 1)
+    SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)  # checks first
+    llm = LLM.from_pretrained(model, depth_policy=depth_policy, max_batch_items=max_batch, max_num_seqs=max_batch)
+    if llm.tokenizer is None:
+        raise DepthmuxError(f"{model} has no saved tokenizer: text prompts need one")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                            stop_token_ids=_stop_token_ids(stop or [], llm.tokenizer))
+    ids = [llm.add_request(t, params) for t in texts]
+    order = {rid: i for i, rid in enumerate(ids)}
+    texts_now: dict[str, str] = {}
+    finished: set[str] = set()
+    shown, printed = 0, 0  # the prompt being streamed, and how much of its text is on screen
+
+    def flush() -> None:
+        nonlocal shown, printed
+        while shown < len(ids):
+            rid = ids[shown]
+            if printed == 0:
+                typer.echo(f"[{shown}] {texts[shown]}", nl=False)
+            text = texts_now.get(rid, "")
+            typer.echo(text[printed:], nl=False)
+            printed = len(text)
+            if rid not in finished:
+                return
+            typer.echo("")
+            shown, printed = shown + 1, 0
+
+    while llm.has_unfinished_requests():
+        for out in llm.step():
+            if out.request_id in order:
+                texts_now[out.request_id] = out.text or ""
+                if out.finished:
+                    finished.add(out.request_id)
+        flush()
+    flush()
+
+
+@app.command("build-mor")
+def build_mor(
+    out: Path = typer.Option(Path("runs/smollm2-mor"), "--out", help="Run folder (model in <out>/model)."),
+    recursions: int = typer.Option(4, help="N_r (must divide SmolLM2's 28 middle layers: 2, 4, 7, 14)."),
+    steps: int = typer.Option(24, help="Uptraining steps."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Blocks per step."),
+    block_size: int = typer.Option(128, "--block-size", help="Tokens per block."),
+    lr: float = typer.Option(5e-4, help="Peak learning rate."),
+    bce_coef: float = typer.Option(0.1, "--bce-coef", help="Router BCE coefficient (causal rule)."),
+    corpus: str = typer.Option("shakespeare", help="Uptraining corpus (shakespeare | kjv | PATH)."),
+    eval_blocks: int = typer.Option(16, "--eval-blocks", help="Held-out blocks for the NLL."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Convert SmolLM2-135M into a middle-cycle MoR model (expert-choice), uptrain it briefly and save it."""
+    from depthmux.recipes.mor_smollm2 import MoRSmolLM2Spec, run_mor_smollm2
+
+    _quiet_transformers()
+    spec = MoRSmolLM2Spec(out_dir=str(out), recursions=recursions, steps=steps, batch_size=batch_size,
+                          block_size=block_size, lr=lr, bce_coef=bce_coef, corpus=corpus, eval_blocks=eval_blocks,
+                          seed=seed)
+    res = run_mor_smollm2(spec, log=typer.echo)
+    typer.echo(f"held-out NLL: SmolLM2 {res['smollm2']['nll']:.4f}, "
+               f"recursive-{recursions} {res['recursive']['nll']:.4f}, MoR-{recursions} {res['mor']['nll']:.4f}; "
+               f"model in {out / 'model'}")
+
+
+def _range(text: str | None, name: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    lo, sep, hi = text.partition("-")
+    if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+        raise DepthmuxError(f"{name} must look like 16-256, got {text!r}")
+    return int(lo), int(hi)
+
+
+@app.command("bench-decode")
+def bench_decode(
+    model: str = typer.Option("smollm2", "--model", help="The vanilla model (smollm2 | a folder)."),
+    mor_model: str = typer.Option("runs/smollm2-mor", "--mor-model", help="The MoR model (from `lm build-mor`)."),
+    quick: bool = typer.Option(False, "--quick", help="A small version of the workload (32 requests, B = 16)."),
+    num_requests: int | None = typer.Option(None, "--num-requests", help="Requests (default 128)."),
+    prompt_len: str | None = typer.Option(None, "--prompt-len", help="Prompt lengths, uniform (default 16-256)."),
+    output_len: str | None = typer.Option(None, "--output-len", help="Output lengths, uniform (default 8-128)."),
+    batch: int | None = typer.Option(None, "--batch", help="B: static batch size / engine sequences (default 32)."),
+    repeats: int | None = typer.Option(None, "--repeats", help="Interleaved repetitions (default 2)."),
+    kv_budget_mib: float = typer.Option(64.0, "--kv-budget-mib", help="KV budget for the admission numbers."),
+    seed: int = typer.Option(0, help="Workload seed."),
+    breakdown: bool = typer.Option(False, "--breakdown", help="Add a time breakdown of the engine runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+) -> None:
+    """Tokens/s and latency of HF static batching, the engine (lockstep) and the engine (depth-wise) for
+    the vanilla and the MoR model; compute ceiling, KV bytes per token, sequences admitted per budget."""
+    from dataclasses import replace
+
+    from depthmux.recipes.decode_bench import DecodeBenchSpec, quick_spec, run_decode_bench
+
+    _quiet_transformers()
+    spec = DecodeBenchSpec(model=model, mor_model=mor_model, kv_budget_mib=kv_budget_mib, seed=seed,
+                           breakdown=breakdown)
+    if quick:
+        spec = quick_spec(spec)
+    given = dict(num_requests=num_requests, prompt_len=_range(prompt_len, "--prompt-len"),
+                 output_len=_range(output_len, "--output-len"), batch=batch, repeats=repeats)
+    spec = replace(spec, **{k: v for k, v in given.items() if v is not None})
+    res = run_decode_bench(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"compute ceiling {res['compute_ceiling']:.3f} (average depth {res['average_depth']:.3f} of "
+               f"{res['num_recursions']}); MoR depth-wise reaches {res['fraction_of_ceiling']:.1%} of it; engine "
+               f"{res['speedup_vs_hf_static']:.2f}x HF static (vanilla)")
+    for name, kv in res["kv"].items():
+        if isinstance(kv, dict):
+            typer.echo(f"KV {name}: {kv['kv_bytes_per_token']:.0f} B/token ({kv['over_vanilla']:.3f} of vanilla; block "
+                       f"{kv['block_ratio_measured']:.3f}, SPEC 4 {kv['block_ratio_expected_spec4']:.3f}), "
+                       f"{kv['admitted_sequences']} sequences admitted in {res['kv']['budget_bytes'] / 2**20:.0f} MiB")

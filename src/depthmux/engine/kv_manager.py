@@ -299,6 +299,7 @@ class KVManager:
         self.reserved: dict[str, int] = {}
         self.bytes_in_use = 0
         self.peak_bytes = 0
+        self.entries_written = 0  # (token, layer) KV entries allocated over the engine's life
 
     # -- accounting (host only) -------------------------------------------------------------
     def _pool_of(self, stream: int) -> BlockPool:
@@ -338,6 +339,7 @@ class KVManager:
             self.bytes_in_use += self.spec.block_bytes(stream)
         self.peak_bytes = max(self.peak_bytes, self.bytes_in_use)
         self.lengths[key] = old + num_new
+        self.entries_written += num_new * pool.roles
         return old
 
     def free(self, request_id: str) -> int:

@@ -231,4 +231,5 @@ class LLM:
         s.computed_exited = self.scheduler.computed_exited
         s.kv_bytes_in_use = self.kv.bytes_in_use
         s.kv_bytes_peak = self.kv.peak_bytes
+        s.kv_entries_written = self.kv.entries_written
         return s

@@ -23,6 +23,7 @@ class EngineStats:
         preemptions: requests whose KV was taken back and recomputed.
         computed_exited: block-call items that were not in flight (bookkeeping check, stays 0).
         kv_bytes_in_use, kv_bytes_peak: KV pages held now / at most.
+        kv_entries_written: (token, layer) KV entries written (K and V of one token at one layer).
     """
 
     steps: int = 0
@@ -40,6 +41,7 @@ class EngineStats:
     computed_exited: int = 0
     kv_bytes_in_use: int = 0
     kv_bytes_peak: int = 0
+    kv_entries_written: int = 0
 
     def average_depth(self) -> float:
         """Mean recursions per token that left the model."""

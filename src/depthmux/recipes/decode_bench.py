@@ -1,0 +1,346 @@
+"""``depthmux lm bench-decode``: the decode engine measured end to end (SPEC 5).
+
+One seeded workload (:func:`make_workload`: ``num_requests`` requests, prompt and output lengths
+drawn uniformly from ``prompt_len`` / ``output_len``, prompts are windows of a packaged corpus
+tokenized with the model's tokenizer, or random token ids when the model has none; every request
+generates exactly its output length, EOS ignored) is decoded in one process, configurations
+interleaved in each repetition, by
+
+* ``hf_static``: transformers ``generate`` in static batches of B requests (arrival order, left
+  padding, greedy, each batch runs until its longest output);
+* ``engine_lockstep``: the engine, all recursions of a token within one step (exited tokens skipped
+  by gathering);
+* ``engine_depthwise``: the engine with continuous depth-wise batching;
+
+for the vanilla model (SmolLM2) and the MoR model of the same effective depth. tokens/s = generated
+tokens / wall time; per-request latency = time from the start of the run (every request submitted
+at once) until its last token. The engine admits at most B sequences (``max_num_seqs = B``) and runs
+at most B items per block call.
+
+Compute ceiling (SPEC 5): one untimed engine pass per model under a
+:class:`~depthmux.utils.flops.FlopCounter` (the models declare every linear, router, LM head and
+attention over the (query, key) pairs actually read: actual contexts, actual routing, prefill
+included) gives FLOPs per generated token; ``compute_ceiling`` = vanilla / MoR.
+``fraction_of_ceiling`` = (MoR depth-wise tokens/s / vanilla engine tokens/s) / ceiling, with the
+vanilla engine's default policy (depth-wise); ``speedup_vs_hf_static`` = vanilla engine / vanilla
+HF static. KV memory (:func:`kv_memory`): KV bytes per cached token measured from the entries the
+engine wrote (vanilla, MoR recursion-wise, and the same MoR weights served with recursive KV
+sharing), next to SPEC 4's expected block ratios ``(N_r+1)/(2N_r)`` and ``1/N_r``, and how many
+workload requests the scheduler admits under one fixed KV budget for each.
+``breakdown=True`` adds a time breakdown of the engine runs (:func:`time_breakdown`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from depthmux.data.text import load_corpus
+from depthmux.engine import LLM, KVManager, KVSpec, Request, SamplingParams, Scheduler, as_recursive_model
+from depthmux.errors import DepthmuxError
+from depthmux.lm import HFCausalLMAdapter, load_lm, load_saved_tokenizer, pretrained_model_dir
+from depthmux.recipes.mor_smollm2 import DEFAULT_MOR_DIR
+from depthmux.recursion import RecursiveForCausalLM
+from depthmux.utils.checks import check_int, check_seed
+from depthmux.utils.flops import FlopCounter
+
+CONFIGS = ("hf_static", "engine_lockstep", "engine_depthwise")
+QUICK = dict(num_requests=32, prompt_len=(16, 96), output_len=(8, 48), batch=16, repeats=1)
+"""``--quick``: the same workload shape, fewer and shorter requests, one repetition."""
+
+
+@dataclass
+class DecodeBenchSpec:
+    """What to measure (module docstring); :meth:`validate` checks every field."""
+
+    model: str = "smollm2"
+    mor_model: str = DEFAULT_MOR_DIR
+    num_requests: int = 128
+    prompt_len: tuple[int, int] = (16, 256)
+    output_len: tuple[int, int] = (8, 128)
+    batch: int = 32
+    repeats: int = 2
+    kv_budget_mib: float = 64.0
+    corpus: str = "shakespeare"
+    seed: int = 0
+    breakdown: bool = False
+
+    def validate(self) -> DecodeBenchSpec:
+        check_int("--num-requests", self.num_requests, 1)
+        check_int("--batch", self.batch, 1)
+        check_int("--repeats", self.repeats, 1)
+        check_seed("--seed", self.seed)
+        for name, (lo, hi) in (("--prompt-len", self.prompt_len), ("--output-len", self.output_len)):
+            check_int(name, lo, 1)
+            check_int(name, hi, lo)
+        if not self.kv_budget_mib > 0:
+            raise DepthmuxError(f"--kv-budget-mib must be > 0, got {self.kv_budget_mib!r}")
+        return self
+
+
+@dataclass
+class BenchRequest:
+    prompt: list[int]
+    max_new_tokens: int
+
+
+def make_workload(spec: DecodeBenchSpec, tokenizer, vocab_size: int) -> list[BenchRequest]:
+    """The seeded workload: lengths uniform in the spec's ranges; prompts are windows of the corpus
+    (random ids in [3, vocab) without a tokenizer)."""
+    rng = random.Random(spec.seed)
+    stream: list[int] = []
+    if tokenizer is not None:
+        for doc in load_corpus(spec.corpus):
+            stream += tokenizer(doc)["input_ids"]
+            if len(stream) > 20 * spec.prompt_len[1]:
+                break
+    out = []
+    for _ in range(spec.num_requests):
+        p, o = rng.randint(*spec.prompt_len), rng.randint(*spec.output_len)
+        if len(stream) > p:
+            start = rng.randrange(len(stream) - p)
+            prompt = stream[start:start + p]
+        else:
+            prompt = [rng.randrange(3, vocab_size) for _ in range(p)]
+        out.append(BenchRequest(prompt, o))
+    return out
+
+
+def _summary(tokens: int, seconds: float, latencies: list[float]) -> dict[str, float]:
+    lat = sorted(latencies)
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "latency_median_s": statistics.median(lat), "latency_p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))]}
+
+
+@torch.no_grad()
+def run_hf_static(model, workload: list[BenchRequest], batch: int, pad_id: int) -> dict[str, Any]:
+    """transformers ``generate`` in static batches of ``batch`` requests (left padding, greedy)."""
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    latencies, tokens = [], 0
+    for i in range(0, len(workload), batch):
+        group = workload[i:i + batch]
+        width = max(len(r.prompt) for r in group)
+        ids = torch.tensor([[pad_id] * (width - len(r.prompt)) + r.prompt for r in group], device=device)
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in group], device=device)
+        n = max(r.max_new_tokens for r in group)
+        gen = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad_id,
+                               eos_token_id=None)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        if out.shape[1] - width != n:
+            raise DepthmuxError(f"generate returned {out.shape[1] - width} tokens instead of {n}")
+        tokens += sum(r.max_new_tokens for r in group)
+        latencies += [time.perf_counter() - t0] * len(group)
+    return _summary(tokens, time.perf_counter() - t0, latencies)
+
+
+def make_engine(model: RecursiveForCausalLM, policy: str, batch: int, kv_budget_bytes: int | None = None) -> LLM:
+    return LLM(model, depth_policy=policy, max_batch_items=batch, max_num_seqs=batch, max_prefill_tokens=512,
+               kv_budget_bytes=kv_budget_bytes)
+
+
+@torch.no_grad()
+def run_engine(model: RecursiveForCausalLM, workload: list[BenchRequest], policy: str, batch: int
+               ) -> tuple[dict[str, Any], LLM]:
+    """Every request submitted at once, stepped until done; returns the summary and the engine."""
+    llm = make_engine(model, policy, batch)
+    t0 = time.perf_counter()
+    ids = [llm.add_request(r.prompt, SamplingParams(max_new_tokens=r.max_new_tokens, ignore_eos=True))
+           for r in workload]
+    done: dict[str, float] = {}
+    while llm.has_unfinished_requests():
+        for out in llm.step():
+            if out.finished:
+                done[out.request_id] = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    tokens = sum(len(llm.output(i).token_ids) for i in ids)
+    return _summary(tokens, seconds, [done[i] for i in ids]), llm
+
+
+def count_pass(model: RecursiveForCausalLM, workload: list[BenchRequest], batch: int) -> dict[str, Any]:
+    """One untimed depth-wise engine pass under a FlopCounter: FLOPs per generated token, depth, KV entries."""
+    with FlopCounter() as fc:
+        summary, llm = run_engine(model, workload, "depthwise", batch)
+    s = llm.stats
+    return {"flops_per_generated_token": fc.flops / summary["tokens"], "average_depth": s.average_depth(),
+            "exits_by_depth": list(s.exits_by_depth), "tokens_entered": s.prefill_tokens + s.decode_tokens,
+            "kv_entries_written": s.kv_entries_written, "generated_tokens": summary["tokens"]}
+
+
+def kv_memory(vanilla: RecursiveForCausalLM, mor: RecursiveForCausalLM, workload: list[BenchRequest], batch: int,
+              budget_bytes: int, counted: dict[str, dict]) -> dict[str, Any]:
+    """KV bytes per cached token (measured) and sequences admitted under ``budget_bytes`` for vanilla,
+    recursion-wise MoR and MoR with recursive KV sharing (the MoR weights served with ``mor_kv="share_first"``)."""
+    shared_cfg = copy.deepcopy(mor.config)
+    shared_cfg.mor_kv = "share_first"
+    shared = RecursiveForCausalLM(shared_cfg).eval()
+    shared.load_state_dict(mor.state_dict())
+    counted = {**counted, "shared": count_pass(shared, workload[:max(batch, 8)], batch)}
+    models = {"vanilla": vanilla, "recursion_wise": mor, "shared": shared}
+    n = mor.config.num_recursions
+    expected = {"vanilla": 1.0, "recursion_wise": (n + 1) / (2 * n), "shared": 1.0 / n}
+    out: dict[str, Any] = {"budget_bytes": budget_bytes}
+    vanilla_bytes = None
+    for name, model in models.items():
+        spec = KVSpec.from_config(model.config)
+        c = counted["vanilla" if name == "vanilla" else "mor" if name == "recursion_wise" else "shared"]
+        per_token = c["kv_entries_written"] * spec.entry_bytes / c["tokens_entered"]
+        block_layers = spec.num_layers - spec.num_main_layers if spec.recursion_loop else 0
+        block_entries = c["kv_entries_written"] - spec.num_main_layers * c["tokens_entered"]
+        measured_ratio = block_entries / (block_layers * c["tokens_entered"]) if block_layers else 1.0
+        vanilla_bytes = vanilla_bytes or per_token
+        kv = KVManager(spec, budget_bytes)
+        sched = Scheduler(kv, "depthwise", max_batch_items=batch, max_num_seqs=10**6,
+                          num_recursion_steps=model.model.num_recursion_steps)
+        for i, r in enumerate(workload):
+            sched.add_request(Request(f"r{i}", r.prompt, SamplingParams(max_new_tokens=r.max_new_tokens),
+                                      frozenset(), int(model.config.max_position_embeddings), 0))
+        sched.schedule()
+        out[name] = {"kv_bytes_per_token": per_token, "over_vanilla": per_token / vanilla_bytes,
+                     "block_ratio_measured": measured_ratio, "block_ratio_expected_spec4": expected[name],
+                     "block_ratio_reserved": spec.block_ratio(), "admitted_sequences": len(sched.running)}
+    return out
+
+
+@contextlib.contextmanager
+def _timers(buckets: dict[str, float]):
+    """Wrap the engine's parts with wall-clock timers (CPU: synchronous, so wall time is the cost)."""
+    from depthmux.engine import kv_manager, runner, scheduler
+    from depthmux.recursion import modeling
+
+    targets = [(kv_manager.PagedLayerKV, "append", "kv_paging"), (kv_manager.PagedLayerKV, "view", "kv_paging"),
+               (kv_manager.KVManager, "binding", "kv_paging"), (modeling.Attention, "forward", "attention"),
+               (modeling.MLP, "forward", "mlp"), (modeling.RecursiveModel, "route", "router"),
+               (RecursiveForCausalLM, "logits", "lm_head"), (scheduler.Scheduler, "schedule", "scheduler"),
+               (scheduler.Scheduler, "update", "scheduler"), (runner.ModelRunner, "execute", "runner_total")]
+    depth = defaultdict(int)
+    saved = []
+
+    def wrap(fn, bucket):
+        def timed(*a, **k):
+            depth[bucket] += 1
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                depth[bucket] -= 1
+                if depth[bucket] == 0:
+                    buckets[bucket] += time.perf_counter() - t
+        return timed
+
+    for cls, name, bucket in targets:
+        fn = cls.__dict__[name]
+        saved.append((cls, name, fn))
+        setattr(cls, name, wrap(fn, bucket))
+    try:
+        yield
+    finally:
+        for cls, name, fn in saved:
+            setattr(cls, name, fn)
+
+
+def time_breakdown(model: RecursiveForCausalLM, workload: list[BenchRequest], policy: str, batch: int
+                   ) -> dict[str, float]:
+    """Seconds spent in attention (projections, KV paging and SDPA; ``kv_paging`` is the part that
+    gathers and scatters pages), MLPs, routers, the LM head + sampling, the scheduler, and the rest of
+    the runner (tensor building, gathers, Python), over one engine run. Timers add some overhead."""
+    buckets: dict[str, float] = defaultdict(float)
+    with _timers(buckets):
+        summary, _ = run_engine(model, workload, policy, batch)
+    total = summary["seconds"]
+    runner_total = buckets.pop("runner_total")
+    parts = {k: buckets.get(k, 0.0) for k in ("attention", "kv_paging", "mlp", "router", "lm_head", "scheduler")}
+    parts["runner_other"] = runner_total - parts["attention"] - parts["mlp"] - parts["router"] - parts["lm_head"]
+    parts["engine_other"] = total - runner_total - parts["scheduler"]
+    return {"seconds": total, **{k: round(v, 4) for k, v in parts.items()}}
+
+
+def _load(path: str, what: str, hint: str):
+    try:
+        model_dir = pretrained_model_dir(path)
+    except DepthmuxError as e:
+        raise DepthmuxError(f"{what} {path!r}: {e}{hint}") from None
+    return load_lm(model_dir).eval(), load_saved_tokenizer(model_dir)
+
+
+def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
+    """Measure every configuration (module docstring); returns the JSON-ready result."""
+    spec.validate()
+    torch.manual_seed(spec.seed)
+    hint = "" if spec.mor_model != DEFAULT_MOR_DIR else " (create it with `depthmux lm build-mor`)"
+    if not Path(spec.mor_model).exists() and spec.mor_model != "smollm2":
+        raise DepthmuxError(f"no MoR model at {spec.mor_model}{hint or ': give --mor-model'}")
+    vanilla_lm, tokenizer = _load(spec.model, "--model", "")
+    mor_lm, mor_tok = _load(spec.mor_model, "--mor-model", hint)
+    if not isinstance(mor_lm, RecursiveForCausalLM) or not mor_lm.model.recursion_loop:
+        raise DepthmuxError(f"--mor-model {spec.mor_model} is not a recursive model with a recursion loop")
+    hf_vanilla = vanilla_lm.model if isinstance(vanilla_lm, HFCausalLMAdapter) else vanilla_lm
+    vanilla = as_recursive_model(hf_vanilla).eval()
+    if vanilla.config.num_hidden_layers != mor_lm.config.num_hidden_layers:
+        log(f"note: effective depths differ ({vanilla.config.num_hidden_layers} vs {mor_lm.config.num_hidden_layers})")
+    vocab = min(vanilla.config.vocab_size, mor_lm.config.vocab_size)
+    workload = make_workload(spec, tokenizer or mor_tok, vocab)
+    pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+    models = {"vanilla": (hf_vanilla, vanilla), "mor": (mor_lm, mor_lm)}
+    log(f"workload: {len(workload)} requests, prompts {spec.prompt_len[0]}-{spec.prompt_len[1]} tokens "
+        f"(mean {statistics.mean(len(r.prompt) for r in workload):.0f}), outputs {spec.output_len[0]}-"
+        f"{spec.output_len[1]} (mean {statistics.mean(r.max_new_tokens for r in workload):.0f}), B = {spec.batch}, "
+        f"{torch.get_num_threads()} threads")
+    counted = {}
+    for name, (_, rec) in models.items():
+        t0 = time.perf_counter()
+        counted[name] = count_pass(rec, workload, spec.batch)
+        log(f"{name}: {counted[name]['flops_per_generated_token'] / 1e9:.3f} GFLOP per generated token, "
+            f"average depth {counted[name]['average_depth']:.3f} (count pass {time.perf_counter() - t0:.0f} s)")
+    runs: dict[str, list[dict]] = defaultdict(list)
+    for rep in range(spec.repeats):
+        for name, (hf, rec) in models.items():
+            for config in CONFIGS:
+                if config == "hf_static":
+                    res = run_hf_static(hf, workload, spec.batch, pad)
+                else:
+                    res, _ = run_engine(rec, workload, config.removeprefix("engine_"), spec.batch)
+                runs[f"{name}/{config}"].append(res)
+                log(f"rep {rep + 1}: {name:8s} {config:17s} {res['tokens_per_s']:8.1f} tokens/s, latency median "
+                    f"{res['latency_median_s']:.2f} s, p95 {res['latency_p95_s']:.2f} s")
+    configs = {}
+    for key, rs in runs.items():
+        configs[key] = {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "latency_median_s",
+                                                                           "latency_p95_s", "seconds")}
+        configs[key]["tokens_per_s_runs"] = [r["tokens_per_s"] for r in rs]
+    tps = {k: v["tokens_per_s"] for k, v in configs.items()}
+    ceiling = counted["vanilla"]["flops_per_generated_token"] / counted["mor"]["flops_per_generated_token"]
+    result: dict[str, Any] = {
+        "spec": asdict(spec), "threads": torch.get_num_threads(),
+        "workload": {"requests": len(workload), "prompt_tokens": sum(len(r.prompt) for r in workload),
+                     "generated_tokens": sum(r.max_new_tokens for r in workload)},
+        "configs": configs, "counts": counted,
+        "average_depth": counted["mor"]["average_depth"], "num_recursions": mor_lm.config.num_recursions,
+        "compute_ceiling": ceiling,
+        "fraction_of_ceiling": tps["mor/engine_depthwise"] / tps["vanilla/engine_depthwise"] / ceiling,
+        "speedup_vs_hf_static": tps["vanilla/engine_depthwise"] / tps["vanilla/hf_static"],
+        "depthwise_over_lockstep": {m: tps[f"{m}/engine_depthwise"] / tps[f"{m}/engine_lockstep"] for m in models},
+        "mor_over_vanilla": {c: tps[f"mor/{c}"] / tps[f"vanilla/{c}"] for c in CONFIGS},
+    }
+    budget = int(spec.kv_budget_mib * 2**20)
+    result["kv"] = kv_memory(vanilla, mor_lm, workload, spec.batch, budget, counted)
+    if spec.breakdown:
+        result["breakdown"] = {f"{name}/engine_{p}": time_breakdown(rec, workload, p, spec.batch)
+                               for name, (_, rec) in models.items() for p in ("lockstep", "depthwise")}
+    return result
+
+
+def quick_spec(spec: DecodeBenchSpec) -> DecodeBenchSpec:
+    """The ``--quick`` version of ``spec`` (:data:`QUICK`)."""
+    return replace(spec, **QUICK)
