@@ -307,7 +307,7 @@ def plot_pareto(points: list[SweepPoint], path: Path, title: str) -> None:
             capsize=2,
             color="black" if p.n == 1 else None,
         )
-        label = "teacher" if p.n == 1 else f"N={p.n} l={p.prefill_layers} λ={p.lambda_info:g}"
+        label = "teacher" if p.n == 1 else f"N={p.n} l={p.prefill_layers} {p.mixer[:3]} λ={p.lambda_info:g}"
         ax.annotate(label, (p.speedup, 100 * p.accuracy), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = pareto_front(points)
     ax.plot([p.speedup for p in front], [100 * p.accuracy for p in front], "--", color="gray", label="Pareto front")
