@@ -169,3 +169,20 @@ def test_finetuned_teacher_is_saved_frozen_and_reported(user_files, monkeypatch)
     monkeypatch.setattr(recipe, "finetune_teacher", lambda *a, **k: pytest.fail("fine-tuned again on resume"))
     rows2 = run_experiment(again, progress=False)
     assert [r.accuracy.accuracies for r in rows2] == [r.accuracy.accuracies for r in rows]
+
+
+def test_resume_of_a_run_from_before_the_new_settings(user_files):
+    root = user_files
+    run_experiment(_config(root, ns=[1]), progress=False)
+    path = root / "run" / "experiment.json"
+    stored = json.loads(path.read_text())
+    for key in ("teacher", "finetune", "val_split", "text_columns"):
+        del stored[key]
+    del stored["train"]["patience"], stored["train"]["min_steps"]
+    path.write_text(json.dumps(stored))
+    rows = run_experiment(_config(root, ns=[1], resume=True), progress=False)  # keys it lacks are not compared
+    assert rows[0].teacher == "probe"
+    from depthmux.errors import DepthmuxError
+
+    with pytest.raises(DepthmuxError, match=r"different label_column \(stored topic, given label\)"):
+        run_experiment(_config(root, ns=[1], resume=True, label_column="label"), progress=False)
