@@ -1,5 +1,8 @@
 """Markdown tables from the results.json files of lm_equal_compute.py / lm_smollm2_uptrain.py.
 
+A results file with several seeds (``lm_equal_compute.py --seeds 0,1,2``) gives one row per variant:
+mean ± std over seeds and the difference to vanilla paired by seed.
+
     python scripts/lm_report.py runs/lm_equal_compute/results.json runs/lm_smollm2/results.json
 """
 
@@ -15,9 +18,11 @@ def fmt_list(xs, digits=3):
 
 def equal_compute(res: dict) -> str:
     base = res.get("vanilla", {}).get("nll")
-    rows = ["| model | unique params (non-emb.) | steps | tokens | train FLOPs | held-out NLL | Δ vs vanilla | "
-            "tokens per recursion (share) | causal vs top-k agreement per recursion |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | unique params (non-emb.) | steps | tokens | train FLOPs | held-out NLL | Δ vs vanilla | "
+        "tokens per recursion (share) | causal vs top-k agreement per recursion |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, v in res.items():
         rs = v.get("router_stats", {})
         agree = v.get("router_stats_topk", {}).get("causal_agreement")
@@ -25,9 +30,39 @@ def equal_compute(res: dict) -> str:
         nll = f"{v['nll']:.4f}"
         if "nll_topk" in v:
             nll += f" (top-k {v['nll_topk']:.4f})"
-        rows.append(f"| {name} | {v['params']['total'] / 1e6:.2f}M ({v['params']['non_embedding'] / 1e6:.2f}M) | "
-                    f"{v['steps']} | {v['tokens']:,} | {v['train_flops']:.3e} | {nll} | {delta} | "
-                    f"{fmt_list(rs.get('share_per_recursion'), 2)} | {fmt_list(agree)} |")
+        rows.append(
+            f"| {name} | {v['params']['total'] / 1e6:.2f}M ({v['params']['non_embedding'] / 1e6:.2f}M) | "
+            f"{v['steps']} | {v['tokens']:,} | {v['train_flops']:.3e} | {nll} | {delta} | "
+            f"{fmt_list(rs.get('share_per_recursion'), 2)} | {fmt_list(agree)} |"
+        )
+    return "\n".join(rows)
+
+
+def across_seeds(res: dict) -> str:
+    """Mean ± std (sample std) of held-out NLL per variant over the seeds present, with the paired
+    difference to vanilla of the same seed (seed-to-seed data order and init cancel in the pair)."""
+    import statistics
+
+    by_variant: dict[str, dict[int, float]] = {}
+    for key, v in res.items():
+        by_variant.setdefault(v.get("variant", key), {})[v.get("seed", 0)] = v["nll"]
+    base = by_variant.get("vanilla", {})
+
+    def ms(xs: list[float]) -> str:
+        return f"{statistics.fmean(xs):.4f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.4f}"
+
+    rows = [
+        "| model | seeds | held-out NLL (mean ± std) | Δ vs vanilla, paired by seed (mean ± std) | per seed |",
+        "|---|---|---|---|---|",
+    ]
+    for name, per_seed in by_variant.items():
+        seeds = sorted(per_seed)
+        nll = [per_seed[s] for s in seeds]
+        paired = [per_seed[s] - base[s] for s in seeds if s in base]
+        delta = ms(paired) if paired and name != "vanilla" else "-"
+        rows.append(
+            f"| {name} | {','.join(map(str, seeds))} | {ms(nll)} | {delta} | {' / '.join(f'{x:.4f}' for x in nll)} |"
+        )
     return "\n".join(rows)
 
 
@@ -37,16 +72,24 @@ def smollm2(res: dict) -> str:
         if name == "original":
             rows.append(f"| SmolLM2-135M (original) | {v['params']['total'] / 1e6:.1f}M | {v['nll']:.4f} | - | - |")
         else:
-            rows.append(f"| {name} | {v['params']['total'] / 1e6:.1f}M | {v['nll_before']:.4f} | {v['nll_after']:.4f} | "
-                        f"{v['steps']} ({v['tokens']:,}) |")
+            rows.append(
+                f"| {name} | {v['params']['total'] / 1e6:.1f}M | {v['nll_before']:.4f} | {v['nll_after']:.4f} | "
+                f"{v['steps']} ({v['tokens']:,}) |"
+            )
     return "\n".join(rows)
 
 
 def main() -> None:
     for path in sys.argv[1:]:
-        res = json.loads(open(path).read())
+        with open(path) as f:
+            res = json.load(f)
         print(f"<!-- {path} -->")
-        print(smollm2(res) if "original" in res else equal_compute(res))
+        if "original" in res:
+            print(smollm2(res))
+        elif any(v.get("seed", 0) for v in res.values()):
+            print(across_seeds(res))
+        else:
+            print(equal_compute(res))
         print()
 
 
