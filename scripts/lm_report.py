@@ -60,9 +60,22 @@ def across_seeds(res: dict) -> str:
         nll = [per_seed[s] for s in seeds]
         paired = [per_seed[s] - base[s] for s in seeds if s in base]
         delta = ms(paired) if paired and name != "vanilla" else "-"
-        rows.append(
-            f"| {name} | {','.join(map(str, seeds))} | {ms(nll)} | {delta} | {' / '.join(f'{x:.4f}' for x in nll)} |"
-        )
+        per = " / ".join(f"{x:.4f}" for x in nll)
+        rows.append(f"| {name} | {','.join(map(str, seeds))} | {ms(nll)} | {delta} | {per} |")
+    # what routing adds beyond its gate: each MoR variant against its gate-only control (same update rule)
+    controls = [(n, n.replace("MoR-", "gate-only-", 1)) for n in by_variant if n.startswith("MoR-")]
+    controls = [(m, c) for m, c in controls if c in by_variant]
+    if controls:
+        rows += [
+            "",
+            "| routing effect | seeds | Δ NLL (routed − gate-only), paired by seed (mean ± std) | per seed |",
+            "|---|---|---|---|",
+        ]
+        for mor, ctl in controls:
+            seeds = sorted(set(by_variant[mor]) & set(by_variant[ctl]))
+            diffs = [by_variant[mor][s] - by_variant[ctl][s] for s in seeds]
+            per = " / ".join(f"{x:+.4f}" for x in diffs)
+            rows.append(f"| {mor} vs {ctl} | {','.join(map(str, seeds))} | {ms(diffs)} | {per} |")
     return "\n".join(rows)
 
 
