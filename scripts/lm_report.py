@@ -68,7 +68,7 @@ def across_seeds(res: dict) -> str:
     if controls:
         rows += [
             "",
-            "| routing effect | seeds | Δ NLL (routed − gate-only), paired by seed (mean ± std) | per seed |",
+            "| routing effect | seeds | Δ NLL (routed minus gate-only), paired by seed (mean ± std) | per seed |",
             "|---|---|---|---|",
         ]
         for mor, ctl in controls:
