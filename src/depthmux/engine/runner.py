@@ -8,7 +8,8 @@ converted losslessly with ``sharing="none"``). Stages called: ``embed``, ``prefi
 document per row) whose ``cache`` is a :class:`~depthmux.engine.kv_manager.PagedCache` bound to
 the rows' streams.
 
-* Prefill chunks [P, M] (right-padded): prefix, then per recursion ``route`` + ``recursion`` on the
+* Prefill chunks [P, M] (right-padded; chunks grouped by length so that padding stays under
+  :data:`MAX_PREFILL_PADDING`, :func:`prefill_groups`): prefix, then per recursion ``route`` + ``recursion`` on the
   rows that still have routed tokens (rows with none are gathered out; within a row ``recursion``
   compacts the routed tokens), then suffix; the last token of a chunk that ends its prompt samples.
 * Lockstep decode [E, 1]: per recursion, route the rows still in, keep the routed ones by gathering
@@ -54,6 +55,26 @@ def _context_rows(ctx: TokenContext, idx: torch.Tensor, cache) -> TokenContext:
     return TokenContext(positions=_rows(ctx.positions, idx), slots=_rows(ctx.slots, idx),
                         segments=_rows(ctx.segments, idx), write=_rows(ctx.write, idx), cos=_rows(ctx.cos, idx),
                         sin=_rows(ctx.sin, idx), cache=cache)
+
+
+MAX_PREFILL_PADDING = 0.125
+"""Prefill chunks run in [P, M] calls right-padded to their longest chunk; chunks are grouped so that
+padding is at most this share of a call's positions (padding is computed for nothing)."""
+
+
+def prefill_groups(chunks: list[PrefillChunk], max_padding: float = MAX_PREFILL_PADDING) -> list[list[PrefillChunk]]:
+    """The chunks, longest first, in groups of similar length: each group's padding ``P * M - sum(lengths)``
+    stays at most ``max_padding * P * M`` (M = the group's longest chunk)."""
+    groups: list[list[PrefillChunk]] = []
+    for c in sorted(chunks, key=lambda c: -len(c.token_ids)):
+        if groups:
+            g = groups[-1]
+            n, M = len(g) + 1, len(g[0].token_ids)
+            if n * M - sum(len(x.token_ids) for x in g) - len(c.token_ids) <= max_padding * n * M:
+                g.append(c)
+                continue
+        groups.append([c])
+    return groups
 
 
 @dataclass
@@ -190,8 +211,8 @@ class ModelRunner:
             self.carry = self.carry.select([i for i, it in enumerate(self.carry.ids) if it not in dropped])
         result = StepResult()
         self.stats.steps += 1
-        if decision.prefills:
-            self._prefill(decision.prefills, decision.params, result)
+        for group in prefill_groups(decision.prefills):
+            self._prefill(group, decision.params, result)
         if self.depth_policy == "lockstep":
             if decision.entering:
                 self._decode_lockstep(decision.entering, decision.params, result)
@@ -218,7 +239,7 @@ class ModelRunner:
         dec = None
         ran = torch.zeros(P, M, dtype=torch.long, device=dev)
         for r in range(self.n_steps):
-            dec = body.route(x, r, ctx, dec, routing="causal")
+            dec = body.route(x, r, ctx, dec, routing="causal", losses=False)
             if not self.loop:
                 x = body.recursion(x, dec, ctx)
                 self._block_call(sum(lengths), P * M - sum(lengths), decode=False)
@@ -276,7 +297,7 @@ class ModelRunner:
         for r in range(self.n_steps):
             idx = torch.tensor(active, device=self.device)
             ctx_a = _context_rows(ctx, idx, ctx.cache)
-            dec = body.route(x.index_select(0, idx), r, ctx_a, dec, routing="causal")
+            dec = body.route(x.index_select(0, idx), r, ctx_a, dec, routing="causal", losses=False)
             if r > 0 or not self.first_keeps_all:
                 keep = dec.selected[:, 0].tolist()
                 if not all(keep):
@@ -309,7 +330,7 @@ class ModelRunner:
         parts = [self.carry] if self.carry is not None else []
         if decision.entering:
             x, ctx = self._enter(decision.entering)
-            dec = body.route(x, 0, ctx, None, routing="causal")
+            dec = body.route(x, 0, ctx, None, routing="causal", losses=False)
             entering = _Carry([it.item_id for it in decision.entering], [it.request_id for it in decision.entering],
                               [it.position for it in decision.entering], [0] * len(decision.entering), x[:, 0],
                               None if dec.gate is None else dec.gate[:, 0],
@@ -344,7 +365,8 @@ class ModelRunner:
                 prev = RouteDecision(r - 1, self.kind, ones[:len(g)], _col(batch.gate, gi), _col(batch.depth, gi),
                                      _col(batch.weight, gi), None if batch.first is None else batch.first[gi][:, None])
                 pos = torch.tensor([[batch.positions[i]] for i in g], device=dev)
-                d = body.route(h_g, r, self._context(pos, ones[:len(g)], None), prev, routing="causal")
+                ctx_g = self._context(pos, ones[:len(g)], None)
+                d = body.route(h_g, r, ctx_g, prev, routing="causal", losses=False)
                 cont[gi] = d.selected[:, 0]
                 if gate is not None:
                     gate[gi] = d.gate[:, 0]

@@ -247,9 +247,16 @@ class Attention(nn.Module):
         # padding queries may see nothing: let them see everything (their outputs are discarded)
         allowed = allowed | ~allowed.any(-1, keepdim=True)
         rep = self.num_heads // self.num_kv_heads
+        S = K.shape[2]
         if rep > 1:
-            K, V = K.repeat_interleave(rep, dim=1), V.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), attn_mask=allowed[:, None])
+            # GQA without copying K/V: query heads kv*rep .. kv*rep + rep - 1 share KV head kv, so fold
+            # them into the query axis of that head ([B, Hk, rep * M, D]); the mask repeats per head
+            q = q.reshape(B, self.num_kv_heads, rep * M, self.head_dim)
+            allowed = allowed[:, None, None].expand(B, 1, rep, M, S).reshape(B, 1, rep * M, S)
+        else:
+            allowed = allowed[:, None]
+        out = F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), attn_mask=allowed)
+        out = out.view(B, self.num_heads, M, self.head_dim)
         return self.o_proj(out.transpose(1, 2).reshape(B, M, -1), ctx.loop)
 
 
@@ -480,7 +487,7 @@ class RecursiveModel(RecursivePreTrainedModel):
         return x
 
     def route(self, h: torch.Tensor, r: int, ctx: TokenContext, previous: RouteDecision | None = None,
-              routing: str = "topk") -> RouteDecision:
+              routing: str = "topk", losses: bool = True) -> RouteDecision:
         """The router decision for recursion ``r`` (0-based) over the chunk's tokens (SPEC 4).
 
         Args:
@@ -491,6 +498,8 @@ class RecursiveModel(RecursivePreTrainedModel):
             routing: expert-choice "topk" (per-row top-k of the candidates, ``k`` from the capacity;
                 training) or "causal" (``sigmoid(logit) > 0.5``; decoding). A recursion with capacity
                 1, and the first recursion under recursive KV sharing, keep every candidate.
+            losses: compute this recursion's aux losses and stats; False (decoding, the engine) leaves
+                them empty and skips their work and host syncs.
         Returns: a :class:`RouteDecision` ([B, T] masks and gates, this recursion's aux losses and stats).
         """
         cfg = self.config
@@ -509,6 +518,8 @@ class RecursiveModel(RecursivePreTrainedModel):
                 sel = topk_select(logits, candidates, capacity_k(capacity, ctx.write.long().sum(1)))
             else:
                 sel = causal_select(pred, candidates)
+            if not losses:
+                return RouteDecision(r, "expert", sel, gate=cfg.mor_alpha * torch.sigmoid(logits))
             with torch.no_grad():
                 agree = (((pred > 0) == sel) & candidates).sum() / candidates.sum().clamp(min=1)
             return RouteDecision(
@@ -525,6 +536,8 @@ class RecursiveModel(RecursivePreTrainedModel):
             depth = probs.argmax(-1)  # [B, T] 0-based: recursions 0..depth are applied
             weight = cfg.mor_alpha * probs.gather(-1, depth[..., None]).squeeze(-1)
             valid = ctx.write
+            if not losses:
+                return RouteDecision(r, "token", valid.clone(), depth=depth, weight=weight, first_state=h)
             tokens_per_depth = torch.stack([((depth == i) & valid).sum() for i in range(cfg.num_recursions)])
             return RouteDecision(
                 r, "token", valid.clone(), depth=depth, weight=weight, first_state=h,
