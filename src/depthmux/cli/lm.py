@@ -283,7 +283,7 @@ def _range(text: str | None, name: str) -> tuple[int, int] | None:
 def bench_decode(
     model: str = typer.Option("smollm2", "--model", help="The vanilla model (smollm2 | a folder)."),
     mor_model: str = typer.Option("runs/smollm2-mor", "--mor-model", help="The MoR model (from `lm build-mor`)."),
-    quick: bool = typer.Option(False, "--quick", help="A small version of the workload (32 requests, B = 16)."),
+    quick: bool = typer.Option(False, "--quick", help="A small version of the workload (16 requests, B = 16)."),
     num_requests: int | None = typer.Option(None, "--num-requests", help="Requests (default 128)."),
     prompt_len: str | None = typer.Option(None, "--prompt-len", help="Prompt lengths, uniform (default 16-256)."),
     output_len: str | None = typer.Option(None, "--output-len", help="Output lengths, uniform (default 8-128)."),

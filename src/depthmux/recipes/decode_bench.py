@@ -54,7 +54,7 @@ from depthmux.utils.checks import check_int, check_seed
 from depthmux.utils.flops import FlopCounter
 
 CONFIGS = ("hf_static", "engine_lockstep", "engine_depthwise")
-QUICK = dict(num_requests=32, prompt_len=(16, 96), output_len=(8, 48), batch=16, repeats=1)
+QUICK = dict(num_requests=16, prompt_len=(16, 64), output_len=(8, 32), batch=16, repeats=1)
 """``--quick``: the same workload shape, fewer and shorter requests, one repetition."""
 
 
@@ -186,7 +186,7 @@ def kv_memory(vanilla: RecursiveForCausalLM, mor: RecursiveForCausalLM, workload
     shared_cfg.mor_kv = "share_first"
     shared = RecursiveForCausalLM(shared_cfg).eval()
     shared.load_state_dict(mor.state_dict())
-    counted = {**counted, "shared": count_pass(shared, workload[:max(batch, 8)], batch)}
+    counted = {**counted, "shared": count_pass(shared, workload[:8], batch)}
     models = {"vanilla": vanilla, "recursion_wise": mor, "shared": shared}
     n = mor.config.num_recursions
     expected = {"vanilla": 1.0, "recursion_wise": (n + 1) / (2 * n), "shared": 1.0 / n}
