@@ -43,3 +43,12 @@ def test_bad_decoder_or_verbalizer_settings_are_one_line(tmp_path, tokenizer, ca
         main(["mux", "train", "--model", str(folder), "--task", "tweets", "--out", str(tmp_path / "run"), *extra])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and message in err
+
+
+@pytest.mark.parametrize("family", ["llama", "t5", "deberta-v2"])
+def test_mux_bench_runs_on_other_families(tmp_path, tokenizer, capsys, family):
+    folder = save_family(family, tmp_path / family, tokenizer, layers=2)
+    main(["mux", "bench", "--model", str(folder), "--n", "2", "--prefill-layers", "1", "--samples", "8",
+          "--batch-size", "4", "--repetitions", "1", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 2 and result["num_layers"] == 2 and result["ceiling"] == pytest.approx(2 / 1.5)
