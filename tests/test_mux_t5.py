@@ -59,7 +59,7 @@ def t5_model(backbone, n: int, l: int, head=None) -> MultiplexedClassifier:
     return model.eval()
 
 
-@pytest.mark.parametrize("n", [2, 3, 4])
+@pytest.mark.parametrize("n", [2, 3, 4, 6, 8])
 def test_round_trip_through_the_encoder_decoder_pipeline_is_exact(tokenizer, n):
     """Identity encoder blocks and norm, a decoder that copies the encoder's first position: the
     demultiplexed answer-position vector of each input is ``f_down`` of its own first embedding."""
