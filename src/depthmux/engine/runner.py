@@ -213,6 +213,9 @@ class ModelRunner:
         self.stats.steps += 1
         for group in prefill_groups(decision.prefills):
             self._prefill(group, decision.params, result)
+        if decision.prefills:  # report in the decision's order (groups run longest first)
+            result.sampled = {c.request_id: result.sampled[c.request_id] for c in decision.prefills
+                              if c.request_id in result.sampled}
         if self.depth_policy == "lockstep":
             if decision.entering:
                 self._decode_lockstep(decision.entering, decision.params, result)

@@ -222,6 +222,7 @@ def _timers(buckets: dict[str, float]):
     targets = [(kv_manager.PagedLayerKV, "append", "kv_paging"), (kv_manager.PagedLayerKV, "view", "kv_paging"),
                (kv_manager.KVManager, "binding", "kv_paging"), (modeling.Attention, "forward", "attention"),
                (modeling.MLP, "forward", "mlp"), (modeling.RecursiveModel, "route", "router"),
+               (modeling.RecursiveModel, "run_block", "shared_block"),
                (RecursiveForCausalLM, "logits", "lm_head"), (scheduler.Scheduler, "schedule", "scheduler"),
                (scheduler.Scheduler, "update", "scheduler"), (runner.ModelRunner, "execute", "runner_total")]
     depth = defaultdict(int)
@@ -253,14 +254,17 @@ def _timers(buckets: dict[str, float]):
 def time_breakdown(model: RecursiveForCausalLM, workload: list[BenchRequest], policy: str, batch: int
                    ) -> dict[str, float]:
     """Seconds spent in attention (projections, KV paging and SDPA; ``kv_paging`` is the part that
-    gathers and scatters pages), MLPs, routers, the LM head + sampling, the scheduler, and the rest of
-    the runner (tensor building, gathers, Python), over one engine run. Timers add some overhead."""
+    gathers and scatters pages and builds page tables), MLPs, routers, the LM head, the scheduler, and
+    the rest of the runner (tensor building, gathers, sampling, Python), over one engine run;
+    ``shared_block`` is the time inside ``run_block`` (the recursion block; every middle layer of a
+    vanilla model), overlapping attention and MLP. Timers add some overhead."""
     buckets: dict[str, float] = defaultdict(float)
     with _timers(buckets):
         summary, _ = run_engine(model, workload, policy, batch)
     total = summary["seconds"]
     runner_total = buckets.pop("runner_total")
-    parts = {k: buckets.get(k, 0.0) for k in ("attention", "kv_paging", "mlp", "router", "lm_head", "scheduler")}
+    parts = {k: buckets.get(k, 0.0) for k in ("attention", "kv_paging", "mlp", "shared_block", "router", "lm_head",
+                                               "scheduler")}
     parts["runner_other"] = runner_total - parts["attention"] - parts["mlp"] - parts["router"] - parts["lm_head"]
     parts["engine_other"] = total - runner_total - parts["scheduler"]
     return {"seconds": total, **{k: round(v, 4) for k, v in parts.items()}}
