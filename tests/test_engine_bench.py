@@ -108,3 +108,36 @@ def test_generate_unknown_model_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["lm", "generate", "hello", "--model", str(tmp_path / "nope")])
     assert e.value.code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_prefill_groups_bound_padding_and_keep_every_chunk():
+    from depthmux.engine.runner import MAX_PREFILL_PADDING, prefill_groups
+    from depthmux.engine.scheduler import PrefillChunk
+
+    lengths = [256, 17, 250, 16, 120, 130, 64, 3, 240, 1]
+    chunks = [PrefillChunk(f"r{i}", 0, [1] * n, True) for i, n in enumerate(lengths)]
+    groups = prefill_groups(chunks)
+    assert sorted(c.request_id for g in groups for c in g) == sorted(c.request_id for c in chunks)
+    for g in groups:
+        M = max(len(c.token_ids) for c in g)
+        assert len(g) * M - sum(len(c.token_ids) for c in g) <= MAX_PREFILL_PADDING * len(g) * M
+    assert len(groups) < len(chunks)  # similar lengths share a call
+    assert len(prefill_groups(chunks, max_padding=1.0)) == 1
+
+
+def test_route_without_losses_decides_the_same(tiny_recursive_factory):
+    import torch
+
+    for router in ("expert", "token"):
+        model = tiny_recursive_factory(num_hidden_layers=8, num_recursions=3, mor_router=router).eval()
+        body = model.model
+        ids = torch.randint(3, 61, (2, 9))
+        ctx = body.make_context(ids)
+        x = body.prefix(body.embed(ids), ctx)
+        with torch.no_grad():
+            a = body.route(x, 0, ctx, None, routing="causal")
+            b = body.route(x, 0, ctx, None, routing="causal", losses=False)
+        assert torch.equal(a.selected, b.selected) and a.aux_losses and not b.aux_losses
+        for name in ("gate", "depth", "weight"):
+            ta, tb = getattr(a, name), getattr(b, name)
+            assert (ta is None and tb is None) or torch.equal(ta, tb)
