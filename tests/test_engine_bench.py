@@ -48,7 +48,8 @@ def test_bench_decode_json_structure(folders, tmp_path):
     kv = out["kv"]
     assert kv["vanilla"]["over_vanilla"] == 1.0 and kv["vanilla"]["block_ratio_measured"] == 1.0
     assert kv["shared"]["block_ratio_measured"] == pytest.approx(1 / 2)  # N_r = 2: one stream of 2
-    assert kv["shared"]["block_ratio_expected_spec4"] == 0.5 and kv["recursion_wise"]["block_ratio_expected_spec4"] == 0.75
+    assert kv["shared"]["block_ratio_expected_spec4"] == 0.5
+    assert kv["recursion_wise"]["block_ratio_expected_spec4"] == 0.75
     assert kv["shared"]["admitted_sequences"] >= kv["recursion_wise"]["admitted_sequences"] \
         >= kv["vanilla"]["admitted_sequences"] >= 1
     assert set(out["breakdown"]) == {f"{m}/engine_{p}" for m in ("vanilla", "mor") for p in ("lockstep", "depthwise")}
@@ -78,7 +79,7 @@ def tokenized_folder(tmp_path, tiny_recursive_factory):
 
 
 def test_generate_streams_every_prompt_in_order(tokenized_folder, tmp_path):
-    folder, tok = tokenized_folder
+    folder, _ = tokenized_folder
     prompts = ["To be, or not", "Friends, Romans"]
     file = tmp_path / "p.txt"
     file.write_text("All the world\n\n")
