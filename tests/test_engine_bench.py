@@ -56,8 +56,9 @@ def test_bench_decode_json_structure(folders, tmp_path):
     assert all(b["seconds"] > 0 and b["mlp"] > 0 for b in out["breakdown"].values())
 
 
-def test_bench_decode_missing_mor_model_says_how_to_create_it(folders, tmp_path, capsys):
+def test_bench_decode_missing_mor_model_says_how_to_create_it(folders, tmp_path, capsys, monkeypatch):
     vanilla, _ = folders
+    monkeypatch.chdir(tmp_path)  # the default --mor-model is a relative folder: missing here
     with pytest.raises(SystemExit) as e:
         main(["lm", "bench-decode", "--model", str(vanilla), "--quick"])
     assert e.value.code == 2

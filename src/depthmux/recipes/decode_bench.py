@@ -17,10 +17,11 @@ tokens / wall time; per-request latency = time from the start of the run (every 
 at once) until its last token. The engine admits at most B sequences (``max_num_seqs = B``) and runs
 at most B items per block call.
 
-Compute ceiling (SPEC 5): one untimed engine pass per model under a
+Compute ceiling (SPEC 5): each model's first depth-wise engine run is made under a
 :class:`~depthmux.utils.flops.FlopCounter` (the models declare every linear, router, LM head and
 attention over the (query, key) pairs actually read: actual contexts, actual routing, prefill
-included) gives FLOPs per generated token; ``compute_ceiling`` = vanilla / MoR.
+included; on CPU the counting costs well under 1% of a step), which gives FLOPs per generated
+token; ``compute_ceiling`` = vanilla / MoR. Two short requests per model warm the engine up first.
 ``fraction_of_ceiling`` = (MoR depth-wise tokens/s / vanilla engine tokens/s) / ceiling, with the
 vanilla engine's default policy (depth-wise); ``speedup_vs_hf_static`` = vanilla engine / vanilla
 HF static. KV memory (:func:`kv_memory`): KV bytes per cached token measured from the entries the
@@ -54,7 +55,7 @@ from depthmux.utils.checks import check_int, check_seed
 from depthmux.utils.flops import FlopCounter
 
 CONFIGS = ("hf_static", "engine_lockstep", "engine_depthwise")
-QUICK = dict(num_requests=16, prompt_len=(16, 64), output_len=(8, 32), batch=16, repeats=1)
+QUICK = dict(num_requests=16, prompt_len=(16, 48), output_len=(8, 24), batch=16, repeats=1)
 """``--quick``: the same workload shape, fewer and shorter requests, one repetition."""
 
 
@@ -151,10 +152,16 @@ def make_engine(model: RecursiveForCausalLM, policy: str, batch: int, kv_budget_
 
 
 @torch.no_grad()
-def run_engine(model: RecursiveForCausalLM, workload: list[BenchRequest], policy: str, batch: int
-               ) -> tuple[dict[str, Any], LLM]:
-    """Every request submitted at once, stepped until done; returns the summary and the engine."""
+def run_engine(model: RecursiveForCausalLM, workload: list[BenchRequest], policy: str, batch: int,
+               flops: FlopCounter | None = None) -> tuple[dict[str, Any], LLM]:
+    """Every request submitted at once, stepped until done; returns the summary and the engine.
+    With ``flops``, the models' declared FLOPs are counted into it during the run."""
     llm = make_engine(model, policy, batch)
+    with flops if flops is not None else contextlib.nullcontext():
+        return _drive(llm, workload), llm
+
+
+def _drive(llm: LLM, workload: list[BenchRequest]) -> dict[str, Any]:
     t0 = time.perf_counter()
     ids = [llm.add_request(r.prompt, SamplingParams(max_new_tokens=r.max_new_tokens, ignore_eos=True))
            for r in workload]
@@ -165,13 +172,11 @@ def run_engine(model: RecursiveForCausalLM, workload: list[BenchRequest], policy
                 done[out.request_id] = time.perf_counter() - t0
     seconds = time.perf_counter() - t0
     tokens = sum(len(llm.output(i).token_ids) for i in ids)
-    return _summary(tokens, seconds, [done[i] for i in ids]), llm
+    return _summary(tokens, seconds, [done[i] for i in ids])
 
 
-def count_pass(model: RecursiveForCausalLM, workload: list[BenchRequest], batch: int) -> dict[str, Any]:
-    """One untimed depth-wise engine pass under a FlopCounter: FLOPs per generated token, depth, KV entries."""
-    with FlopCounter() as fc:
-        summary, llm = run_engine(model, workload, "depthwise", batch)
+def counts(llm: LLM, fc: FlopCounter, summary: dict[str, Any]) -> dict[str, Any]:
+    """What a depth-wise run counted: FLOPs per generated token, depth, KV entries written."""
     s = llm.stats
     return {"flops_per_generated_token": fc.flops / summary["tokens"], "average_depth": s.average_depth(),
             "exits_by_depth": list(s.exits_by_depth), "tokens_entered": s.prefill_tokens + s.decode_tokens,
@@ -186,7 +191,9 @@ def kv_memory(vanilla: RecursiveForCausalLM, mor: RecursiveForCausalLM, workload
     shared_cfg.mor_kv = "share_first"
     shared = RecursiveForCausalLM(shared_cfg).eval()
     shared.load_state_dict(mor.state_dict())
-    counted = {**counted, "shared": count_pass(shared, workload[:8], batch)}
+    fc = FlopCounter()
+    summary, llm = run_engine(shared, workload[:8], "depthwise", batch, flops=fc)
+    counted = {**counted, "shared": counts(llm, fc, summary)}
     models = {"vanilla": vanilla, "recursion_wise": mor, "shared": shared}
     n = mor.config.num_recursions
     expected = {"vanilla": 1.0, "recursion_wise": (n + 1) / (2 * n), "shared": 1.0 / n}
@@ -217,11 +224,11 @@ def kv_memory(vanilla: RecursiveForCausalLM, mor: RecursiveForCausalLM, workload
 def _timers(buckets: dict[str, float]):
     """Wrap the engine's parts with wall-clock timers (CPU: synchronous, so wall time is the cost)."""
     from depthmux.engine import kv_manager, runner, scheduler
-    from depthmux.recursion import modeling
+    from depthmux.recursion import layers, modeling
 
     targets = [(kv_manager.PagedLayerKV, "append", "kv_paging"), (kv_manager.PagedLayerKV, "view", "kv_paging"),
-               (kv_manager.KVManager, "binding", "kv_paging"), (modeling.Attention, "forward", "attention"),
-               (modeling.MLP, "forward", "mlp"), (modeling.RecursiveModel, "route", "router"),
+               (kv_manager.KVManager, "binding", "kv_paging"), (layers.Attention, "forward", "attention"),
+               (layers.MLP, "forward", "mlp"), (modeling.RecursiveModel, "route", "router"),
                (modeling.RecursiveModel, "run_block", "shared_block"),
                (RecursiveForCausalLM, "logits", "lm_head"), (scheduler.Scheduler, "schedule", "scheduler"),
                (scheduler.Scheduler, "update", "scheduler"), (runner.ModelRunner, "execute", "runner_total")]
@@ -301,18 +308,21 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
         f"(mean {statistics.mean(len(r.prompt) for r in workload):.0f}), outputs {spec.output_len[0]}-"
         f"{spec.output_len[1]} (mean {statistics.mean(r.max_new_tokens for r in workload):.0f}), B = {spec.batch}, "
         f"{torch.get_num_threads()} threads")
-    counted = {}
-    for name, (_, rec) in models.items():
-        t0 = time.perf_counter()
-        counted[name] = count_pass(rec, workload, spec.batch)
-        log(f"{name}: {counted[name]['flops_per_generated_token'] / 1e9:.3f} GFLOP per generated token, "
-            f"average depth {counted[name]['average_depth']:.3f} (count pass {time.perf_counter() - t0:.0f} s)")
+    for _, rec in models.values():  # warm-up: two short requests
+        run_engine(rec, [BenchRequest(r.prompt[:8], 2) for r in workload[:2]], "depthwise", spec.batch)
+    counted: dict[str, dict] = {}
     runs: dict[str, list[dict]] = defaultdict(list)
     for rep in range(spec.repeats):
         for name, (hf, rec) in models.items():
             for config in CONFIGS:
                 if config == "hf_static":
                     res = run_hf_static(hf, workload, spec.batch, pad)
+                elif config == "engine_depthwise" and rep == 0:  # FLOPs counted in this run (module docstring)
+                    fc = FlopCounter()
+                    res, llm = run_engine(rec, workload, "depthwise", spec.batch, flops=fc)
+                    counted[name] = counts(llm, fc, res)
+                    log(f"{name}: {counted[name]['flops_per_generated_token'] / 1e9:.3f} GFLOP per generated "
+                        f"token, average depth {counted[name]['average_depth']:.3f}")
                 else:
                     res, _ = run_engine(rec, workload, config.removeprefix("engine_"), spec.batch)
                 runs[f"{name}/{config}"].append(res)
