@@ -33,16 +33,65 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def lm_command(out: Path, corpus: Path) -> list[str]:
-    return ["lm", "train", "--out", str(out), "--corpus", str(corpus), "--tokenizer", "bpe:300", "--hidden", "32",
-            "--layers", "2", "--heads", "4", "--steps", "40", "--batch-size", "4", "--block-size", "32",
-            "--warmup", "4", "--checkpoint-every", "5", "--eval-every", "10", "--max-eval-blocks", "8",
-            "--no-progress"]
+    return [
+        "lm",
+        "train",
+        "--out",
+        str(out),
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        "bpe:300",
+        "--hidden",
+        "32",
+        "--layers",
+        "2",
+        "--heads",
+        "4",
+        "--steps",
+        "40",
+        "--batch-size",
+        "4",
+        "--block-size",
+        "32",
+        "--warmup",
+        "4",
+        "--checkpoint-every",
+        "5",
+        "--eval-every",
+        "10",
+        "--max-eval-blocks",
+        "8",
+        "--no-progress",
+    ]
 
 
 def mux_command(out: Path, glue: Path) -> list[str]:
-    return ["mux", "train", "--task", "sst2", "--data-dir", str(glue), "--n", "2", "--prefill-layers", "0",
-            "--mixer", "reversible", "--max-train", "300", "--epochs", "2", "--batch-size", "32", "--shuffles", "1",
-            "--no-bench", "--out", str(out)]
+    return [
+        "mux",
+        "train",
+        "--task",
+        "sst2",
+        "--data-dir",
+        str(glue),
+        "--n",
+        "2",
+        "--prefill-layers",
+        "0",
+        "--mixer",
+        "reversible",
+        "--max-train",
+        "300",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--shuffles",
+        "1",
+        "--no-bench",
+        "--out",
+        str(out),
+    ]
 
 
 def tiny_glue(source: Path, target: Path, train_rows: int = 400, dev_rows: int = 64) -> Path:
@@ -50,7 +99,7 @@ def tiny_glue(source: Path, target: Path, train_rows: int = 400, dev_rows: int =
     (target / "SST-2").mkdir(parents=True, exist_ok=True)
     for split, rows in (("train", train_rows), ("dev", dev_rows)):
         lines = (source / "SST-2" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
-        (target / "SST-2" / f"{split}.tsv").write_text("\n".join(lines[:rows + 1]) + "\n", encoding="utf-8")
+        (target / "SST-2" / f"{split}.tsv").write_text("\n".join(lines[: rows + 1]) + "\n", encoding="utf-8")
     return target
 
 
@@ -89,8 +138,9 @@ def differences(ref: dict, got: dict) -> list[str]:
 
 def launch(args: list[str], log) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "depthmux", *args], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "depthmux", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+    )
 
 
 def check(kind: str, times: int, work: Path, data: Path, rng: random.Random) -> bool:
@@ -124,8 +174,10 @@ def check(kind: str, times: int, work: Path, data: Path, rng: random.Random) -> 
                         proc.send_signal(signal.SIGKILL)
                         proc.wait()
                         kills += 1
-                        print(f"{kind}: kill {kills}/{times} at {delay:.1f} s (run {cycle}, launch {launches})",
-                              flush=True)
+                        print(
+                            f"{kind}: kill {kills}/{times} at {delay:.1f} s (run {cycle}, launch {launches})",
+                            flush=True,
+                        )
                         continue
                 else:
                     rc = proc.wait()
@@ -134,8 +186,11 @@ def check(kind: str, times: int, work: Path, data: Path, rng: random.Random) -> 
             print(f"{kind}: FAIL, run {cycle} exited {rc} after {launches} launches (see {log.name})")
             return False
         diff = differences(reference, snapshot(out))
-        print(f"{kind}: run {cycle} finished after {launches} launches: "
-              + ("identical to the reference" if not diff else "DIFFERS: " + "; ".join(diff[:5])), flush=True)
+        print(
+            f"{kind}: run {cycle} finished after {launches} launches: "
+            + ("identical to the reference" if not diff else "DIFFERS: " + "; ".join(diff[:5])),
+            flush=True,
+        )
         ok = ok and not diff
         if kills >= times:
             return ok
@@ -147,23 +202,32 @@ def main() -> None:
     ap.add_argument("--only", choices=["lm", "mux"], help="check one command only")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one, removed)")
-    ap.add_argument("--glue", type=Path, default=REPO.parent / "shared" / "data" / "glue",
-                    help="GLUE folder holding SST-2/ (its first 400 train and 64 dev rows are used)")
+    ap.add_argument(
+        "--glue",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "glue",
+        help="GLUE folder holding SST-2/ (its first 400 train and 64 dev rows are used)",
+    )
     args = ap.parse_args()
     if args.times < 1:
         ap.error("--times must be >= 1")
     work = args.work or Path(tempfile.mkdtemp(prefix="kill_resume."))
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / "corpus.txt"
-    corpus.write_text("\n\n".join(f"paragraph {i}: " + " ".join(f"word{(i * 5 + j) % 17}" for j in range(40))
-                                  for i in range(60)))
+    corpus.write_text(
+        "\n\n".join(f"paragraph {i}: " + " ".join(f"word{(i * 5 + j) % 17}" for j in range(40)) for i in range(60))
+    )
     glue = tiny_glue(args.glue, work / "glue") if args.only != "lm" else work
     rng = random.Random(args.seed)
-    results = {kind: check(kind, args.times, work, corpus if kind == "lm" else glue, rng) for kind in ("mux", "lm")
-               if args.only in (None, kind)}
+    results = {
+        kind: check(kind, args.times, work, corpus if kind == "lm" else glue, rng)
+        for kind in ("mux", "lm")
+        if args.only in (None, kind)
+    }
     passed = all(results.values())
-    print(("PASS" if passed else "FAIL") + ": " + ", ".join(f"{k} {'ok' if v else 'FAILED'}"
-                                                         for k, v in results.items()))
+    print(
+        ("PASS" if passed else "FAIL") + ": " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in results.items())
+    )
     if args.work is None and passed:
         shutil.rmtree(work, ignore_errors=True)
     sys.exit(0 if passed else 1)

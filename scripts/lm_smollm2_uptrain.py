@@ -43,8 +43,14 @@ def main() -> None:
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
     base = smollm2_path()
-    data = LMDataSpec(corpus="shakespeare", tokenizer=str(base), block_size=args.block_size, holdout=0.1,
-                      seed=args.seed, max_eval_blocks=args.eval_blocks)
+    data = LMDataSpec(
+        corpus="shakespeare",
+        tokenizer=str(base),
+        block_size=args.block_size,
+        holdout=0.1,
+        seed=args.seed,
+        max_eval_blocks=args.eval_blocks,
+    )
     tok, train, held = prepare_lm_data(data)
     print(f"data: {len(train)} train / {len(held)} held-out blocks of {args.block_size}", flush=True)
 
@@ -55,8 +61,12 @@ def main() -> None:
         t0 = time.time()
         orig = load_lm(base)
         ev = evaluate_lm(orig, held, batch_size=8)
-        results["original"] = {"nll": ev["nll"], "ppl": ev["ppl"], "params": orig.parameter_counts(),
-                               "eval_seconds": time.time() - t0}
+        results["original"] = {
+            "nll": ev["nll"],
+            "ppl": ev["ppl"],
+            "params": orig.parameter_counts(),
+            "eval_seconds": time.time() - t0,
+        }
         save()
         print(f"original: NLL {ev['nll']:.4f} ({time.time() - t0:.0f} s)", flush=True)
         del orig
@@ -67,21 +77,47 @@ def main() -> None:
             if name in results:
                 continue
             t0 = time.time()
-            spec = LMModelSpec(from_pretrained=str(base), convert=True, sharing=args.sharing,
-                               recursions=args.recursions, init=init, lora_rank=rank, seed=args.seed)
+            spec = LMModelSpec(
+                from_pretrained=str(base),
+                convert=True,
+                sharing=args.sharing,
+                recursions=args.recursions,
+                init=init,
+                lora_rank=rank,
+                seed=args.seed,
+            )
             model = build_lm_model(spec)
             before = evaluate_lm(model, held, batch_size=8)
             run_dir = out / name.replace(" ", "_").replace("+", "")
-            cfg = LMTrainConfig(out_dir=str(run_dir), steps=args.steps, resume=RunFolder(run_dir).holds_run(),
-                                batch_size=args.batch_size, lr=args.lr, warmup_steps=max(1, args.steps // 10),
-                                decay_fraction=0.2, min_lr_ratio=0.1, weight_decay=0.0, eval_batch_size=8,
-                                seed=args.seed, progress=False)
-            r = train_lm(model, train, held, cfg, tokenizer=tok,
-                         extra_state={"data": vars(data), "model_spec": vars(spec)})
-            results[name] = {"init": init, "lora_rank": rank, "params": model.parameter_counts(),
-                             "nll_before": before["nll"], "nll_after": r.eval["nll"], "ppl_after": r.eval["ppl"],
-                             "steps": args.steps, "tokens": r.tokens, "train_flops": r.train_flops,
-                             "seconds": time.time() - t0}
+            cfg = LMTrainConfig(
+                out_dir=str(run_dir),
+                steps=args.steps,
+                resume=RunFolder(run_dir).holds_run(),
+                batch_size=args.batch_size,
+                lr=args.lr,
+                warmup_steps=max(1, args.steps // 10),
+                decay_fraction=0.2,
+                min_lr_ratio=0.1,
+                weight_decay=0.0,
+                eval_batch_size=8,
+                seed=args.seed,
+                progress=False,
+            )
+            r = train_lm(
+                model, train, held, cfg, tokenizer=tok, extra_state={"data": vars(data), "model_spec": vars(spec)}
+            )
+            results[name] = {
+                "init": init,
+                "lora_rank": rank,
+                "params": model.parameter_counts(),
+                "nll_before": before["nll"],
+                "nll_after": r.eval["nll"],
+                "ppl_after": r.eval["ppl"],
+                "steps": args.steps,
+                "tokens": r.tokens,
+                "train_flops": r.train_flops,
+                "seconds": time.time() - t0,
+            }
             save()
             print(f"{name}: NLL {before['nll']:.4f} -> {r.eval['nll']:.4f} ({time.time() - t0:.0f} s)", flush=True)
             del model

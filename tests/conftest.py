@@ -40,8 +40,14 @@ def tokenizer():
 
 def make_tiny_backbone(tokenizer, hidden: int = 48, layers: int = 3, readout: str = "mean", seed: int = 0):
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+    )
     return HFEncoderBackbone(BertModel(cfg, add_pooling_layer=False), tokenizer, readout=readout, name="tiny")
 
 
@@ -55,8 +61,15 @@ def build_tiny_llama(vocab_size: int = 64, seed: int = 0, **overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    kw = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    kw = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     kw.update(overrides)
     return LlamaForCausalLM(LlamaConfig(**kw))
 
@@ -67,9 +80,17 @@ def build_tiny_recursive(vocab_size: int = 61, seed: int = 0, **overrides):
     from depthmux.recursion import RecursiveConfig, RecursiveForCausalLM
 
     torch.manual_seed(seed)
-    kw = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-              sharing="middle_cycle", num_recursions=2)
+    kw = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        sharing="middle_cycle",
+        num_recursions=2,
+    )
     kw.update(overrides)
     return RecursiveForCausalLM(RecursiveConfig(**kw))
 

@@ -133,8 +133,9 @@ def test_n_that_does_not_divide_the_hidden_size_is_one_line(tokenizer, family):
             MultiplexedClassifier(config, backbone, head)
         assert "\n" not in str(err.value)
     for n in (2, 3, 4, 6, 8):  # every N the hidden size allows builds and runs
-        model = MultiplexedClassifier(MuxConfig(n=n, backbone=backbone.name, readout=backbone.readout_mode),
-                                      backbone, head)
+        model = MultiplexedClassifier(
+            MuxConfig(n=n, backbone=backbone.name, readout=backbone.readout_mode), backbone, head
+        )
         with torch.no_grad():
             assert model(backbone.tokenize(TEXTS + TEXTS)).logits.shape == (8, 2)
 
@@ -171,8 +172,11 @@ def test_a_read_out_that_does_not_fit_the_family_is_one_line(tmp_path, tokenizer
     """E.g. a decoder-only model given the encoder-only option ``--readout cls``."""
     folder = save_family(family, tmp_path / family, tokenizer, layers=1)
     kind = BACKBONE_FAMILIES[family].kind
-    with pytest.raises(DepthmuxError, match=rf"is a {family} model \({kind}\): readout '{readout}' is not one of "
-                                            rf"its read-outs \({fits}\)"):
+    with pytest.raises(
+        DepthmuxError,
+        match=rf"is a {family} model \({kind}\): readout '{readout}' is not one of "
+        rf"its read-outs \({fits}\)",
+    ):
         load_backbone(folder, readout=readout)
 
 

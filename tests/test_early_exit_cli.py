@@ -45,9 +45,32 @@ def run_cli(args, capsys):
 
 
 def train_args(out, corpus, llama_dir, *extra):
-    return ["ee", "train", "--out", str(out), "--from", str(llama_dir), "--corpus", str(corpus), "--exit-layer", "2",
-            "--steps", "4", "--batch-size", "2", "--block-size", "32", "--warmup", "1", "--lr", "1e-3",
-            "--checkpoint-every", "2", "--no-progress", *extra]
+    return [
+        "ee",
+        "train",
+        "--out",
+        str(out),
+        "--from",
+        str(llama_dir),
+        "--corpus",
+        str(corpus),
+        "--exit-layer",
+        "2",
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--block-size",
+        "32",
+        "--warmup",
+        "1",
+        "--lr",
+        "1e-3",
+        "--checkpoint-every",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_train_eval_and_exact_resume(tmp_path, corpus, llama_dir, capsys):
@@ -79,9 +102,32 @@ def test_train_eval_and_exact_resume(tmp_path, corpus, llama_dir, capsys):
     assert res["params"]["total"] == model.parameter_counts()["total"]
 
     plot = tmp_path / "bench.png"
-    code, stdout, err = run_cli(["ee", "bench", "--model", str(out), "--thresholds", "1.0,0.05", "--deltas", "0.2",
-                                 "--draft-tokens", "2", "--batch-sizes", "1,3", "--prompts", "3", "--prompt-tokens",
-                                 "8", "--max-new-tokens", "5", "--plot", str(plot), "--json"], capsys)
+    code, stdout, err = run_cli(
+        [
+            "ee",
+            "bench",
+            "--model",
+            str(out),
+            "--thresholds",
+            "1.0,0.05",
+            "--deltas",
+            "0.2",
+            "--draft-tokens",
+            "2",
+            "--batch-sizes",
+            "1,3",
+            "--prompts",
+            "3",
+            "--prompt-tokens",
+            "8",
+            "--max-new-tokens",
+            "5",
+            "--plot",
+            str(plot),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     bench = json.loads(stdout)
     rows = {(r["batch_size"], r["config"]): r for r in bench["results"]}
@@ -112,15 +158,18 @@ def test_shallow_exit_view_evaluates_the_shallow_model(tiny_llama_factory):
     assert counts["total"] == model.parameter_counts()["total"] - 3 * per_layer
 
 
-@pytest.mark.parametrize(("option", "value", "message"), [
-    ("--exit-layer", "0", "--exit-layer must be an integer >= 1"),
-    ("--exit-layer", "4", r"exit layer L_s must be an integer in 1..3"),
-    ("--alpha", "-1", "--alpha must be a finite number"),
-    ("--alpha", "nan", "--alpha must be a finite number"),
-    ("--steps", "0", "--steps must be"),
-    ("--block-size", "1", "--block-size must be"),
-    ("--from", "/nonexistent/model", "model not found"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--exit-layer", "0", "--exit-layer must be an integer >= 1"),
+        ("--exit-layer", "4", r"exit layer L_s must be an integer in 1..3"),
+        ("--alpha", "-1", "--alpha must be a finite number"),
+        ("--alpha", "nan", "--alpha must be a finite number"),
+        ("--steps", "0", "--steps must be"),
+        ("--block-size", "1", "--block-size must be"),
+        ("--from", "/nonexistent/model", "model not found"),
+    ],
+)
 def test_bad_options_are_one_line_before_any_work(tmp_path, corpus, llama_dir, capsys, option, value, message):
     out = tmp_path / "run"
     code, _, err = run_cli(train_args(out, corpus, llama_dir, option, value), capsys)
@@ -129,15 +178,18 @@ def test_bad_options_are_one_line_before_any_work(tmp_path, corpus, llama_dir, c
     assert not (out / "train_config.json").exists()
 
 
-@pytest.mark.parametrize(("option", "value", "message"), [
-    ("--thresholds", "1.5", "exit threshold must be a finite number in"),
-    ("--thresholds", "a,b", "--thresholds must be a comma-separated list of floats"),
-    ("--deltas", "1", "delta (bound on the wrong-exit probability) must be"),
-    ("--draft-tokens", "0", "--draft-tokens must be an integer >= 1"),
-    ("--batch-sizes", "", "--batch-sizes needs at least one batch size"),
-    ("--max-new-tokens", "0", "--max-new-tokens must be an integer >= 1"),
-    ("--device", "gpu7", "bad --device"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--thresholds", "1.5", "exit threshold must be a finite number in"),
+        ("--thresholds", "a,b", "--thresholds must be a comma-separated list of floats"),
+        ("--deltas", "1", "delta (bound on the wrong-exit probability) must be"),
+        ("--draft-tokens", "0", "--draft-tokens must be an integer >= 1"),
+        ("--batch-sizes", "", "--batch-sizes needs at least one batch size"),
+        ("--max-new-tokens", "0", "--max-new-tokens must be an integer >= 1"),
+        ("--device", "gpu7", "bad --device"),
+    ],
+)
 def test_bench_bad_options_are_one_line(tmp_path, capsys, option, value, message):
     code, _, err = run_cli(["ee", "bench", "--model", str(tmp_path), option, value], capsys)
     lines = err.strip().splitlines()

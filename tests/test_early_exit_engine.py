@@ -21,8 +21,10 @@ N_PROMPTS = 32
 
 def ee_model(factory, exit_layer: int = 2, layers: int = 4, seed: int = 3):
     """A tiny LLaMA with a shallow exit; its (untied) LM head is scaled so that confidences spread over [0, 1]."""
-    model = from_llama(factory(vocab_size=VOCAB, num_hidden_layers=layers, max_position_embeddings=96, seed=seed),
-                       exit_layer=exit_layer)
+    model = from_llama(
+        factory(vocab_size=VOCAB, num_hidden_layers=layers, max_position_embeddings=96, seed=seed),
+        exit_layer=exit_layer,
+    )
     with torch.no_grad():
         model.lm_head.weight.mul_(30.0)
     return model.eval()
@@ -51,6 +53,7 @@ def deep_greedy(model, prompt: list[int], n: int) -> list[int]:
 
 def run_staggered(llm, ps: list[list[int]], first: int = 6) -> list[list[int]]:
     """Submit ``first`` requests, then one more at every step while the others run."""
+
     def params(i):
         return SamplingParams(max_new_tokens=max_new(i), ignore_eos=True)
 
@@ -88,8 +91,9 @@ def test_threshold_one_exits_nothing_and_equals_deep_greedy(model_and_reference)
 @pytest.mark.parametrize("k", [1, 3, 6])
 def test_self_speculative_equals_deep_greedy(model_and_reference, k):
     model, ps, ref = model_and_reference
-    llm = EarlyExitLLM(model, policy=EarlyExitPolicy(mode="speculative", draft_tokens=k), max_batch_items=6,
-                       max_prefill_tokens=48)
+    llm = EarlyExitLLM(
+        model, policy=EarlyExitPolicy(mode="speculative", draft_tokens=k), max_batch_items=6, max_prefill_tokens=48
+    )
     assert run_staggered(llm, ps) == ref
     st = llm.early_exit_stats
     assert 0 < st.accepted_tokens < st.drafted_tokens  # drafts were both accepted and rejected
@@ -224,14 +228,17 @@ def test_a_model_without_an_exit_head_is_one_line(tmp_path, tiny_recursive_facto
     one_line(e)
 
 
-@pytest.mark.parametrize(("policy", "match"), [
-    (dict(threshold=1.5), "exit threshold must be a finite number in"),
-    (dict(threshold=-0.1), "exit threshold must be a finite number in"),
-    (dict(threshold=float("nan")), "exit threshold must be a finite number in"),
-    (dict(mode="sometimes"), "early-exit mode must be one of exit, speculative"),
-    (dict(mode="speculative", draft_tokens=0), "draft tokens k must be an integer >= 1"),
-    (dict(max_kept=0), "max kept tokens must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    ("policy", "match"),
+    [
+        (dict(threshold=1.5), "exit threshold must be a finite number in"),
+        (dict(threshold=-0.1), "exit threshold must be a finite number in"),
+        (dict(threshold=float("nan")), "exit threshold must be a finite number in"),
+        (dict(mode="sometimes"), "early-exit mode must be one of exit, speculative"),
+        (dict(mode="speculative", draft_tokens=0), "draft tokens k must be an integer >= 1"),
+        (dict(max_kept=0), "max kept tokens must be an integer >= 1"),
+    ],
+)
 def test_bad_policies_are_one_line(model_and_reference, policy, match):
     model, _, _ = model_and_reference
     with pytest.raises(DepthmuxError, match=match) as e:

@@ -23,8 +23,16 @@ from depthmux.utils.flops import FlopCounter, linear_flops
 
 
 def tiny_config(**kw) -> EarlyExitConfig:
-    base = dict(exit_layer=2, vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    base = dict(
+        exit_layer=2,
+        vocab_size=61,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     base.update(kw)
     return EarlyExitConfig(**base)
 

@@ -29,7 +29,9 @@ def test_beta_cdf_matches_closed_forms(x):
 
 
 def test_moments_recover_beta_parameters():
-    sample = torch.distributions.Beta(torch.tensor(6.0), torch.tensor(2.0)).sample((200_000,),)
+    sample = torch.distributions.Beta(torch.tensor(6.0), torch.tensor(2.0)).sample(
+        (200_000,),
+    )
     a, b = beta_from_moments(sample.numel(), float(sample.double().sum()), float(sample.double().pow(2).sum()))
     assert a == pytest.approx(6.0, rel=0.05) and b == pytest.approx(2.0, rel=0.05)
     assert beta_from_moments(1.0, 0.5, 0.25) == (1.0, 1.0)  # below two pairs: uniform
@@ -56,12 +58,15 @@ def true_threshold(pi, right, wrong, delta, grid):
     return chosen
 
 
-@pytest.mark.parametrize(("pi", "right", "wrong", "delta"), [
-    (0.75, (6.0, 1.5), (1.5, 4.0), 0.05),
-    (0.75, (6.0, 1.5), (1.5, 4.0), 0.1),
-    (0.5, (4.0, 1.0), (1.0, 2.0), 0.1),
-    (0.9, (8.0, 2.0), (2.0, 2.0), 0.05),
-])
+@pytest.mark.parametrize(
+    ("pi", "right", "wrong", "delta"),
+    [
+        (0.75, (6.0, 1.5), (1.5, 4.0), 0.05),
+        (0.75, (6.0, 1.5), (1.5, 4.0), 0.1),
+        (0.5, (4.0, 1.0), (1.0, 2.0), 0.1),
+        (0.9, (8.0, 2.0), (2.0, 2.0), 0.05),
+    ],
+)
 def test_threshold_matches_the_known_one_and_bounds_wrong_exits(pi, right, wrong, delta):
     grid = [i / 100 for i in range(101)]
     expected = true_threshold(pi, right, wrong, delta, grid)
@@ -69,7 +74,7 @@ def test_threshold_matches_the_known_one_and_bounds_wrong_exits(pi, right, wrong
     calibrator = AdaptiveThreshold(delta, decay=1.0 - 1e-9)
     c, y = mixture(40_000, pi, right, wrong, seed=0)
     for chunk in range(0, 40_000, 4_000):  # pairs arrive in batches, as while decoding
-        threshold = calibrator.update(c[chunk:chunk + 4_000], y[chunk:chunk + 4_000])
+        threshold = calibrator.update(c[chunk : chunk + 4_000], y[chunk : chunk + 4_000])
     assert abs(threshold - expected) <= 0.03, (threshold, expected)
     # on fresh samples, the wrong-exit rate among exited tokens stays within 1.5 delta
     c2, y2 = mixture(40_000, pi, right, wrong, seed=1)

@@ -5,9 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from depthmux.errors import DepthmuxError
-
 from depthmux.cli.lm import app
+from depthmux.errors import DepthmuxError
 
 runner = CliRunner()
 
@@ -39,9 +38,36 @@ def corpus(tmp_path):
 
 def test_train_then_eval(tmp_path, corpus):
     out = tmp_path / "run"
-    args = ["train", "--out", str(out), "--corpus", str(corpus), "--tokenizer", "bpe:300", "--hidden", "32",
-            "--layers", "4", "--heads", "4", "--sharing", "middle_cycle", "--recursions", "2", "--router", "expert",
-            "--steps", "3", "--batch-size", "2", "--block-size", "32", "--warmup", "1", "--no-progress"]
+    args = [
+        "train",
+        "--out",
+        str(out),
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        "bpe:300",
+        "--hidden",
+        "32",
+        "--layers",
+        "4",
+        "--heads",
+        "4",
+        "--sharing",
+        "middle_cycle",
+        "--recursions",
+        "2",
+        "--router",
+        "expert",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--block-size",
+        "32",
+        "--warmup",
+        "1",
+        "--no-progress",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "held-out NLL" in res.output
@@ -59,8 +85,21 @@ def test_train_then_eval(tmp_path, corpus):
 
 
 def test_cli_errors(tmp_path):
-    res = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--corpus", str(tmp_path / "missing.txt"),
-                              "--tokenizer", "bpe:300", "--steps", "1", "--no-progress"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--out",
+            str(tmp_path / "r"),
+            "--corpus",
+            str(tmp_path / "missing.txt"),
+            "--tokenizer",
+            "bpe:300",
+            "--steps",
+            "1",
+            "--no-progress",
+        ],
+    )
     assert isinstance(res.exception, DepthmuxError) and "not found" in str(res.exception)
     res = runner.invoke(app, ["eval", "--model", str(tmp_path / "nothing")])
     assert isinstance(res.exception, DepthmuxError)

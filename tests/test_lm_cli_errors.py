@@ -29,20 +29,70 @@ def run_cli(args, capsys):
 
 
 def tiny_train(out, corpus, *extra):
-    return ["lm", "train", "--out", str(out), "--corpus", str(corpus), "--tokenizer", "bpe:300", "--hidden", "32",
-            "--layers", "2", "--heads", "4", "--steps", "4", "--batch-size", "2", "--block-size", "32",
-            "--warmup", "1", "--no-progress", *extra]
+    return [
+        "lm",
+        "train",
+        "--out",
+        str(out),
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        "bpe:300",
+        "--hidden",
+        "32",
+        "--layers",
+        "2",
+        "--heads",
+        "4",
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--block-size",
+        "32",
+        "--warmup",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("option,value", [
-    ("--hidden", "0"), ("--layers", "0"), ("--heads", "0"), ("--steps", "0"), ("--steps", "-1"), ("--lr", "nan"),
-    ("--lr", "inf"), ("--lr", "0"), ("--lr", "-1e-3"), ("--grad-clip", "nan"), ("--grad-clip", "-1"),
-    ("--weight-decay", "-0.1"), ("--batch-size", "0"), ("--block-size", "0"), ("--block-size", "1"),
-    ("--warmup", "-2"), ("--decay-fraction", "2"), ("--holdout", "1"), ("--holdout", "-0.5"),
-    ("--recursions", "0"), ("--lora-rank", "-1"), ("--checkpoint-every", "-1"), ("--eval-every", "-1"),
-    ("--max-train-blocks", "0"), ("--max-eval-blocks", "0"), ("--seed", "-1"), ("--kv-heads", "3"),
-    ("--intermediate", "0"), ("--tokenizer", "bpe:x"), ("--sharing", "zigzag"), ("--router", "magic"),
-])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--hidden", "0"),
+        ("--layers", "0"),
+        ("--heads", "0"),
+        ("--steps", "0"),
+        ("--steps", "-1"),
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--lr", "0"),
+        ("--lr", "-1e-3"),
+        ("--grad-clip", "nan"),
+        ("--grad-clip", "-1"),
+        ("--weight-decay", "-0.1"),
+        ("--batch-size", "0"),
+        ("--block-size", "0"),
+        ("--block-size", "1"),
+        ("--warmup", "-2"),
+        ("--decay-fraction", "2"),
+        ("--holdout", "1"),
+        ("--holdout", "-0.5"),
+        ("--recursions", "0"),
+        ("--lora-rank", "-1"),
+        ("--checkpoint-every", "-1"),
+        ("--eval-every", "-1"),
+        ("--max-train-blocks", "0"),
+        ("--max-eval-blocks", "0"),
+        ("--seed", "-1"),
+        ("--kv-heads", "3"),
+        ("--intermediate", "0"),
+        ("--tokenizer", "bpe:x"),
+        ("--sharing", "zigzag"),
+        ("--router", "magic"),
+    ],
+)
 def test_bad_numbers_fail_up_front(tmp_path, corpus, capsys, option, value):
     out = tmp_path / "run"
     code, _, err = run_cli(tiny_train(out, corpus, option, value), capsys)

@@ -5,8 +5,15 @@ import json
 import pytest
 import torch
 
-from depthmux.data.text import (IGNORE_INDEX, clean_play_markdown, document_ids, load_corpus,
-                                pack_documents, split_documents, train_bpe_tokenizer)
+from depthmux.data.text import (
+    IGNORE_INDEX,
+    clean_play_markdown,
+    document_ids,
+    load_corpus,
+    pack_documents,
+    split_documents,
+    train_bpe_tokenizer,
+)
 from depthmux.errors import DepthmuxError
 
 DOCS = ["the cat sat on the mat", "a dog ran far away from home today", "x", "birds sing at dawn " * 5]
@@ -22,18 +29,18 @@ def test_pack_layout(tok):
     ids = [tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for d in DOCS]
     stream = [t for d in ids for t in d]
     flat = b.input_ids.reshape(-1)
-    assert flat[:len(stream)].tolist() == stream
-    assert (flat[len(stream):] == tok.eos_token_id).all()
+    assert flat[: len(stream)].tolist() == stream
+    assert (flat[len(stream) :] == tok.eos_token_id).all()
     # positions restart at 0 at every document start and every block start
-    pos = b.position_ids.reshape(-1)[:len(stream)].tolist()
+    pos = b.position_ids.reshape(-1)[: len(stream)].tolist()
     starts = {0}
     for d in ids[:-1]:
         starts.add(max(starts) + len(d))
-    assert {i for i, p in enumerate(pos) if p == 0} == starts | {i for i in range(0, len(stream), 8)}
+    assert {i for i, p in enumerate(pos) if p == 0} == starts | set(range(0, len(stream), 8))
     assert (b.position_ids[:, 0] == 0).all()
     # labels: ids except -100 at positions 0 and on padding
     assert torch.equal(b.labels == IGNORE_INDEX, (b.position_ids == 0) | (b.labels == IGNORE_INDEX))
-    assert (b.labels.reshape(-1)[len(stream):] == IGNORE_INDEX).all()
+    assert (b.labels.reshape(-1)[len(stream) :] == IGNORE_INDEX).all()
     keep = b.labels != IGNORE_INDEX
     assert torch.equal(b.labels[keep], b.input_ids[keep])
     assert b.num_documents == 4 and b.num_tokens == len(b) * 8
@@ -49,16 +56,33 @@ def test_pack_is_seeded(tok):
 def _llama(vocab_size):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
 
 
 def _recursive(vocab_size):
     from depthmux.recursion import RecursiveConfig, RecursiveForCausalLM
 
-    return RecursiveForCausalLM(RecursiveConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, sharing="middle_cycle", num_recursions=2))
+    return RecursiveForCausalLM(
+        RecursiveConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sharing="middle_cycle",
+            num_recursions=2,
+        )
+    )
 
 
 @pytest.mark.parametrize("build", [_llama, _recursive], ids=["transformers-llama", "depthmux-recursive"])
@@ -74,7 +98,7 @@ def test_packed_attention_does_not_cross_documents(tok, build):
     with torch.no_grad():
         packed = m(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False).logits
         alone = m(input_ids=torch.tensor([d2]), use_cache=False).logits
-    assert torch.allclose(packed[0, d1:d1 + len(d2)], alone[0], atol=1e-5)
+    assert torch.allclose(packed[0, d1 : d1 + len(d2)], alone[0], atol=1e-5)
 
 
 def test_split_disjoint_deterministic():
@@ -122,7 +146,9 @@ def test_errors(tmp_path):
 
 
 def test_markdown_cleaning():
-    lines = clean_play_markdown("# Title\n\n### SCENE I. A room.\n\n_Enter \\[Aside]_  \n**HAMLET**  \nTo be,  \nor not\n")
+    lines = clean_play_markdown(
+        "# Title\n\n### SCENE I. A room.\n\n_Enter \\[Aside]_  \n**HAMLET**  \nTo be,  \nor not\n"
+    )
     assert lines[0] == (1, "Title")
     assert (3, "SCENE I. A room.") in lines
     assert [t for _, t in lines if t][2:] == ["Enter [Aside]", "HAMLET:", "To be,", "or not"]
@@ -138,4 +164,3 @@ def test_packaged_corpora():
     kjv = load_corpus("kjv")
     assert len(kjv) == 1189 and kjv[0].startswith("Genesis 1\nIn the beginning")
     assert len(load_corpus("kjv:book")) == 66
-

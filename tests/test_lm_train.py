@@ -27,9 +27,16 @@ def tiny_llama(vocab, seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      attention_dropout=0.1)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attention_dropout=0.1,
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -95,8 +102,14 @@ def test_train_logs_and_reload(tmp_path, data):
     tok, train, held = data
     m = tiny_llama(tok.vocab_size)
     before = evaluate_lm(m, held)
-    res = train_lm(m, train, held, LMTrainConfig(out_dir=str(tmp_path), steps=20, batch_size=4, lr=1e-2,
-                                                 warmup_steps=2, eval_every=10, progress=False))
+    res = train_lm(
+        m,
+        train,
+        held,
+        LMTrainConfig(
+            out_dir=str(tmp_path), steps=20, batch_size=4, lr=1e-2, warmup_steps=2, eval_every=10, progress=False
+        ),
+    )
     assert res.eval["nll"] < before["nll"]
     assert res.train_flops > 0 and res.approx_flops_6nd > 0 and res.tokens == 20 * 4 * 32
     recs = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -132,8 +145,12 @@ def test_flops_and_params(data):
 def test_train_errors(tmp_path, data):
     tok, train, _ = data
     with pytest.raises(DepthmuxError, match="no checkpoint"):
-        train_lm(tiny_llama(tok.vocab_size), train, None,
-                 LMTrainConfig(out_dir=str(tmp_path / "x"), steps=2, resume=True, progress=False))
+        train_lm(
+            tiny_llama(tok.vocab_size),
+            train,
+            None,
+            LMTrainConfig(out_dir=str(tmp_path / "x"), steps=2, resume=True, progress=False),
+        )
     with pytest.raises(DepthmuxError):
         train_lm(tiny_llama(tok.vocab_size), train, None, LMTrainConfig(out_dir=str(tmp_path), steps=0))
     with pytest.raises(DepthmuxError, match="model not found"):
@@ -147,17 +164,30 @@ def test_resume_mor_expert(tmp_path, data):
 
     def make(seed):
         torch.manual_seed(seed)
-        return rec.RecursiveForCausalLM(rec.RecursiveConfig(
-            vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2, sharing="middle_cycle", num_recursions=2,
-            mor_router="expert"))
+        return rec.RecursiveForCausalLM(
+            rec.RecursiveConfig(
+                vocab_size=tok.vocab_size,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                sharing="middle_cycle",
+                num_recursions=2,
+                mor_router="expert",
+            )
+        )
 
     common = dict(batch_size=4, lr=3e-3, warmup_steps=2, steps=6, progress=False)
     a = make(0)
     ra = train_lm(a, train, held, LMTrainConfig(out_dir=str(tmp_path / "a"), **common))
     b = make(0)
-    train_lm(b, train, None, LMTrainConfig(out_dir=str(tmp_path / "b"), checkpoint_every=3,
-                                           max_flops=ra.train_flops / 2 - 1, **common))
+    train_lm(
+        b,
+        train,
+        None,
+        LMTrainConfig(out_dir=str(tmp_path / "b"), checkpoint_every=3, max_flops=ra.train_flops / 2 - 1, **common),
+    )
     c = make(7)
     rc = train_lm(c, train, held, LMTrainConfig(out_dir=str(tmp_path / "b"), resume=True, **common))
     for (n, p), (_, q) in zip(a.named_parameters(), c.named_parameters(), strict=True):

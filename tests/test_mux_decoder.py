@@ -41,8 +41,14 @@ WORDS = [" negative", " positive"]
 
 def mux_model(backbone, n: int, l: int, head=None) -> MultiplexedClassifier:
     head = head or VerbalizerHead.from_backbone(backbone, WORDS)
-    config = MuxConfig(n=n, prefill_layers=l, backbone=backbone.name, readout="last", prompt=backbone.prompt,
-                       label_names=["neg", "pos"])
+    config = MuxConfig(
+        n=n,
+        prefill_layers=l,
+        backbone=backbone.name,
+        readout="last",
+        prompt=backbone.prompt,
+        label_names=["neg", "pos"],
+    )
     model = MultiplexedClassifier(config, backbone, head)
     torch.manual_seed(2)
     with torch.no_grad():  # larger random adapters, so that any leak between slots shows in the logits
@@ -112,8 +118,9 @@ def test_cached_logits_equal_real_logits(tokenizer, family, n, l):
     assert (more_padding - real[:6]).abs().max().item() < 1e-5
     teacher = model.teacher()
     with torch.no_grad():
-        assert (logits_cached(teacher, cache, torch.arange(len(TEXTS))) - teacher(backbone.tokenize(TEXTS)).logits
-                ).abs().max().item() < 1e-5
+        assert (
+            logits_cached(teacher, cache, torch.arange(len(TEXTS))) - teacher(backbone.tokenize(TEXTS)).logits
+        ).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("family", DECODER_FAMILIES)

@@ -16,9 +16,30 @@ from tiny_families import save_family
 def test_verbalizer_teacher_through_the_cli(tmp_path, tokenizer, capsys):
     folder = save_family("llama", tmp_path / "llama", tokenizer, layers=2)
     out = tmp_path / "run"
-    args = ["mux", "train", "--model", str(folder), "--teacher", "verbalizer", "--task", "tweets", "--n", "2",
-            "--prefill-layers", "1", "--max-train", "64", "--epochs", "1", "--no-bench", "--shuffles", "2",
-            "--out", str(out), "--json"]
+    args = [
+        "mux",
+        "train",
+        "--model",
+        str(folder),
+        "--teacher",
+        "verbalizer",
+        "--task",
+        "tweets",
+        "--n",
+        "2",
+        "--prefill-layers",
+        "1",
+        "--max-train",
+        "64",
+        "--epochs",
+        "1",
+        "--no-bench",
+        "--shuffles",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+    ]
     main(args)
     rows = json.loads(capsys.readouterr().out)
     assert [r["n"] for r in rows] == [1, 2]
@@ -48,7 +69,24 @@ def test_bad_decoder_or_verbalizer_settings_are_one_line(tmp_path, tokenizer, ca
 @pytest.mark.parametrize("family", ["llama", "t5", "deberta-v2"])
 def test_mux_bench_runs_on_other_families(tmp_path, tokenizer, capsys, family):
     folder = save_family(family, tmp_path / family, tokenizer, layers=2)
-    main(["mux", "bench", "--model", str(folder), "--n", "2", "--prefill-layers", "1", "--samples", "8",
-          "--batch-size", "4", "--repetitions", "1", "--json"])
+    main(
+        [
+            "mux",
+            "bench",
+            "--model",
+            str(folder),
+            "--n",
+            "2",
+            "--prefill-layers",
+            "1",
+            "--samples",
+            "8",
+            "--batch-size",
+            "4",
+            "--repetitions",
+            "1",
+            "--json",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 2 and result["num_layers"] == 2 and result["ceiling"] == pytest.approx(2 / 1.5)

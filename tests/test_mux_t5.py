@@ -122,14 +122,17 @@ def synthetic(n: int, seed: int, split: str) -> ClassificationDataset:
 
 def test_short_training_learns_a_synthetic_task_at_n2(tokenizer):
     backbone = tiny_backbone_of("t5", tokenizer, layers=2)
-    train, val, dev = (build_feature_cache(backbone, synthetic(k, s, name), [1])
-                       for k, s, name in ((400, 0, "train"), (100, 1, "validation"), (200, 2, "dev")))
+    train, val, dev = (
+        build_feature_cache(backbone, synthetic(k, s, name), [1])
+        for k, s, name in ((400, 0, "train"), (100, 1, "validation"), (200, 2, "dev"))
+    )
     head, _ = train_probe(train.teacher, train.labels, val.teacher, val.labels, 2)
     teacher = TeacherClassifier(TeacherConfig(backbone=backbone.name, readout="answer"), backbone, head)
     assert evaluate_grouped(teacher, dev, progress=False).accuracy_mean > 0.9
     torch.manual_seed(0)
-    model = MultiplexedClassifier(MuxConfig(n=2, prefill_layers=1, backbone=backbone.name, readout="answer"),
-                                  backbone, head)
+    model = MultiplexedClassifier(
+        MuxConfig(n=2, prefill_layers=1, backbone=backbone.name, readout="answer"), backbone, head
+    )
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     train_mux(model, train, val, MuxTrainConfig(epochs=5, lr=3e-3, lambda_info=0.5), progress=False)
     assert evaluate_grouped(model, dev, shuffles=3, progress=False).accuracy_mean > 0.75  # chance: 0.5

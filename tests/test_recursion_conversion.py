@@ -22,9 +22,17 @@ VOCAB = 101
 @pytest.fixture(scope="module")
 def llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-                      max_position_embeddings=128, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        max_position_embeddings=128,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # distinct norm gains per layer, so folding them matters
         for name, p in model.named_parameters():
@@ -55,8 +63,9 @@ def test_vanilla_matches_llama(llama, x):
     assert _max_diff(got[1, 3:], ref[1, 3:]) < 1e-4  # left padding: real tokens agree
 
 
-@pytest.mark.parametrize("sharing,n", [("cycle", 2), ("cycle", 4), ("sequence", 2), ("middle_cycle", 2),
-                                       ("middle_sequence", 2)])
+@pytest.mark.parametrize(
+    "sharing,n", [("cycle", 2), ("cycle", 4), ("sequence", 2), ("middle_cycle", 2), ("middle_sequence", 2)]
+)
 @pytest.mark.parametrize("init", ["stepwise", "average", "lower"])
 def test_full_rank_relaxation_reproduces_original(llama, x, sharing, n, init):
     model = convert_llama_to_recursive(llama, n, sharing=sharing, init=init, relaxation_rank=64)
@@ -91,8 +100,9 @@ def test_init_methods_pick_the_right_layers(llama):
     torch.testing.assert_close(q(low, 1), _folded(llama, 1, "q_proj"))
     # middle_cycle copies first and last layers as they are
     mid = convert_llama_to_recursive(llama, 2, sharing="middle_cycle")
-    torch.testing.assert_close(mid.model.layers[0].self_attn.q_proj.weight,
-                               llama.model.layers[0].self_attn.q_proj.weight)
+    torch.testing.assert_close(
+        mid.model.layers[0].self_attn.q_proj.weight, llama.model.layers[0].self_attn.q_proj.weight
+    )
     torch.testing.assert_close(mid.model.layers[-1].mlp.down_proj.weight, llama.model.layers[3].mlp.down_proj.weight)
 
 
@@ -105,24 +115,51 @@ def test_convert_from_folder_with_mor(llama, x, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ errors
-@pytest.mark.parametrize("kw,needle", [
-    (dict(sharing="cycle", num_hidden_layers=6, num_recursions=4), "does not divide"),
-    (dict(sharing="middle_cycle", num_hidden_layers=6, num_recursions=3), "does not divide"),
-    (dict(sharing="sequence", num_hidden_layers=4, num_recursions=0), "num_recursions"),
-    (dict(sharing="cycle", num_hidden_layers=4, num_recursions=-1), "num_recursions"),
-    (dict(sharing="zigzag", num_hidden_layers=4, num_recursions=2), "sharing"),
-    (dict(sharing="none", num_hidden_layers=4, num_recursions=2), "num_recursions=1"),
-    (dict(sharing="none", num_hidden_layers=4, relaxation_rank=2), "relaxation_rank"),
-    (dict(sharing="middle_cycle", num_hidden_layers=8, num_recursions=3, mor_router="expert",
-          mor_capacity=[1.0, 0.0, 0.3]), "(0, 1]"),
-    (dict(sharing="middle_cycle", num_hidden_layers=8, num_recursions=3, mor_router="expert",
-          mor_capacity=[1.0, 1.5, 0.3]), "(0, 1]"),
-    (dict(sharing="middle_cycle", num_hidden_layers=8, num_recursions=3, mor_router="expert",
-          mor_capacity=[1.0, 0.5]), "entries"),
-    (dict(sharing="sequence", num_hidden_layers=4, num_recursions=2, mor_router="expert"), "mor_router"),
-    (dict(sharing="cycle", num_hidden_layers=4, num_recursions=2, mor_router="topk"), "mor_router"),
-    (dict(sharing="cycle", num_hidden_layers=4, num_recursions=2, mor_kv="share_all"), "mor_kv"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        (dict(sharing="cycle", num_hidden_layers=6, num_recursions=4), "does not divide"),
+        (dict(sharing="middle_cycle", num_hidden_layers=6, num_recursions=3), "does not divide"),
+        (dict(sharing="sequence", num_hidden_layers=4, num_recursions=0), "num_recursions"),
+        (dict(sharing="cycle", num_hidden_layers=4, num_recursions=-1), "num_recursions"),
+        (dict(sharing="zigzag", num_hidden_layers=4, num_recursions=2), "sharing"),
+        (dict(sharing="none", num_hidden_layers=4, num_recursions=2), "num_recursions=1"),
+        (dict(sharing="none", num_hidden_layers=4, relaxation_rank=2), "relaxation_rank"),
+        (
+            dict(
+                sharing="middle_cycle",
+                num_hidden_layers=8,
+                num_recursions=3,
+                mor_router="expert",
+                mor_capacity=[1.0, 0.0, 0.3],
+            ),
+            "(0, 1]",
+        ),
+        (
+            dict(
+                sharing="middle_cycle",
+                num_hidden_layers=8,
+                num_recursions=3,
+                mor_router="expert",
+                mor_capacity=[1.0, 1.5, 0.3],
+            ),
+            "(0, 1]",
+        ),
+        (
+            dict(
+                sharing="middle_cycle",
+                num_hidden_layers=8,
+                num_recursions=3,
+                mor_router="expert",
+                mor_capacity=[1.0, 0.5],
+            ),
+            "entries",
+        ),
+        (dict(sharing="sequence", num_hidden_layers=4, num_recursions=2, mor_router="expert"), "mor_router"),
+        (dict(sharing="cycle", num_hidden_layers=4, num_recursions=2, mor_router="topk"), "mor_router"),
+        (dict(sharing="cycle", num_hidden_layers=4, num_recursions=2, mor_kv="share_all"), "mor_kv"),
+    ],
+)
 def test_config_errors_are_one_line(kw, needle):
     with pytest.raises(DepthmuxError) as e:
         RecursiveConfig(vocab_size=11, hidden_size=16, intermediate_size=32, num_attention_heads=2, **kw)
@@ -140,8 +177,9 @@ def test_conversion_errors(llama, tmp_path):
 
 
 def test_corrupt_checkpoint_folder(tmp_path):
-    model = RecursiveForCausalLM(RecursiveConfig(vocab_size=11, hidden_size=16, intermediate_size=32,
-                                                 num_attention_heads=2, num_hidden_layers=2))
+    model = RecursiveForCausalLM(
+        RecursiveConfig(vocab_size=11, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2)
+    )
     good = tmp_path / "good"
     model.save_pretrained(good)
     assert isinstance(load_recursive_model(good), RecursiveForCausalLM)
@@ -166,8 +204,9 @@ def test_smollm2_conversion_runs():
     if (cached / "config.json").is_file():
         llama = LlamaForCausalLM.from_pretrained(cached, dtype=torch.float32).eval()
     else:  # read the GGUF directly (one dequantisation, ~20 s)
-        llama = LlamaForCausalLM.from_pretrained(assets.package_dir(assets.SMOLLM2_PACKAGE),
-                                                 gguf_file=assets.SMOLLM2_GGUF, dtype=torch.float32).eval()
+        llama = LlamaForCausalLM.from_pretrained(
+            assets.package_dir(assets.SMOLLM2_PACKAGE), gguf_file=assets.SMOLLM2_GGUF, dtype=torch.float32
+        ).eval()
     x = torch.randint(0, llama.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
     vanilla = convert_llama_to_recursive(llama, 1, sharing="none")
     rec = convert_llama_to_recursive(llama, 2, sharing="middle_cycle", init="stepwise", relaxation_rank=4)

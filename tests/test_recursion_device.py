@@ -29,7 +29,7 @@ def test_cuda_train_step_incremental_and_generate(kind):
         cache = first.past_key_values
         steps = [first.logits]
         for t in range(5, 12):
-            o = model(x[:, t:t + 1], past_key_values=cache, use_cache=True)
+            o = model(x[:, t : t + 1], past_key_values=cache, use_cache=True)
             cache = o.past_key_values
             steps.append(o.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)

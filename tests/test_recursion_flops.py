@@ -61,8 +61,14 @@ def test_shared_kv_recursion_counts_queries_times_all_visible_keys(tiny_recursiv
     """Recursive KV sharing: a query at recursion 2 reads every earlier key of recursion 1's cache
     (t + 1 keys at position t), not only the keys of the tokens routed with it (SPEC 4)."""
     B, T = 2, 12
-    model = tiny_recursive_factory(vocab_size=VOCAB, num_hidden_layers=4, num_recursions=2, mor_router="expert",
-                                   mor_kv="share_first", mor_capacity=[1.0, 0.5]).train()
+    model = tiny_recursive_factory(
+        vocab_size=VOCAB,
+        num_hidden_layers=4,
+        num_recursions=2,
+        mor_router="expert",
+        mor_kv="share_first",
+        mor_capacity=[1.0, 0.5],
+    ).train()
     with torch.no_grad():
         for r in model.model.router.routers:
             r.weight.normal_(0, 1.0)
@@ -84,8 +90,10 @@ def test_shared_kv_recursion_counts_queries_times_all_visible_keys(tiny_recursiv
 
 
 @pytest.mark.parametrize("tied", [True, False])
-@pytest.mark.parametrize("overrides", [dict(sharing="none", num_recursions=1),
-                                       dict(relaxation_rank=2, mor_router="expert", mor_aux_router=True)])
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(sharing="none", num_recursions=1), dict(relaxation_rank=2, mor_router="expert", mor_aux_router=True)],
+)
 def test_parameter_counts(tiny_recursive_factory, tied, overrides):
     model = tiny_recursive_factory(vocab_size=VOCAB, num_hidden_layers=4, tie_word_embeddings=tied, **overrides)
     counts = model.parameter_counts()

@@ -28,17 +28,25 @@ KINDS = {
     "middle_sequence": dict(sharing="middle_sequence", num_hidden_layers=6, num_recursions=2),
     "cycle_share_kv": dict(sharing="cycle", num_hidden_layers=4, num_recursions=2, mor_kv="share_first"),
     "mor_expert": dict(sharing="middle_cycle", num_hidden_layers=8, num_recursions=3, mor_router="expert"),
-    "mor_expert_share": dict(sharing="middle_cycle", num_hidden_layers=5, num_recursions=3, mor_router="expert",
-                             mor_kv="share_first"),
+    "mor_expert_share": dict(
+        sharing="middle_cycle", num_hidden_layers=5, num_recursions=3, mor_router="expert", mor_kv="share_first"
+    ),
     "mor_token": dict(sharing="middle_cycle", num_hidden_layers=8, num_recursions=3, mor_router="token"),
-    "mor_token_share": dict(sharing="middle_cycle", num_hidden_layers=5, num_recursions=3, mor_router="token",
-                            mor_kv="share_first"),
+    "mor_token_share": dict(
+        sharing="middle_cycle", num_hidden_layers=5, num_recursions=3, mor_router="token", mor_kv="share_first"
+    ),
 }
 
 
 def tiny_config(**kw) -> RecursiveConfig:
-    base = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=128)
+    base = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     base.update(kw)
     return RecursiveConfig(**base)
 
@@ -60,7 +68,7 @@ def assert_greedy_under_full_recompute(model, seq: torch.Tensor, prompt_len: int
         logits = model(seq, use_cache=False).logits.float()
     for t in range(prompt_len, seq.shape[1]):
         step = logits[:, t - 1]
-        chosen = step.gather(1, seq[:, t:t + 1]).squeeze(1)
+        chosen = step.gather(1, seq[:, t : t + 1]).squeeze(1)
         assert bool((chosen >= step.max(-1).values - tol).all()), f"token {t} is not greedy"
 
 
@@ -155,7 +163,7 @@ def test_incremental_decoding_matches_full_forward(kind):
         cache = out.past_key_values
         assert isinstance(cache, RecursiveCache)
         for t in range(4, 11, 3):  # chunks of 3, then the rest
-            out = model(x[:, t:t + 3], past_key_values=cache, use_cache=True)
+            out = model(x[:, t : t + 3], past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
@@ -246,8 +254,9 @@ def test_token_choice_losses_and_depths():
 def test_kv_memory_matches_spec(n):
     L = 2 + 2 * n
     rw = tiny_config(sharing="middle_cycle", num_hidden_layers=L, num_recursions=n, mor_router="expert")
-    sf = tiny_config(sharing="middle_cycle", num_hidden_layers=L, num_recursions=n, mor_router="expert",
-                     mor_kv="share_first")
+    sf = tiny_config(
+        sharing="middle_cycle", num_hidden_layers=L, num_recursions=n, mor_router="expert", mor_kv="share_first"
+    )
     T = 12 * n
     assert kv_cache_entries(rw, T)["block_ratio"] == pytest.approx((n + 1) / (2 * n))
     assert kv_cache_entries(sf, T)["block_ratio"] == pytest.approx(1 / n)

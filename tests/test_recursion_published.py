@@ -21,8 +21,9 @@ def test_capacity_is_floor_with_at_least_one_token():
 
 
 def test_short_rows_keep_one_token_in_training(tiny_recursive_factory):
-    model = tiny_recursive_factory(num_hidden_layers=5, num_recursions=3, mor_router="expert",
-                                   mor_capacity=[1.0, 0.5, 0.25]).train()
+    model = tiny_recursive_factory(
+        num_hidden_layers=5, num_recursions=3, mor_router="expert", mor_capacity=[1.0, 0.5, 0.25]
+    ).train()
     x = torch.randint(0, 61, (2, 3), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(x)
     mask[1, 0] = 0  # row 1 has 2 real tokens
@@ -48,8 +49,9 @@ def test_stepwise_middle_sharing_picks_layers_1_4_6(tiny_llama_factory):
     model = convert_llama_to_recursive(llama, 2, sharing="middle_cycle", init="stepwise")
     assert model.config.block_size == 3
     for u, orig in zip((1, 2, 3), (1, 4, 6), strict=True):
-        torch.testing.assert_close(model.model.layers[u].self_attn.q_proj.weight,
-                                   llama.model.layers[orig].self_attn.q_proj.weight)
+        torch.testing.assert_close(
+            model.model.layers[u].self_attn.q_proj.weight, llama.model.layers[orig].self_attn.q_proj.weight
+        )
 
 
 # ------------------------------------------------------------------------------------ SVD

@@ -17,9 +17,18 @@ VOCAB = 37
 
 def expert_model(n: int = 3, seed: int = 0, **kw) -> RecursiveForCausalLM:
     torch.manual_seed(seed)
-    cfg = RecursiveConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                          num_hidden_layers=2 + n, num_recursions=n, sharing="middle_cycle", mor_router="expert",
-                          max_position_embeddings=64, **kw)
+    cfg = RecursiveConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_hidden_layers=2 + n,
+        num_recursions=n,
+        sharing="middle_cycle",
+        mor_router="expert",
+        max_position_embeddings=64,
+        **kw,
+    )
     model = RecursiveForCausalLM(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -160,5 +169,6 @@ def test_aux_router_parameter_count_and_round_trip(tmp_path):
     assert loaded.config.mor_aux_router and loaded.model.router.aux_routers is not None
     torch.testing.assert_close(loaded.model.router.aux_routers[1].weight, model.model.router.aux_routers[1].weight)
     with pytest.raises(Exception, match="mor_aux_router"):
-        RecursiveConfig(num_hidden_layers=4, num_recursions=2, sharing="middle_cycle", mor_router="token",
-                        mor_aux_router=True)
+        RecursiveConfig(
+            num_hidden_layers=4, num_recursions=2, sharing="middle_cycle", mor_router="token", mor_aux_router=True
+        )

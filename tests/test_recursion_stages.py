@@ -72,8 +72,10 @@ def test_stages_with_a_cache_reproduce_incremental_forward(tiny_recursive_factor
         out = model(x[:, :5], use_cache=True)
         ref = [out.logits, model(x[:, 5:], past_key_values=out.cache, use_cache=True).logits]
         cache = RecursiveCache()
-        got = [staged_logits(model, x[:, :5], cache=cache, routing="causal"),
-               staged_logits(model, x[:, 5:], cache=cache, routing="causal")]
+        got = [
+            staged_logits(model, x[:, :5], cache=cache, routing="causal"),
+            staged_logits(model, x[:, 5:], cache=cache, routing="causal"),
+        ]
     assert cache.seq_len == 9
     assert (torch.cat(got, 1) - torch.cat(ref, 1)).abs().max().item() < 1e-5
 

@@ -56,8 +56,9 @@ def expert_by_hand(model, x, routing="topk"):
 @pytest.mark.parametrize("rule", ["published", "gated_delta"])
 @pytest.mark.parametrize("kv", ["recursion_wise", "share_first"])
 def test_expert_choice_update_by_hand(tiny_recursive_factory, rule, kv):
-    model = make(tiny_recursive_factory, num_hidden_layers=8, num_recursions=3, mor_router="expert",
-                 mor_update=rule, mor_kv=kv)
+    model = make(
+        tiny_recursive_factory, num_hidden_layers=8, num_recursions=3, mor_router="expert", mor_update=rule, mor_kv=kv
+    )
     x = ids()
     with torch.no_grad():
         ref = model(x, use_cache=False, routing="topk")
@@ -67,8 +68,10 @@ def test_expert_choice_update_by_hand(tiny_recursive_factory, rule, kv):
 
 
 def test_published_is_the_default_and_differs_from_gated_delta(tiny_recursive_factory):
-    assert RecursiveConfig(num_hidden_layers=4, num_recursions=2, sharing="middle_cycle",
-                           mor_router="expert").mor_update == "published"
+    assert (
+        RecursiveConfig(num_hidden_layers=4, num_recursions=2, sharing="middle_cycle", mor_router="expert").mor_update
+        == "published"
+    )
     x = ids()
     with torch.no_grad():
         a = make(tiny_recursive_factory, mor_router="expert")(x).logits
@@ -80,8 +83,14 @@ def test_published_is_the_default_and_differs_from_gated_delta(tiny_recursive_fa
 @pytest.mark.parametrize("routing", ["topk", "causal"])
 def test_gate_only_control(tiny_recursive_factory, rule, routing):
     """Capacities [1, 1]: every token runs every recursion (no routing), the gate still applies."""
-    model = make(tiny_recursive_factory, num_hidden_layers=6, num_recursions=2, mor_router="expert",
-                 mor_capacity=[1.0, 1.0], mor_update=rule)
+    model = make(
+        tiny_recursive_factory,
+        num_hidden_layers=6,
+        num_recursions=2,
+        mor_router="expert",
+        mor_capacity=[1.0, 1.0],
+        mor_update=rule,
+    )
     x = ids()
     with torch.no_grad():
         out = model(x, use_cache=False, routing=routing)
@@ -121,8 +130,9 @@ def token_by_hand(model, x):
 @pytest.mark.parametrize("rule", ["published", "gated_delta"])
 @pytest.mark.parametrize("kv", ["recursion_wise", "share_first"])
 def test_token_choice_update_by_hand(tiny_recursive_factory, rule, kv):
-    model = make(tiny_recursive_factory, num_hidden_layers=8, num_recursions=3, mor_router="token",
-                 mor_update=rule, mor_kv=kv)
+    model = make(
+        tiny_recursive_factory, num_hidden_layers=8, num_recursions=3, mor_router="token", mor_update=rule, mor_kv=kv
+    )
     x = ids(B=1, T=16, seed=2)
     with torch.no_grad():
         ref = model(x, use_cache=False)
@@ -140,15 +150,17 @@ def test_token_choice_balance_loss_by_hand():
     torch.testing.assert_close(balance_loss(probs, depth, valid), torch.tensor(1.1))
     # padding does not count; a perfectly balanced router scores exactly 1
     even = torch.tensor([[[0.5, 0.5], [0.5, 0.5], [0.1, 0.9]]])
-    torch.testing.assert_close(balance_loss(even, torch.tensor([[0, 1, 0]]), torch.tensor([[True, True, False]])),
-                               torch.tensor(1.0))
+    torch.testing.assert_close(
+        balance_loss(even, torch.tensor([[0, 1, 0]]), torch.tensor([[True, True, False]])), torch.tensor(1.0)
+    )
 
 
 @pytest.mark.parametrize("bad", ["paper", "", None, "Published"])
 def test_unknown_update_rule_is_one_line(bad):
     with pytest.raises(DepthmuxError) as e:
-        RecursiveConfig(num_hidden_layers=4, num_recursions=2, sharing="middle_cycle", mor_router="expert",
-                        mor_update=bad)
+        RecursiveConfig(
+            num_hidden_layers=4, num_recursions=2, sharing="middle_cycle", mor_router="expert", mor_update=bad
+        )
     assert "mor_update" in str(e.value) and "\n" not in str(e.value)
 
 

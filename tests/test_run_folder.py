@@ -65,8 +65,10 @@ def test_check_matches_names_the_difference(tmp_path):
     run.check_matches("config", {"lr": 0.5, "train": {"epochs": 3}}, keys=["train.epochs"])
     with pytest.raises(DepthmuxError) as e:
         run.check_matches("config", {"lr": 0.002, "task": "sst2"})
-    assert str(e.value) == (f"--resume: {tmp_path} was started with a different lr (stored 0.001, given 0.002); "
-                            "resume with the stored settings or use a new --out")
+    assert str(e.value) == (
+        f"--resume: {tmp_path} was started with a different lr (stored 0.001, given 0.002); "
+        "resume with the stored settings or use a new --out"
+    )
     with pytest.raises(DepthmuxError, match=r"different epochs \(stored 3, given 4\), n \(stored \(none\)"):
         run.check_matches("config", {"train": {"epochs": 4}, "n": 2}, keys=["train.epochs", "n"])
 
@@ -91,6 +93,7 @@ def test_torn_last_log_line_is_ignored_and_truncate_repairs(tmp_path):
 def _write(step):
     def write(d):
         save_checkpoint(d / "trainer", {"w": {"x": torch.full((2,), float(step))}}, {"step": step})
+
     return write
 
 

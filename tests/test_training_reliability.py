@@ -41,8 +41,10 @@ def toy_data(n: int, seed: int) -> ClassificationDataset:
 
 @pytest.fixture
 def caches(tiny_backbone):
-    return (build_feature_cache(tiny_backbone, toy_data(48, 0), [0, 1]),
-            build_feature_cache(tiny_backbone, toy_data(16, 1), [0, 1]))
+    return (
+        build_feature_cache(tiny_backbone, toy_data(48, 0), [0, 1]),
+        build_feature_cache(tiny_backbone, toy_data(16, 1), [0, 1]),
+    )
 
 
 def mux_model(backbone):
@@ -59,10 +61,24 @@ def common_lm(**kw):
 # ------------------------------------------------------------------------------------------ LM
 
 
-@pytest.mark.parametrize("field,value", [("steps", 0), ("steps", -1), ("batch_size", 0), ("lr", float("nan")),
-                                         ("lr", float("inf")), ("lr", 0.0), ("grad_clip", float("nan")),
-                                         ("grad_clip", -1.0), ("weight_decay", -0.1), ("warmup_steps", -1),
-                                         ("checkpoint_every", -5), ("decay_fraction", 1.5), ("eval_every", -1)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("steps", 0),
+        ("steps", -1),
+        ("batch_size", 0),
+        ("lr", float("nan")),
+        ("lr", float("inf")),
+        ("lr", 0.0),
+        ("grad_clip", float("nan")),
+        ("grad_clip", -1.0),
+        ("weight_decay", -0.1),
+        ("warmup_steps", -1),
+        ("checkpoint_every", -5),
+        ("decay_fraction", 1.5),
+        ("eval_every", -1),
+    ],
+)
 def test_lm_config_rejects_nonsense(field, value):
     with pytest.raises(DepthmuxError) as e:
         LMTrainConfig(out_dir="x", **{field: value}).validate()
@@ -84,8 +100,12 @@ def test_lm_refuses_existing_run_and_checkpoints_by_default(tmp_path, lm_data, t
     with pytest.raises(DepthmuxError, match="already holds a run: continue it with --resume or choose a new --out"):
         train_lm(tiny_llama_factory(tok.vocab_size), train, None, cfg)
     with RunFolder(tmp_path).lock(), pytest.raises(DepthmuxError, match="in use by another run"):
-        train_lm(tiny_llama_factory(tok.vocab_size), train, None,
-                 LMTrainConfig(out_dir=str(tmp_path), resume=True, **common_lm()))
+        train_lm(
+            tiny_llama_factory(tok.vocab_size),
+            train,
+            None,
+            LMTrainConfig(out_dir=str(tmp_path), resume=True, **common_lm()),
+        )
 
 
 def test_lm_nonfinite_loss_stops_without_saving(tmp_path, lm_data, tiny_llama_factory):
@@ -109,9 +129,19 @@ def test_lm_resume_after_torn_log_and_corrupt_newest_checkpoint(tmp_path, lm_dat
 
     cut = tmp_path / "b"
     per_step = json.loads((tmp_path / "a" / "log.jsonl").read_text().splitlines()[0])["train_flops"]
-    train_lm(tiny_llama_factory(tok.vocab_size), train, held,
-             LMTrainConfig(out_dir=str(cut), eval_every=3, checkpoint_every=3, keep_checkpoints=3,
-                           max_flops=per_step * 7 - 1, **common_lm()))
+    train_lm(
+        tiny_llama_factory(tok.vocab_size),
+        train,
+        held,
+        LMTrainConfig(
+            out_dir=str(cut),
+            eval_every=3,
+            checkpoint_every=3,
+            keep_checkpoints=3,
+            max_flops=per_step * 7 - 1,
+            **common_lm(),
+        ),
+    )
     assert [s for s, _ in list_checkpoints(cut)] == [3, 6, 7]
     # a kill left: the newest checkpoint corrupt, a torn log line, a temp folder
     (cut / "checkpoints" / "step-000007" / "trainer" / "optimizer.safetensors").write_bytes(b"\0" * 10)
@@ -129,18 +159,36 @@ def test_lm_resume_after_torn_log_and_corrupt_newest_checkpoint(tmp_path, lm_dat
 
 def test_lm_resume_checks_the_stored_settings(tmp_path, lm_data, tiny_llama_factory):
     tok, train, _ = lm_data
-    train_lm(tiny_llama_factory(tok.vocab_size), train, None,
-             LMTrainConfig(out_dir=str(tmp_path), checkpoint_every=5, **common_lm()))
+    train_lm(
+        tiny_llama_factory(tok.vocab_size),
+        train,
+        None,
+        LMTrainConfig(out_dir=str(tmp_path), checkpoint_every=5, **common_lm()),
+    )
     with pytest.raises(DepthmuxError, match=r"different lr \(stored 0.003, given 0.01\)"):
-        train_lm(tiny_llama_factory(tok.vocab_size), train, None,
-                 LMTrainConfig(out_dir=str(tmp_path), resume=True, **common_lm(lr=0.01)))
+        train_lm(
+            tiny_llama_factory(tok.vocab_size),
+            train,
+            None,
+            LMTrainConfig(out_dir=str(tmp_path), resume=True, **common_lm(lr=0.01)),
+        )
 
 
 # ----------------------------------------------------------------------------------------- mux
 
 
-@pytest.mark.parametrize("field,value", [("epochs", 0), ("epochs", -1), ("batch_size", 0), ("lr", float("nan")),
-                                         ("lr", float("inf")), ("tau", 0.0), ("weight_decay", -1.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("epochs", 0),
+        ("epochs", -1),
+        ("batch_size", 0),
+        ("lr", float("nan")),
+        ("lr", float("inf")),
+        ("tau", 0.0),
+        ("weight_decay", -1.0),
+    ],
+)
 def test_mux_config_rejects_nonsense(field, value):
     with pytest.raises(DepthmuxError):
         MuxTrainConfig(**{field: value}).validate()

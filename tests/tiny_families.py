@@ -27,9 +27,17 @@ def hf_model(family: str, vocab_size: int, layers: int = 3, seed: int = 0):
         return model
     if family == "deberta-v2":
         cfg = tf.DebertaV2Config(
-            pad_token_id=0, type_vocab_size=2, relative_attention=True, pos_att_type=["p2c", "c2p"],
-            position_buckets=16, max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True,
-            conv_kernel_size=3, position_biased_input=False, **common,
+            pad_token_id=0,
+            type_vocab_size=2,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_buckets=16,
+            max_relative_positions=-1,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            conv_kernel_size=3,
+            position_biased_input=False,
+            **common,
         )
         model = tf.DebertaV2Model(cfg)
         with torch.no_grad():
@@ -37,8 +45,14 @@ def hf_model(family: str, vocab_size: int, layers: int = 3, seed: int = 0):
         return model
     if family == "modernbert":
         cfg = tf.ModernBertConfig(
-            pad_token_id=0, bos_token_id=101, eos_token_id=102, cls_token_id=101, sep_token_id=102,
-            global_attn_every_n_layers=2, local_attention=4, **common,
+            pad_token_id=0,
+            bos_token_id=101,
+            eos_token_id=102,
+            cls_token_id=101,
+            sep_token_id=102,
+            global_attn_every_n_layers=2,
+            local_attention=4,
+            **common,
         )
         return tf.ModernBertModel(cfg)
     if family == "llama":
@@ -46,14 +60,27 @@ def hf_model(family: str, vocab_size: int, layers: int = 3, seed: int = 0):
         return tf.LlamaForCausalLM(cfg)
     if family == "qwen2":
         cfg = tf.Qwen2Config(
-            num_key_value_heads=2, pad_token_id=0, use_sliding_window=True, sliding_window=3, max_window_layers=1,
-            layer_types=["full_attention", "sliding_attention", "sliding_attention"][:layers], **common,
+            num_key_value_heads=2,
+            pad_token_id=0,
+            use_sliding_window=True,
+            sliding_window=3,
+            max_window_layers=1,
+            layer_types=["full_attention", "sliding_attention", "sliding_attention"][:layers],
+            **common,
         )
         return tf.Qwen2ForCausalLM(cfg)
     if family == "t5":
         cfg = tf.T5Config(
-            vocab_size=vocab_size, d_model=48, d_kv=12, d_ff=64, num_layers=layers, num_decoder_layers=2,
-            num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=102,
+            vocab_size=vocab_size,
+            d_model=48,
+            d_kv=12,
+            d_ff=64,
+            num_layers=layers,
+            num_decoder_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=102,
         )
         return tf.T5ForConditionalGeneration(cfg)
     raise ValueError(family)

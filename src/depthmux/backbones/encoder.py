@@ -187,4 +187,3 @@ class ModernBertBackbone(HFEncoderBackbone):
 
     def output_states(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.final_norm(hidden), attention_mask
-

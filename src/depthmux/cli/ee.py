@@ -13,7 +13,7 @@ import typer
 
 app = typer.Typer(
     help="Early exit (FREE): train a shallow exit on a pretrained LLaMA (SmolLM2 by default) with the FREE "
-         "loss, evaluate the held-out NLL of both exits, benchmark early-exit decoding in the engine.",
+    "loss, evaluate the held-out NLL of both exits, benchmark early-exit decoding in the engine.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -28,13 +28,16 @@ def _quiet_transformers() -> None:
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="Run folder: log.jsonl, checkpoints/, model/."),
-    source: str = typer.Option("smollm2", "--from", help="smollm2 (packaged SmolLM2-135M) or a LLaMA model folder "
-                                                          "(its tokenizer is used)."),
-    exit_layer: int | None = typer.Option(None, "--exit-layer", help="L_s, layers of the shallow exit, 1..L-1 "
-                                                                      "(default: a quarter of the layers)."),
+    source: str = typer.Option(
+        "smollm2", "--from", help="smollm2 (packaged SmolLM2-135M) or a LLaMA model folder (its tokenizer is used)."
+    ),
+    exit_layer: int | None = typer.Option(
+        None, "--exit-layer", help="L_s, layers of the shallow exit, 1..L-1 (default: a quarter of the layers)."
+    ),
     alpha: float = typer.Option(0.5, help="Weight of MSE(h_shallow, h_deep) in the FREE loss (SPEC 2)."),
-    corpus: str = typer.Option("shakespeare",
-                               help="shakespeare[:play] | kjv[:book] | PATH (.txt, .jsonl or a folder)."),
+    corpus: str = typer.Option(
+        "shakespeare", help="shakespeare[:play] | kjv[:book] | PATH (.txt, .jsonl or a folder)."
+    ),
     steps: int = typer.Option(500, help="Optimizer steps."),
     lr: float = typer.Option(2e-4, help="Peak learning rate (AdamW)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Blocks per step (per process)."),
@@ -46,11 +49,15 @@ def train(
     holdout: float = typer.Option(0.1, help="Held-out share of documents (seeded split)."),
     max_train_blocks: int | None = typer.Option(None, help="Use at most this many training blocks."),
     max_eval_blocks: int | None = typer.Option(64, help="Evaluate on at most this many held-out blocks."),
-    checkpoint_every: int | None = typer.Option(None, help="Checkpoint every K steps (0 = only at the end; "
-                                                               "default: every 10% of the steps, at most 50)."),
+    checkpoint_every: int | None = typer.Option(
+        None, help="Checkpoint every K steps (0 = only at the end; default: every 10% of the steps, at most 50)."
+    ),
     eval_every: int = typer.Option(0, help="Evaluate every K steps (0 = only at the end)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
-                                                        "with its stored settings (exactly reproducible)."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --out from its last checkpoint with its stored settings (exactly reproducible).",
+    ),
     seed: int = typer.Option(0, help="Seed for the split, packing order and batches."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -60,12 +67,29 @@ def train(
 
     _quiet_transformers()
     model_spec = EEModelSpec(source=source, exit_layer=exit_layer, alpha=alpha)
-    cfg = LMTrainConfig(out_dir=str(out), steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        warmup_steps=warmup, decay_fraction=decay_fraction, grad_clip=grad_clip,
-                        checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume, seed=seed,
-                        progress=progress)
-    data_spec = LMDataSpec(corpus=corpus, block_size=block_size, holdout=holdout, seed=seed,
-                           max_train_blocks=max_train_blocks, max_eval_blocks=max_eval_blocks)
+    cfg = LMTrainConfig(
+        out_dir=str(out),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup,
+        decay_fraction=decay_fraction,
+        grad_clip=grad_clip,
+        checkpoint_every=checkpoint_every,
+        eval_every=eval_every,
+        resume=resume,
+        seed=seed,
+        progress=progress,
+    )
+    data_spec = LMDataSpec(
+        corpus=corpus,
+        block_size=block_size,
+        holdout=holdout,
+        seed=seed,
+        max_train_blocks=max_train_blocks,
+        max_eval_blocks=max_eval_blocks,
+    )
     if not resume:
         model_spec.validate()
         cfg.validate()
@@ -85,8 +109,9 @@ def train(
 @app.command("eval")
 def eval_(
     model: Path = typer.Option(..., "--model", help="A run folder (from `ee train`), a checkpoint or a model folder."),
-    corpus: str | None = typer.Option(None, help="The corpus (default: the run's; required for a model "
-                                                    "folder without train_config.json)."),
+    corpus: str | None = typer.Option(
+        None, help="The corpus (default: the run's; required for a model folder without train_config.json)."
+    ),
     block_size: int | None = typer.Option(None, "--block-size", help="Override the block size."),
     holdout: float | None = typer.Option(None, help="Override the held-out share."),
     seed: int | None = typer.Option(None, help="Override the split seed."),
@@ -106,10 +131,12 @@ def eval_(
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
-    typer.echo(f"{res['model']}: deep NLL {res['deep']['nll']:.4f} (ppl {res['deep']['ppl']:.2f}), shallow exit "
-               f"after {res['exit_layer']}/{res['num_layers']} layers NLL {res['shallow']['nll']:.4f} "
-               f"(ppl {res['shallow']['ppl']:.2f}), argmax agreement {res['exit_agreement']:.3f} "
-               f"({res['deep']['targets']} tokens of {res['corpus']})")
+    typer.echo(
+        f"{res['model']}: deep NLL {res['deep']['nll']:.4f} (ppl {res['deep']['ppl']:.2f}), shallow exit "
+        f"after {res['exit_layer']}/{res['num_layers']} layers NLL {res['shallow']['nll']:.4f} "
+        f"(ppl {res['shallow']['ppl']:.2f}), argmax agreement {res['exit_agreement']:.3f} "
+        f"({res['deep']['targets']} tokens of {res['corpus']})"
+    )
 
 
 def _numbers(option: str, text: str, kind: type) -> tuple:
@@ -128,8 +155,9 @@ def bench(
     model: Path = typer.Option(..., "--model", help="A saved early-exit model (run, checkpoint or model folder)."),
     thresholds: str = typer.Option("1.0,0.9,0.8,0.6", help="Fixed exit thresholds in [0, 1] (FREE runs)."),
     deltas: str = typer.Option("", help="Wrong-exit bounds in (0, 1) for adaptive-threshold runs (e.g. 0.05,0.1)."),
-    draft_tokens: str = typer.Option("4", "--draft-tokens", help="Drafts k per verification (self-speculative "
-                                                                "runs; empty: none)."),
+    draft_tokens: str = typer.Option(
+        "4", "--draft-tokens", help="Drafts k per verification (self-speculative runs; empty: none)."
+    ),
     batch_sizes: str = typer.Option("1,16", "--batch-sizes", help="Sequences in flight at once."),
     prompts: int = typer.Option(16, "--prompts", help="Held-out prompts."),
     prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Tokens per prompt."),
@@ -144,19 +172,31 @@ def bench(
     from depthmux.recipes.early_exit import EEBenchConfig, run_ee_bench
 
     _quiet_transformers()
-    cfg = EEBenchConfig(model=str(model), thresholds=_numbers("--thresholds", thresholds, float),
-                        deltas=_numbers("--deltas", deltas, float),
-                        draft_tokens=_numbers("--draft-tokens", draft_tokens, int),
-                        batch_sizes=_numbers("--batch-sizes", batch_sizes, int), num_prompts=prompts,
-                        prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens, rounds=rounds, corpus=corpus,
-                        device=device, plot=str(plot) if plot else None)
+    cfg = EEBenchConfig(
+        model=str(model),
+        thresholds=_numbers("--thresholds", thresholds, float),
+        deltas=_numbers("--deltas", deltas, float),
+        draft_tokens=_numbers("--draft-tokens", draft_tokens, int),
+        batch_sizes=_numbers("--batch-sizes", batch_sizes, int),
+        num_prompts=prompts,
+        prompt_tokens=prompt_tokens,
+        max_new_tokens=max_new_tokens,
+        rounds=rounds,
+        corpus=corpus,
+        device=device,
+        plot=str(plot) if plot else None,
+    )
     res = run_ee_bench(cfg.validate())
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
-    typer.echo(f"{res['model']}: exit after {res['exit_layer']}/{res['num_layers']} layers, {res['prompts']} prompts, "
-               f"{res['max_new_tokens']} new tokens each, {res['device']}")
+    typer.echo(
+        f"{res['model']}: exit after {res['exit_layer']}/{res['num_layers']} layers, {res['prompts']} prompts, "
+        f"{res['max_new_tokens']} new tokens each, {res['device']}"
+    )
     for r in res["results"]:
         extra = "".join(f", {k} {r[k]:.3f}" for k in ("exit_rate", "acceptance_rate") if r.get(k) is not None)
-        typer.echo(f"  batch {r['batch_size']:>3} {r['config']:<18} {r['tokens_per_s']:8.1f} tok/s  "
-                   f"x{r['speedup_vs_deep']:.2f}  agreement {r['token_agreement']:.3f}{extra}")
+        typer.echo(
+            f"  batch {r['batch_size']:>3} {r['config']:<18} {r['tokens_per_s']:8.1f} tok/s  "
+            f"x{r['speedup_vs_deep']:.2f}  agreement {r['token_agreement']:.3f}{extra}"
+        )

@@ -22,8 +22,10 @@ def check_exit_layer(exit_layer, num_layers: int) -> None:
     """One line unless ``exit_layer`` is an integer in 1..num_layers - 1."""
     ok = isinstance(exit_layer, int) and not isinstance(exit_layer, bool) and 1 <= exit_layer <= num_layers - 1
     if not ok:
-        raise DepthmuxError(f"exit layer L_s must be an integer in 1..{num_layers - 1} (the model has "
-                            f"{num_layers} layers), got {exit_layer!r}")
+        raise DepthmuxError(
+            f"exit layer L_s must be an integer in 1..{num_layers - 1} (the model has "
+            f"{num_layers} layers), got {exit_layer!r}"
+        )
 
 
 class EarlyExitConfig(RecursiveConfig):
@@ -40,8 +42,9 @@ class EarlyExitConfig(RecursiveConfig):
     def __init__(self, exit_layer: int = 1, exit_mse_weight: float = 0.5, **kwargs):
         for key, value in (("sharing", "none"), ("num_recursions", 1), ("relaxation_rank", 0), ("mor_router", None)):
             if kwargs.get(key, value) != value:
-                raise DepthmuxError(f"an early-exit model is a plain LLaMA decoder: {key} must be {value!r}, "
-                                    f"got {kwargs[key]!r}")
+                raise DepthmuxError(
+                    f"an early-exit model is a plain LLaMA decoder: {key} must be {value!r}, got {kwargs[key]!r}"
+                )
             kwargs[key] = value
         self.exit_layer = exit_layer
         self.exit_mse_weight = exit_mse_weight

@@ -145,14 +145,17 @@ class EarlyExitForCausalLM(RecursiveForCausalLM):
             with torch.no_grad():
                 agree = (shallow_logits.argmax(-1) == logits.argmax(-1)) & valid
                 n = valid.sum().clamp(min=1)
-                stats = {"exit_agreement": agree.sum() / n,
-                         "exit_confidence": (top2_margin(shallow_logits) * valid).sum() / n}
+                stats = {
+                    "exit_agreement": agree.sum() / n,
+                    "exit_confidence": (top2_margin(shallow_logits) * valid).sum() / n,
+                }
         if labels is not None:
             labels = labels.to(logits.device)
             target = labels[:, 1:]
             ce_deep = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX)
-            ce_shallow = F.cross_entropy(shallow_logits[:, :-1].flatten(0, 1).float(), target.flatten(),
-                                         ignore_index=IGNORE_INDEX)
+            ce_shallow = F.cross_entropy(
+                shallow_logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX
+            )
             has_target = (target != IGNORE_INDEX).float()  # [B, T-1]
             sq = (hs[:, :-1].float() - hd[:, :-1].detach().float()).pow(2).mean(-1)
             mse = (sq * has_target).sum() / has_target.sum().clamp(min=1)
@@ -160,8 +163,15 @@ class EarlyExitForCausalLM(RecursiveForCausalLM):
             loss = (Ls * ce_shallow + L * ce_deep) / (Ls + L) + self.config.exit_mse_weight * mse
             lm_loss = ce_deep
             aux = {"ce_shallow": ce_shallow, "ce_deep": ce_deep, "mse": mse}
-        return EarlyExitCausalLMOutput(loss=loss, lm_loss=lm_loss, logits=logits, cache=cache if use_cache else None,
-                                       aux_losses=aux, router_stats=stats, shallow_logits=shallow_logits)
+        return EarlyExitCausalLMOutput(
+            loss=loss,
+            lm_loss=lm_loss,
+            logits=logits,
+            cache=cache if use_cache else None,
+            aux_losses=aux,
+            router_stats=stats,
+            shallow_logits=shallow_logits,
+        )
 
 
 @dataclass
@@ -186,9 +196,14 @@ class ShallowExit(nn.Module):
         super().__init__()
         self.model = require_early_exit(model)
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, routing: str | None = None,
-                use_cache: bool = False) -> ShallowExitOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        routing: str | None = None,
+        use_cache: bool = False,
+    ) -> ShallowExitOutput:
         """input_ids / position_ids / labels [B, T] -> shallow logits [B, T, V] (labels shifted inside)."""
         if routing not in (None, "topk", "causal"):
             raise DepthmuxError(f"routing must be 'topk' or 'causal', got {routing!r}")
@@ -197,15 +212,18 @@ class ShallowExit(nn.Module):
         logits = m.exit_logits(m.shallow(m.model.embed(input_ids), ctx))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
-                                   ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(),
+                labels[:, 1:].flatten().to(logits.device),
+                ignore_index=IGNORE_INDEX,
+            )
         return ShallowExitOutput(loss=loss, lm_loss=loss, logits=logits, aux_losses={}, router_stats={})
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters the shallow model uses: embeddings (+ an untied head), L_s layers, the final norm."""
         m = self.model
         used = [m.model.embed_tokens.weight, m.lm_head.weight, *m.model.norm.parameters()]
-        used += [p for layer in m.model.layers[:m.exit_layer] for p in layer.parameters()]
+        used += [p for layer in m.model.layers[: m.exit_layer] for p in layer.parameters()]
         total = sum(p.numel() for p in {id(p): p for p in used}.values())
         embedding = m.parameter_counts()["embedding"]
         return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
@@ -247,8 +265,11 @@ def from_llama(source: Any, exit_layer: int, exit_mse_weight: float = 0.5) -> Ea
         source = smollm2_path()
     check_exit_layer(exit_layer, _source_num_layers(source))
     vanilla = convert_llama_to_recursive(source, num_recursions=1, sharing="none")
-    fields = {k: v for k, v in vanilla.config.to_dict().items()
-              if k not in ("model_type", "architectures", "transformers_version", "auto_map")}
+    fields = {
+        k: v
+        for k, v in vanilla.config.to_dict().items()
+        if k not in ("model_type", "architectures", "transformers_version", "auto_map")
+    }
     config = EarlyExitConfig(exit_layer=exit_layer, exit_mse_weight=exit_mse_weight, **fields)
     from transformers.initialization import no_init_weights
 
@@ -276,8 +297,10 @@ def load_early_exit_model(path: str | os.PathLike, **kwargs) -> EarlyExitForCaus
     cfg = read_json(path / "config.json", str(path))
     model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
     if model_type != EarlyExitConfig.model_type:
-        raise DepthmuxError(f"{path} holds a {model_type!r} model without an early-exit head: train one with "
-                            f"'depthmux ee train' (model type {EarlyExitConfig.model_type!r})")
+        raise DepthmuxError(
+            f"{path} holds a {model_type!r} model without an early-exit head: train one with "
+            f"'depthmux ee train' (model type {EarlyExitConfig.model_type!r})"
+        )
     if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
         raise DepthmuxError(f"{path} has no weight files (*.safetensors)")
     try:
@@ -293,5 +316,7 @@ def require_early_exit(model: Any) -> EarlyExitForCausalLM:
     if isinstance(model, EarlyExitForCausalLM):
         return model
     kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-    raise DepthmuxError(f"early-exit decoding needs a model with a shallow exit (model type "
-                        f"{EarlyExitConfig.model_type!r}), got {kind!r}: train one with 'depthmux ee train'")
+    raise DepthmuxError(
+        f"early-exit decoding needs a model with a shallow exit (model type "
+        f"{EarlyExitConfig.model_type!r}), got {kind!r}: train one with 'depthmux ee train'"
+    )

@@ -10,9 +10,9 @@ once). The mixture models ``c`` as::
 Fitting: the component of every pair is observed (y), so EM's responsibilities are the labels and EM
 reduces to one weighted method-of-moments fit per component (``a = m k``, ``b = (1 - m) k`` with
 ``k = m (1 - m) / v - 1``, m and v the component's weighted mean and variance) and ``pi`` = the
-weighted share of y = 1, Laplace-smoothed (``(n_1 + 1) / (n + 2)``). The weights are an exponential moving average: each :meth:`update` multiplies
-the running sufficient statistics (count, sum c, sum c^2 per component) by ``decay`` and adds the new
-pairs, so old decoding steps fade out.
+weighted share of y = 1, Laplace-smoothed (``(n_1 + 1) / (n + 2)``). The weights are an exponential
+moving average: each :meth:`update` multiplies the running sufficient statistics (count, sum c,
+sum c^2 per component) by ``decay`` and adds the new pairs, so old decoding steps fade out.
 
 Threshold: exiting at ``lambda`` means exiting when ``c > lambda``. The estimated probability that an
 exited token is wrong is::
@@ -123,8 +123,14 @@ class AdaptiveThreshold:
         min_pairs: pairs to see before adapting (>= 1).
     """
 
-    def __init__(self, delta: float, initial: float = 1.0, decay: float = 0.9, grid: list[float] | None = None,
-                 min_pairs: int = 32) -> None:
+    def __init__(
+        self,
+        delta: float,
+        initial: float = 1.0,
+        decay: float = 0.9,
+        grid: list[float] | None = None,
+        min_pairs: int = 32,
+    ) -> None:
         self.delta = check_delta(delta)
         self.initial = check_threshold(initial)
         check_float("EMA decay", decay, 0.0, 1.0, high_open=True)
@@ -145,8 +151,9 @@ class AdaptiveThreshold:
         y = agree.detach().flatten().bool().cpu()
         if c.shape != y.shape:
             raise DepthmuxError(f"{c.numel()} confidences but {y.numel()} agreement flags")
-        batch = torch.stack([torch.stack([(k == y).sum().double(), c[k == y].sum(), c[k == y].pow(2).sum()])
-                             for k in (False, True)])
+        batch = torch.stack(
+            [torch.stack([(k == y).sum().double(), c[k == y].sum(), c[k == y].pow(2).sum()]) for k in (False, True)]
+        )
         self.stats = self.decay * self.stats + batch
         self.seen += c.numel()
         if self.seen >= self.min_pairs:

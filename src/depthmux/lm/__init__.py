@@ -16,7 +16,16 @@ from depthmux.lm.loading import load_lm, load_saved_tokenizer, pretrained_model_
 from depthmux.lm.protocol import CausalLM, CausalLMOutput
 
 __all__ = [
-    "CausalLM", "CausalLMOutput", "HFCausalLMAdapter", "HFCausalLMOutput", "as_causal_lm",
-    "evaluate_lm", "load_lm", "load_saved_tokenizer", "measure_forward_flops", "pretrained_model_dir",
-    "resolve_model_dir", "token_nll",
+    "CausalLM",
+    "CausalLMOutput",
+    "HFCausalLMAdapter",
+    "HFCausalLMOutput",
+    "as_causal_lm",
+    "evaluate_lm",
+    "load_lm",
+    "load_saved_tokenizer",
+    "measure_forward_flops",
+    "pretrained_model_dir",
+    "resolve_model_dir",
+    "token_nll",
 ]

@@ -31,8 +31,14 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def evaluate_lm(model: torch.nn.Module, blocks: PackedBlocks, batch_size: int = 8, max_batches: int | None = None,
-                accelerator=None, routing: str | None = None) -> dict[str, Any]:
+def evaluate_lm(
+    model: torch.nn.Module,
+    blocks: PackedBlocks,
+    batch_size: int = 8,
+    max_batches: int | None = None,
+    accelerator=None,
+    routing: str | None = None,
+) -> dict[str, Any]:
     """Held-out next-token NLL (nats per target token), perplexity and MoR router stats.
 
     Args:
@@ -69,8 +75,13 @@ def evaluate_lm(model: torch.nn.Module, blocks: PackedBlocks, batch_size: int = 
     router = RouterStatsAccumulator()
     for i in range(rank, n_batches, world):
         batch = {k: v.to(device) for k, v in blocks.batch(slice(i * batch_size, (i + 1) * batch_size)).items()}
-        out = lm(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
-                 routing=routing, use_cache=False)
+        out = lm(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            labels=batch["labels"],
+            routing=routing,
+            use_cache=False,
+        )
         nll, cnt = token_nll(out.logits, batch["labels"])
         nll_sum += nll.double()
         n_tgt += cnt.double()
@@ -83,9 +94,14 @@ def evaluate_lm(model: torch.nn.Module, blocks: PackedBlocks, batch_size: int = 
     if float(n_tgt) == 0:
         raise DepthmuxError("evaluation blocks contain no targets")
     nll_mean = float(nll_sum / n_tgt)
-    return {"nll": nll_mean, "ppl": math.exp(min(nll_mean, 50.0)), "targets": int(n_tgt),
-            "model_loss": float(loss_sum / n_tgt), "router_stats": router.result(),
-            **({"routing": routing} if routing else {})}
+    return {
+        "nll": nll_mean,
+        "ppl": math.exp(min(nll_mean, 50.0)),
+        "targets": int(n_tgt),
+        "model_loss": float(loss_sum / n_tgt),
+        "router_stats": router.result(),
+        **({"routing": routing} if routing else {}),
+    }
 
 
 @torch.no_grad()
@@ -104,5 +120,8 @@ def measure_forward_flops(model: torch.nn.Module, blocks: PackedBlocks, batch_si
     torch.set_rng_state(state)
     lm.train(was_training)
     tokens = batch["input_ids"].numel()
-    return {"flops_per_token": counter.flops / tokens, "train_flops_per_token": 3 * counter.flops / tokens,
-            "approx_6n_per_token": 6 * counter.non_embedding_macs / tokens}
+    return {
+        "flops_per_token": counter.flops / tokens,
+        "train_flops_per_token": 3 * counter.flops / tokens,
+        "approx_6n_per_token": 6 * counter.non_embedding_macs / tokens,
+    }

@@ -44,8 +44,10 @@ def causal_pairs(position_ids: torch.Tensor) -> int:
     ``sum s·(s+1)/2`` over documents of length s (a document starts where a position is 0)."""
     starts = position_ids == 0
     starts[:, 0] = True
-    doc_index = starts.long().cumsum(-1) + torch.arange(position_ids.shape[0], device=position_ids.device)[:, None] \
-        * position_ids.shape[1]
+    doc_index = (
+        starts.long().cumsum(-1)
+        + torch.arange(position_ids.shape[0], device=position_ids.device)[:, None] * position_ids.shape[1]
+    )
     lengths = torch.bincount(doc_index.flatten()).double()
     return int((lengths * (lengths + 1) / 2).sum())
 
@@ -61,13 +63,19 @@ class HFCausalLMAdapter(nn.Module):
         self.model = model
         self.config = model.config
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, routing: str | None = None,
-                use_cache: bool = False) -> HFCausalLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        routing: str | None = None,
+        use_cache: bool = False,
+    ) -> HFCausalLMOutput:
         """input_ids / position_ids / labels ``[B, T]`` -> logits ``[B, T, V]`` (labels shifted inside)."""
         if routing is not None:
-            raise DepthmuxError(f"routing={routing!r} needs a Mixture-of-Recursions model, not a "
-                                f"{self.config.model_type}")
+            raise DepthmuxError(
+                f"routing={routing!r} needs a Mixture-of-Recursions model, not a {self.config.model_type}"
+            )
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         if counting():
@@ -81,16 +89,23 @@ class HFCausalLMAdapter(nn.Module):
         H, Hk = c.num_attention_heads, c.num_key_value_heads
         D = c.head_dim
         rows = position_ids.numel()
-        per_layer = (linear_flops(rows, d, H * D) + 2 * linear_flops(rows, d, Hk * D) + linear_flops(rows, H * D, d)
-                     + 2 * linear_flops(rows, d, inter) + linear_flops(rows, inter, d))
+        per_layer = (
+            linear_flops(rows, d, H * D)
+            + 2 * linear_flops(rows, d, Hk * D)
+            + linear_flops(rows, H * D, d)
+            + 2 * linear_flops(rows, d, inter)
+            + linear_flops(rows, inter, d)
+        )
         add_flops(L * (per_layer + attention_flops(causal_pairs(position_ids), 1, H * D)))
         add_flops(linear_flops(rows, d, V), embedding=True)
 
     def parameter_counts(self) -> dict[str, int]:
         """Unique parameters: ``total``, ``embedding`` (input embeddings + an untied LM head), ``non_embedding``."""
         total = sum(p.numel() for p in self.model.parameters())  # parameters() yields tied weights once
-        embeddings = {id(m.weight): m.weight.numel()
-                      for m in (self.model.get_input_embeddings(), self.model.get_output_embeddings())}
+        embeddings = {
+            id(m.weight): m.weight.numel()
+            for m in (self.model.get_input_embeddings(), self.model.get_output_embeddings())
+        }
         embedding = sum(embeddings.values())
         return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
 
@@ -104,8 +119,9 @@ class HFCausalLMAdapter(nn.Module):
         """The wrapped model's own ``save_pretrained`` folder (state dict keys without the adapter prefix)."""
         if "state_dict" in kwargs and kwargs["state_dict"] is not None:
             prefix = "model."
-            kwargs["state_dict"] = {k[len(prefix):] if k.startswith(prefix) else k: v
-                                    for k, v in kwargs["state_dict"].items()}
+            kwargs["state_dict"] = {
+                k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in kwargs["state_dict"].items()
+            }
         self.model.save_pretrained(str(save_directory), **kwargs)
 
 
@@ -119,5 +135,7 @@ def as_causal_lm(model: nn.Module) -> CausalLM:
 
     if isinstance(model, PreTrainedModel):
         return HFCausalLMAdapter(model)
-    raise DepthmuxError(f"{type(model).__name__} is not a causal LM: expected a depthmux.lm.protocol.CausalLM "
-                        "or a transformers LLaMA-family model")
+    raise DepthmuxError(
+        f"{type(model).__name__} is not a causal LM: expected a depthmux.lm.protocol.CausalLM "
+        "or a transformers LLaMA-family model"
+    )

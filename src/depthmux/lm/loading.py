@@ -60,8 +60,10 @@ def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Caus
     if model_type == EarlyExitConfig.model_type:
         return load_early_exit_model(d, dtype=dtype).eval()
     if model_type not in LLAMA_FAMILY:
-        raise DepthmuxError(f"{d} holds a {model_type!r} model: expected {RecursiveConfig.model_type!r}, "
-                            f"{EarlyExitConfig.model_type!r} or a LLaMA-family causal LM ({', '.join(LLAMA_FAMILY)})")
+        raise DepthmuxError(
+            f"{d} holds a {model_type!r} model: expected {RecursiveConfig.model_type!r}, "
+            f"{EarlyExitConfig.model_type!r} or a LLaMA-family causal LM ({', '.join(LLAMA_FAMILY)})"
+        )
     from transformers import AutoModelForCausalLM
 
     from depthmux.backbones.loading import load_hf_model  # the one raw Hugging Face loader (level 1)

@@ -44,11 +44,23 @@ class CausalLM(Protocol):
 
     training: bool
 
-    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                 routing: str | None = None, use_cache: bool = False) -> CausalLMOutput: ...
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        routing: str | None = None,
+        use_cache: bool = False,
+    ) -> CausalLMOutput: ...
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                routing: str | None = None, use_cache: bool = False) -> CausalLMOutput: ...
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        routing: str | None = None,
+        use_cache: bool = False,
+    ) -> CausalLMOutput: ...
 
     def parameter_counts(self) -> dict[str, int]: ...
 

@@ -116,8 +116,15 @@ def evaluate_grouped(
     std = statistics.stdev if len(accs) > 1 else (lambda _: 0.0)
     macro = [statistics.fmean(p) for p in per_class]
     return GroupedScore(
-        statistics.fmean(accs), std(accs), statistics.fmean(f1s), std(f1s), accs, runs,
-        statistics.fmean(macro), std(macro), [statistics.fmean(c) for c in zip(*per_class, strict=True)],
+        statistics.fmean(accs),
+        std(accs),
+        statistics.fmean(f1s),
+        std(f1s),
+        accs,
+        runs,
+        statistics.fmean(macro),
+        std(macro),
+        [statistics.fmean(c) for c in zip(*per_class, strict=True)],
         torch.bincount(cache.labels, minlength=num_labels).tolist(),
     )
 

@@ -40,8 +40,16 @@ from depthmux.utils.checkpoint import read_json
 from depthmux.utils.checks import check_float, check_int
 from depthmux.utils.run_folder import RunFolder
 
-__all__ = ["EEBenchConfig", "EEModelSpec", "build_ee_model", "ee_tokenizer_spec", "plot_ee_bench", "run_ee_bench",
-           "run_ee_eval", "run_ee_train"]
+__all__ = [
+    "EEBenchConfig",
+    "EEModelSpec",
+    "build_ee_model",
+    "ee_tokenizer_spec",
+    "plot_ee_bench",
+    "run_ee_bench",
+    "run_ee_eval",
+    "run_ee_train",
+]
 
 
 @dataclass
@@ -122,8 +130,11 @@ def run_ee_train(model_spec: EEModelSpec, data_spec: LMDataSpec, config: LMTrain
     config.validate()
     if not config.resume:
         run.check_writable()
-    newest = run.latest_checkpoint(lambda d: (load_lm(d / "model"), load_saved_tokenizer(d / "model"))) \
-        if config.resume else None
+    newest = (
+        run.latest_checkpoint(lambda d: (load_lm(d / "model"), load_saved_tokenizer(d / "model")))
+        if config.resume
+        else None
+    )
     if newest is not None:
         model, tok = newest[2]
         require_early_exit(model)
@@ -133,17 +144,26 @@ def run_ee_train(model_spec: EEModelSpec, data_spec: LMDataSpec, config: LMTrain
         model = build_ee_model(model_spec)
         tokenizer, train, held = prepare_lm_data(data_spec)
         if len(tokenizer) > model.config.vocab_size:
-            raise DepthmuxError(f"the tokenizer has {len(tokenizer)} tokens but the model only "
-                                f"{model.config.vocab_size}")
-    extra = {"ee_model": asdict(model_spec), "data": asdict(data_spec),
-             "exit": {"exit_layer": model.config.exit_layer, "num_layers": model.config.num_hidden_layers},
-             "data_stats": {"train_blocks": len(train), "eval_blocks": len(held) if held else 0,
-                            "block_size": train.block_size, "vocab_size": len(tokenizer)}}
+            raise DepthmuxError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}"
+            )
+    extra = {
+        "ee_model": asdict(model_spec),
+        "data": asdict(data_spec),
+        "exit": {"exit_layer": model.config.exit_layer, "num_layers": model.config.num_hidden_layers},
+        "data_stats": {
+            "train_blocks": len(train),
+            "eval_blocks": len(held) if held else 0,
+            "block_size": train.block_size,
+            "vocab_size": len(tokenizer),
+        },
+    }
     return train_lm(model, train, held, config, tokenizer=tokenizer, extra_state=extra)
 
 
-def run_ee_eval(model: str | os.PathLike, data_spec: LMDataSpec | None = None, batch_size: int = 8,
-                max_batches: int | None = None) -> dict[str, Any]:
+def run_ee_eval(
+    model: str | os.PathLike, data_spec: LMDataSpec | None = None, batch_size: int = 8, max_batches: int | None = None
+) -> dict[str, Any]:
     """Held-out NLL of the shallow and the deep exit of a saved early-exit model: what ``depthmux ee eval`` does.
 
     ``model`` is a run folder, a checkpoint or a model folder; without ``data_spec`` the run's stored data
@@ -164,10 +184,18 @@ def run_ee_eval(model: str | os.PathLike, data_spec: LMDataSpec | None = None, b
     shallow = evaluate_lm(ShallowExit(lm), held, batch_size, max_batches)
     stats = deep.pop("router_stats")
     shallow.pop("router_stats")
-    return {"deep": deep, "shallow": shallow, "exit_agreement": stats["exit_agreement"],
-            "exit_confidence": stats["exit_confidence"], "exit_layer": lm.config.exit_layer,
-            "num_layers": lm.config.num_hidden_layers, "model": str(model_dir), "params": lm.parameter_counts(),
-            "corpus": data_spec.corpus, "block_size": data_spec.block_size}
+    return {
+        "deep": deep,
+        "shallow": shallow,
+        "exit_agreement": stats["exit_agreement"],
+        "exit_confidence": stats["exit_confidence"],
+        "exit_layer": lm.config.exit_layer,
+        "num_layers": lm.config.num_hidden_layers,
+        "model": str(model_dir),
+        "params": lm.parameter_counts(),
+        "corpus": data_spec.corpus,
+        "block_size": data_spec.block_size,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,9 +255,10 @@ def _bench_prompts(cfg: EEBenchConfig, model_dir: Path) -> list[list[int]]:
     spec = replace(spec, block_size=max(spec.block_size, cfg.prompt_tokens), max_eval_blocks=cfg.num_prompts)
     _, _, held = prepare_lm_data(spec.validate(), tokenizer=load_saved_tokenizer(model_dir))
     if held is None or len(held) < cfg.num_prompts:
-        raise DepthmuxError(f"the held-out split has {0 if held is None else len(held)} blocks, fewer than "
-                            f"--prompts {cfg.num_prompts}")
-    return [row[:cfg.prompt_tokens].tolist() for row in held.input_ids[:cfg.num_prompts]]
+        raise DepthmuxError(
+            f"the held-out split has {0 if held is None else len(held)} blocks, fewer than --prompts {cfg.num_prompts}"
+        )
+    return [row[: cfg.prompt_tokens].tolist() for row in held.input_ids[: cfg.num_prompts]]
 
 
 def run_ee_bench(cfg: EEBenchConfig) -> dict[str, Any]:
@@ -243,10 +272,13 @@ def run_ee_bench(cfg: EEBenchConfig) -> dict[str, Any]:
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, ignore_eos=True)
     configs: list[tuple[str, dict, Any]] = [("deep", {}, None)]
     configs += [(f"exit@{t}", {"threshold": t}, lambda t=t: EarlyExitPolicy(threshold=t)) for t in cfg.thresholds]
-    configs += [(f"adaptive@{d}", {"delta": d}, lambda d=d: EarlyExitPolicy(adaptive=AdaptiveThreshold(d)))
-                for d in cfg.deltas]
-    configs += [(f"speculative@{k}", {"draft_tokens": k},
-                 lambda k=k: EarlyExitPolicy(mode="speculative", draft_tokens=k)) for k in cfg.draft_tokens]
+    configs += [
+        (f"adaptive@{d}", {"delta": d}, lambda d=d: EarlyExitPolicy(adaptive=AdaptiveThreshold(d))) for d in cfg.deltas
+    ]
+    configs += [
+        (f"speculative@{k}", {"draft_tokens": k}, lambda k=k: EarlyExitPolicy(mode="speculative", draft_tokens=k))
+        for k in cfg.draft_tokens
+    ]
 
     def decode(policy_factory, batch: int):
         kw = dict(depth_policy="lockstep", max_batch_items=batch, max_num_seqs=batch)
@@ -274,17 +306,31 @@ def run_ee_bench(cfg: EEBenchConfig) -> dict[str, Any]:
         for name, setting, _ in configs:
             tokens, seconds, stats = best[name]
             same = sum(a == b for x, y in zip(tokens, deep_tokens, strict=True) for a, b in zip(x, y, strict=False))
-            row = {"batch_size": batch, "config": name, **setting, "seconds": seconds,
-                   "tokens_per_s": sum(len(t) for t in tokens) / seconds, "speedup_vs_deep": deep_seconds / seconds,
-                   "token_agreement": same / n_tokens,
-                   "exact": sum(x == y for x, y in zip(tokens, deep_tokens, strict=True)) / len(prompts)}
+            row = {
+                "batch_size": batch,
+                "config": name,
+                **setting,
+                "seconds": seconds,
+                "tokens_per_s": sum(len(t) for t in tokens) / seconds,
+                "speedup_vs_deep": deep_seconds / seconds,
+                "token_agreement": same / n_tokens,
+                "exact": sum(x == y for x, y in zip(tokens, deep_tokens, strict=True)) / len(prompts),
+            }
             for key in ("exit_rate", "acceptance_rate", "final_threshold", "max_kept"):
                 if key in stats:
                     row[key] = stats[key]
             results.append(row)
-    out = {"model": str(model_dir), "device": cfg.device, "exit_layer": model.config.exit_layer,
-           "num_layers": model.config.num_hidden_layers, "prompts": len(prompts), "prompt_tokens": cfg.prompt_tokens,
-           "max_new_tokens": cfg.max_new_tokens, "rounds": cfg.rounds, "results": results}
+    out = {
+        "model": str(model_dir),
+        "device": cfg.device,
+        "exit_layer": model.config.exit_layer,
+        "num_layers": model.config.num_hidden_layers,
+        "prompts": len(prompts),
+        "prompt_tokens": cfg.prompt_tokens,
+        "max_new_tokens": cfg.max_new_tokens,
+        "rounds": cfg.rounds,
+        "results": results,
+    }
     if cfg.plot:
         out["plot"] = str(plot_ee_bench(results, cfg.plot))
     return out
@@ -302,8 +348,13 @@ def plot_ee_bench(results: list[dict], path: str | os.PathLike) -> Path:
         for kind, marker in (("exit", "o"), ("adaptive", "s"), ("speculative", "^")):
             rows = [r for r in results if r["batch_size"] == batch and r["config"].startswith(kind)]
             if rows:
-                ax.plot([r["token_agreement"] for r in rows], [r["speedup_vs_deep"] for r in rows], marker=marker,
-                        linestyle="-" if kind == "exit" else "none", label=f"{kind}, batch {batch}")
+                ax.plot(
+                    [r["token_agreement"] for r in rows],
+                    [r["speedup_vs_deep"] for r in rows],
+                    marker=marker,
+                    linestyle="-" if kind == "exit" else "none",
+                    label=f"{kind}, batch {batch}",
+                )
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xlabel("token agreement with deep greedy")
     ax.set_ylabel("tokens/s over the deep model")

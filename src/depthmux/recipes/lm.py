@@ -37,8 +37,17 @@ from depthmux.training.lm import LMTrainConfig, LMTrainResult, train_lm
 from depthmux.utils.checks import check_float, check_int, check_seed
 
 __all__ = [
-    "LMDataSpec", "LMModelSpec", "LMTrainConfig", "LMTrainResult", "build_lm_model", "eval_data_spec",
-    "find_run_config", "prepare_lm_data", "run_lm_convert", "run_lm_eval", "run_lm_train",
+    "LMDataSpec",
+    "LMModelSpec",
+    "LMTrainConfig",
+    "LMTrainResult",
+    "build_lm_model",
+    "eval_data_spec",
+    "find_run_config",
+    "prepare_lm_data",
+    "run_lm_convert",
+    "run_lm_eval",
+    "run_lm_train",
 ]
 from depthmux.utils.checkpoint import atomic_directory
 from depthmux.utils.run_folder import RunFolder
@@ -85,11 +94,21 @@ class LMModelSpec:
 
     def recursive_config(self, vocab_size: int, eos_token_id: int | None = None) -> RecursiveConfig:
         """The from-scratch model's config (raises the config's one-line errors on bad combinations)."""
-        return RecursiveConfig(vocab_size=vocab_size, hidden_size=self.hidden, intermediate_size=self.intermediate_size,
-                               num_hidden_layers=self.layers, num_attention_heads=self.heads,
-                               num_key_value_heads=self.kv_heads or self.heads, num_recursions=self.recursions,
-                               sharing=self.sharing, relaxation_rank=self.lora_rank, mor_router=self.router_name,
-                               mor_kv=self.kv, eos_token_id=eos_token_id, use_cache=False)
+        return RecursiveConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads or self.heads,
+            num_recursions=self.recursions,
+            sharing=self.sharing,
+            relaxation_rank=self.lora_rank,
+            mor_router=self.router_name,
+            mor_kv=self.kv,
+            eos_token_id=eos_token_id,
+            use_cache=False,
+        )
 
     def validate(self) -> LMModelSpec:
         """One-line :class:`DepthmuxError` for the first invalid field or combination; return self."""
@@ -164,15 +183,23 @@ def build_lm_model(spec: LMModelSpec, vocab_size: int | None = None, eos_token_i
         path = pretrained_model_dir(spec.from_pretrained)
         if spec.convert:
             extra = {"mor_router": spec.router_name, "mor_kv": spec.kv} if spec.router_name else {}
-            model = convert_llama_to_recursive(path, num_recursions=spec.recursions, sharing=spec.sharing,
-                                               init=spec.init, relaxation_rank=spec.lora_rank, **extra)
+            model = convert_llama_to_recursive(
+                path,
+                num_recursions=spec.recursions,
+                sharing=spec.sharing,
+                init=spec.init,
+                relaxation_rank=spec.lora_rank,
+                **extra,
+            )
         else:
             model = load_lm(path)
         model = as_causal_lm(model)
         embeddings = model.get_input_embeddings().num_embeddings
         if vocab_size is not None and embeddings < vocab_size:
-            raise DepthmuxError(f"the tokenizer has {vocab_size} tokens but {spec.from_pretrained} only "
-                                f"{embeddings}: use its own tokenizer")
+            raise DepthmuxError(
+                f"the tokenizer has {vocab_size} tokens but {spec.from_pretrained} only "
+                f"{embeddings}: use its own tokenizer"
+            )
         return model.train()
     if vocab_size is None:
         raise DepthmuxError("a model from scratch needs the tokenizer's vocabulary size")
@@ -194,8 +221,11 @@ def prepare_lm_data(spec: LMDataSpec, tokenizer=None):
         else:
             tokenizer = load_tokenizer(spec.tokenizer)
     train = pack_documents(train_docs, tokenizer, spec.block_size, seed=spec.seed, max_blocks=spec.max_train_blocks)
-    held = pack_documents(eval_docs, tokenizer, spec.block_size, seed=spec.seed,
-                          max_blocks=spec.max_eval_blocks) if eval_docs else None
+    held = (
+        pack_documents(eval_docs, tokenizer, spec.block_size, seed=spec.seed, max_blocks=spec.max_eval_blocks)
+        if eval_docs
+        else None
+    )
     return tokenizer, train, held
 
 
@@ -232,8 +262,11 @@ def run_lm_train(model_spec: LMModelSpec, data_spec: LMDataSpec, config: LMTrain
     config.validate()
     if not config.resume:
         run.check_writable()
-    newest = run.latest_checkpoint(lambda d: (load_lm(d / "model"), load_saved_tokenizer(d / "model"))) \
-        if config.resume else None
+    newest = (
+        run.latest_checkpoint(lambda d: (load_lm(d / "model"), load_saved_tokenizer(d / "model")))
+        if config.resume
+        else None
+    )
     if newest is not None:
         model, tok = newest[2]
         tokenizer, train, held = prepare_lm_data(data_spec, tokenizer=tok)
@@ -241,9 +274,16 @@ def run_lm_train(model_spec: LMModelSpec, data_spec: LMDataSpec, config: LMTrain
     else:
         tokenizer, train, held = prepare_lm_data(data_spec)
         model = build_lm_model(model_spec, len(tokenizer), tokenizer.eos_token_id)
-    extra = {"data": asdict(data_spec), "model_spec": asdict(model_spec),
-             "data_stats": {"train_blocks": len(train), "eval_blocks": len(held) if held else 0,
-                            "block_size": train.block_size, "vocab_size": len(tokenizer)}}
+    extra = {
+        "data": asdict(data_spec),
+        "model_spec": asdict(model_spec),
+        "data_stats": {
+            "train_blocks": len(train),
+            "eval_blocks": len(held) if held else 0,
+            "block_size": train.block_size,
+            "vocab_size": len(tokenizer),
+        },
+    }
     return train_lm(model, train, held, config, tokenizer=tokenizer, extra_state=extra)
 
 
@@ -269,13 +309,20 @@ def eval_data_spec(model: str | os.PathLike, **overrides) -> LMDataSpec:
         spec = LMDataSpec()
     else:
         resolve_model_dir(model)  # a missing model is the clearer error
-        raise DepthmuxError(f"{model} has no train_config.json to say which data it was trained on: "
-                            "give --corpus (and --block-size, --holdout, --seed if they differ from the defaults)")
+        raise DepthmuxError(
+            f"{model} has no train_config.json to say which data it was trained on: "
+            "give --corpus (and --block-size, --holdout, --seed if they differ from the defaults)"
+        )
     return replace(spec, **given).validate()
 
 
-def run_lm_eval(model: str | os.PathLike, data_spec: LMDataSpec | None = None, batch_size: int = 8,
-                max_batches: int | None = None, routing: str | None = None) -> dict[str, Any]:
+def run_lm_eval(
+    model: str | os.PathLike,
+    data_spec: LMDataSpec | None = None,
+    batch_size: int = 8,
+    max_batches: int | None = None,
+    routing: str | None = None,
+) -> dict[str, Any]:
     """Evaluate a saved model on held-out text: what ``depthmux lm eval`` does.
 
     ``model`` is a run folder, a checkpoint's ``model/`` or any model folder. Without
@@ -300,13 +347,20 @@ def run_lm_eval(model: str | os.PathLike, data_spec: LMDataSpec | None = None, b
     result = evaluate_lm(lm, held, batch_size, max_batches, routing=routing or ("causal" if is_expert else None))
     if is_expert and routing is None:
         result["topk"] = evaluate_lm(lm, held, batch_size, max_batches, routing="topk")
-    result.update(model=str(model_dir), params=lm.parameter_counts(), corpus=data_spec.corpus,
-                  block_size=data_spec.block_size)
+    result.update(
+        model=str(model_dir), params=lm.parameter_counts(), corpus=data_spec.corpus, block_size=data_spec.block_size
+    )
     return result
 
 
-def run_lm_convert(out: str | os.PathLike, source: str = "smollm2", recursions: int = 3, sharing: str = "cycle",
-                   init: str = "stepwise", lora_rank: int = 0) -> tuple[CausalLM, Path]:
+def run_lm_convert(
+    out: str | os.PathLike,
+    source: str = "smollm2",
+    recursions: int = 3,
+    sharing: str = "cycle",
+    init: str = "stepwise",
+    lora_rank: int = 0,
+) -> tuple[CausalLM, Path]:
     """Convert a pretrained LLaMA (``"smollm2"`` or a folder) into a recursive model saved atomically
     in ``out`` (a new or empty folder: nothing of the user's is replaced) with the source's tokenizer:
     what ``depthmux lm convert`` does."""
@@ -314,8 +368,9 @@ def run_lm_convert(out: str | os.PathLike, source: str = "smollm2", recursions: 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "a file" if not out.is_dir() else "a folder that is not empty"
         raise DepthmuxError(f"--out {out} is {what}: choose a new folder for the converted model")
-    spec = LMModelSpec(from_pretrained=source, convert=True, recursions=recursions, sharing=sharing, init=init,
-                       lora_rank=lora_rank)
+    spec = LMModelSpec(
+        from_pretrained=source, convert=True, recursions=recursions, sharing=sharing, init=init, lora_rank=lora_rank
+    )
     model = build_lm_model(spec)
     tokenizer = load_saved_tokenizer(pretrained_model_dir(source))
     with atomic_directory(out) as tmp:

@@ -317,13 +317,22 @@ class PreparedTask:
     def teacher_row(self, out: Path) -> ResultRow:
         s = self.teacher_score
         return ResultRow(
-            1, self.backbone.num_layers, "teacher", s, s.accuracy_mean, None, str(out / "teacher"),
-            teacher=self.teacher_kind, dataset=self.dataset, train_examples=len(self.data["train"]),
+            1,
+            self.backbone.num_layers,
+            "teacher",
+            s,
+            s.accuracy_mean,
+            None,
+            str(out / "teacher"),
+            teacher=self.teacher_kind,
+            dataset=self.dataset,
+            train_examples=len(self.data["train"]),
         )
 
 
-def _finetuned_backbone(backbone: FrozenBackbone, data: dict, cfg: ExperimentConfig, out: Path,
-                        progress: bool) -> tuple[FrozenBackbone, LinearProbeHead | None, dict | None]:
+def _finetuned_backbone(
+    backbone: FrozenBackbone, data: dict, cfg: ExperimentConfig, out: Path, progress: bool
+) -> tuple[FrozenBackbone, LinearProbeHead | None, dict | None]:
     """``--teacher finetune``: tune the backbone and a head on the task, save the backbone to
     ``out/teacher-backbone`` and reload it from there (so checkpoints name that folder). A resumed run
     whose teacher is saved reuses the folder (the head comes from ``teacher/``)."""
@@ -336,8 +345,15 @@ def _finetuned_backbone(backbone: FrozenBackbone, data: dict, cfg: ExperimentCon
     return load_backbone(str(folder), backbone.readout_mode), head, info
 
 
-def _teacher(backbone: FrozenBackbone, caches: dict[str, FeatureCache], cfg: ExperimentConfig,
-             label_names: list[str], out: Path, head: TaskHead | None, info: dict | None) -> TeacherClassifier:
+def _teacher(
+    backbone: FrozenBackbone,
+    caches: dict[str, FeatureCache],
+    cfg: ExperimentConfig,
+    label_names: list[str],
+    out: Path,
+    head: TaskHead | None,
+    info: dict | None,
+) -> TeacherClassifier:
     """The frozen teacher: reloaded on resume, else the fine-tuned head (``head``) or a probe trained here."""
     path = out / "teacher"
     if cfg.resume and path.is_dir():
@@ -349,11 +365,17 @@ def _teacher(backbone: FrozenBackbone, caches: dict[str, FeatureCache], cfg: Exp
     elif cfg.teacher == "verbalizer":
         console.print(f"verbalizer teacher: label words {info['label_words']} after the prompt {info['prompt']!r}")
     else:
-        console.print(f"fine-tuned teacher: best epoch {info['best_epoch']}, validation accuracy "
-                      f"{100 * info['val_accuracy']:.2f}")
+        console.print(
+            f"fine-tuned teacher: best epoch {info['best_epoch']}, validation accuracy {100 * info['val_accuracy']:.2f}"
+        )
     teacher = TeacherClassifier(
-        TeacherConfig(backbone=backbone.name, readout=backbone.readout_mode, task=cfg.dataset, label_names=label_names,
-                      prompt=backbone.prompt),
+        TeacherConfig(
+            backbone=backbone.name,
+            readout=backbone.readout_mode,
+            task=cfg.dataset,
+            label_names=label_names,
+            prompt=backbone.prompt,
+        ),
         backbone,
         head,
     )
@@ -370,8 +392,14 @@ def check_grid(backbone: FrozenBackbone, ns: list[int], prefill_layers: list[int
             MuxConfig(n=n, mixer=mixer, readout=backbone.readout_mode).validate(backbone)
 
 
-def prepare_task(cfg: ExperimentConfig, backbone: FrozenBackbone, out: Path, layers: list[int],
-                 progress: bool = True, data: dict[str, ClassificationDataset] | None = None) -> PreparedTask:
+def prepare_task(
+    cfg: ExperimentConfig,
+    backbone: FrozenBackbone,
+    out: Path,
+    layers: list[int],
+    progress: bool = True,
+    data: dict[str, ClassificationDataset] | None = None,
+) -> PreparedTask:
     """Load the data (unless given, from :func:`load_splits`), fine-tune the teacher if asked, cache the
     frozen features at ``layers`` and train (or, on resume, reload) the teacher in ``out/teacher``;
     score it on dev."""
@@ -402,8 +430,16 @@ def prepare_task(cfg: ExperimentConfig, backbone: FrozenBackbone, out: Path, lay
     return PreparedTask(backbone, teacher, score, caches, data, cfg.teacher, cfg.dataset)
 
 
-def run_cell(prep: PreparedTask, cfg: ExperimentConfig, n: int, l: int, mixer: str, run_dir: Path,
-             progress: bool = True, bench: BenchResult | None = None) -> ResultRow:
+def run_cell(
+    prep: PreparedTask,
+    cfg: ExperimentConfig,
+    n: int,
+    l: int,
+    mixer: str,
+    run_dir: Path,
+    progress: bool = True,
+    bench: BenchResult | None = None,
+) -> ResultRow:
     """Train (or reuse, on resume) the adapters of one (N, l, mixer) with ``cfg.train`` in ``run_dir``;
     evaluate them on dev over ``cfg.shuffles`` groupings; benchmark them unless ``bench`` is given or
     ``cfg.bench`` is off."""
@@ -430,8 +466,18 @@ def run_cell(prep: PreparedTask, cfg: ExperimentConfig, n: int, l: int, mixer: s
         texts = prep.data["dev"].texts[: cfg.bench_samples]
         bench = benchmark(prep.teacher, model, texts, cfg.bench_batch_size, cfg.bench_repetitions, progress=progress)
     return ResultRow(
-        n, l, mixer, score, prep.teacher_score.accuracy_mean, bench, str(run_dir / "best"), best_epoch,
-        teacher=prep.teacher_kind, dataset=prep.dataset, lambda_info=cfg.train.lambda_info, seed=cfg.train.seed,
+        n,
+        l,
+        mixer,
+        score,
+        prep.teacher_score.accuracy_mean,
+        bench,
+        str(run_dir / "best"),
+        best_epoch,
+        teacher=prep.teacher_kind,
+        dataset=prep.dataset,
+        lambda_info=cfg.train.lambda_info,
+        seed=cfg.train.seed,
         train_examples=len(prep.data["train"]),
     )
 

@@ -81,7 +81,7 @@ def _f1_cell(score: GroupedScore, kind: str) -> str:
 
 
 def class_counts(rows: list[ResultRow], label_names: list[str] | None = None) -> str:
-    """"neg 412, pos 460": the evaluation set's examples per class (label ids when names are unknown)."""
+    """ "neg 412, pos 460": the evaluation set's examples per class (label ids when names are unknown)."""
     support = next((r.accuracy.support for r in rows if r.accuracy.support), [])
     names = label_names if label_names and len(label_names) == len(support) else [str(i) for i in range(len(support))]
     return ", ".join(f"{name} {count}" for name, count in zip(names, support, strict=True))

@@ -30,14 +30,11 @@ from depthmux.recursion.conversion import (
     recursive_from_llama_state_dict,
 )
 from depthmux.recursion.kv_cache import LayerKV, RecursiveCache, kv_cache_entries
+from depthmux.recursion.layers import BlockLayer, LayerContext, RelaxedLinear, TokenContext
 from depthmux.recursion.modeling import (
-    BlockLayer,
-    LayerContext,
     RecursiveCausalLMOutput,
     RecursiveForCausalLM,
     RecursiveModel,
-    RelaxedLinear,
-    TokenContext,
     count_parameters_formula,
 )
 from depthmux.recursion.routers import RouteDecision, capacity_k, expected_counts

@@ -167,26 +167,31 @@ class RecursiveConfig(PretrainedConfig):
             raise DepthmuxError(f"num_recursions must be an integer >= 1, got {n!r}")
         if self.sharing not in SHARING_STRATEGIES:
             raise DepthmuxError(
-                f"unknown sharing strategy {self.sharing!r}; choose one of {', '.join(SHARING_STRATEGIES)}")
+                f"unknown sharing strategy {self.sharing!r}; choose one of {', '.join(SHARING_STRATEGIES)}"
+            )
         if self.sharing == "none":
             if n != 1:
                 raise DepthmuxError(f"sharing='none' (vanilla) needs num_recursions=1, got {n}")
         elif self.sharing in ("cycle", "sequence"):
             if L % n != 0:
                 raise DepthmuxError(
-                    f"sharing={self.sharing!r}: num_recursions={n} does not divide num_hidden_layers={L}")
+                    f"sharing={self.sharing!r}: num_recursions={n} does not divide num_hidden_layers={L}"
+                )
         else:
             if 2 + n > L or (L - 2) % n != 0:
                 raise DepthmuxError(
                     f"sharing={self.sharing!r}: num_recursions={n} does not divide the {L - 2} middle layers "
-                    f"of num_hidden_layers={L} (need L - 2 >= N_r and a multiple of it)")
+                    f"of num_hidden_layers={L} (need L - 2 >= N_r and a multiple of it)"
+                )
         if self.hidden_size % self.num_attention_heads != 0 and self.head_dim is None:
             raise DepthmuxError(
-                f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}")
+                f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads={self.num_attention_heads}"
+            )
         if self.num_attention_heads % self.num_key_value_heads != 0:
             raise DepthmuxError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads={self.num_key_value_heads}")
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
         if not isinstance(self.relaxation_rank, int) or self.relaxation_rank < 0:
             raise DepthmuxError(f"relaxation_rank must be an integer >= 0, got {self.relaxation_rank!r}")
         if self.relaxation_rank > 0 and self.sharing == "none":
@@ -199,7 +204,8 @@ class RecursiveConfig(PretrainedConfig):
             raise DepthmuxError(f"mor_kv='share_first' needs sharing 'middle_cycle' or 'cycle', got {self.sharing!r}")
         if self.mor_router is not None and self.sharing not in ("middle_cycle", "cycle"):
             raise DepthmuxError(
-                f"mor_router={self.mor_router!r} needs sharing 'middle_cycle' or 'cycle', got {self.sharing!r}")
+                f"mor_router={self.mor_router!r} needs sharing 'middle_cycle' or 'cycle', got {self.sharing!r}"
+            )
         if self.mor_update not in MOR_UPDATES:
             raise DepthmuxError(f"unknown mor_update {self.mor_update!r}; choose one of {', '.join(MOR_UPDATES)}")
         if self.mor_aux_router and self.mor_router != "expert":

@@ -58,8 +58,9 @@ def _load_llama(model_or_path: Any):
         raise DepthmuxError(f"cannot load a causal LM from {path}: {_one_line(e)}") from None
 
 
-def recursive_config_from_llama(llama_config, num_recursions: int = 1, sharing: str = "none",
-                                relaxation_rank: int = 0, **overrides) -> RecursiveConfig:
+def recursive_config_from_llama(
+    llama_config, num_recursions: int = 1, sharing: str = "none", relaxation_rank: int = 0, **overrides
+) -> RecursiveConfig:
     """A :class:`RecursiveConfig` with the shapes of a ``LlamaConfig`` (same L, d, heads, vocab, RoPE).
 
     Only ``model_type == "llama"`` configs are accepted (every field read here exists on them); a
@@ -77,13 +78,24 @@ def recursive_config_from_llama(llama_config, num_recursions: int = 1, sharing: 
     if c.hidden_act != "silu":
         raise DepthmuxError(f"unsupported activation {c.hidden_act!r} (SwiGLU with silu only)")
     kw = dict(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps,
-        rope_theta=float(rope.get("rope_theta", 10000.0)), max_position_embeddings=c.max_position_embeddings,
-        initializer_range=c.initializer_range, tie_word_embeddings=bool(c.tie_word_embeddings),
-        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
-        num_recursions=num_recursions, sharing=sharing, relaxation_rank=relaxation_rank,
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        head_dim=c.head_dim,
+        rms_norm_eps=c.rms_norm_eps,
+        rope_theta=float(rope.get("rope_theta", 10000.0)),
+        max_position_embeddings=c.max_position_embeddings,
+        initializer_range=c.initializer_range,
+        tie_word_embeddings=bool(c.tie_word_embeddings),
+        bos_token_id=c.bos_token_id,
+        eos_token_id=c.eos_token_id,
+        pad_token_id=c.pad_token_id,
+        num_recursions=num_recursions,
+        sharing=sharing,
+        relaxation_rank=relaxation_rank,
     )
     kw.update(overrides)
     return RecursiveConfig(**kw)
@@ -159,8 +171,9 @@ def svd_lora(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Ten
     return A, B
 
 
-def recursive_from_llama_state_dict(state_dict: dict[str, torch.Tensor], config: RecursiveConfig,
-                                    init: str = "stepwise") -> RecursiveForCausalLM:
+def recursive_from_llama_state_dict(
+    state_dict: dict[str, torch.Tensor], config: RecursiveConfig, init: str = "stepwise"
+) -> RecursiveForCausalLM:
     """Build a :class:`RecursiveForCausalLM` for ``config`` from a LLaMA ``state_dict``.
 
     ``config.num_hidden_layers`` must equal the number of layers in ``state_dict``. With
@@ -222,9 +235,14 @@ def recursive_from_llama_state_dict(state_dict: dict[str, torch.Tensor], config:
     return model
 
 
-def convert_llama_to_recursive(model_or_path: Any, num_recursions: int, sharing: str = "cycle",
-                               init: str = "stepwise", relaxation_rank: int = 0,
-                               **config_overrides) -> RecursiveForCausalLM:
+def convert_llama_to_recursive(
+    model_or_path: Any,
+    num_recursions: int,
+    sharing: str = "cycle",
+    init: str = "stepwise",
+    relaxation_rank: int = 0,
+    **config_overrides,
+) -> RecursiveForCausalLM:
     """Convert a pretrained LLaMA-family causal LM into a :class:`RecursiveForCausalLM` (SPEC 3).
 
     Args:
@@ -238,8 +256,9 @@ def convert_llama_to_recursive(model_or_path: Any, num_recursions: int, sharing:
     Returns: the recursive model in float32, eval mode.
     """
     src = _load_llama(model_or_path)
-    cfg = recursive_config_from_llama(src.config, num_recursions=num_recursions, sharing=sharing,
-                                      relaxation_rank=relaxation_rank, **config_overrides)
+    cfg = recursive_config_from_llama(
+        src.config, num_recursions=num_recursions, sharing=sharing, relaxation_rank=relaxation_rank, **config_overrides
+    )
     sd = {k: v.detach().cpu() for k, v in src.state_dict().items()}
     if "lm_head.weight" not in sd and not cfg.tie_word_embeddings:
         raise DepthmuxError("the source model has no lm_head.weight and untied embeddings")

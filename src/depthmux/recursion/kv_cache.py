@@ -146,8 +146,9 @@ class RecursiveCache:
             self.last_seg = self.last_seg.index_select(0, index)
 
 
-def kv_cache_entries(config: RecursiveConfig, seq_len: int,
-                     selected_counts: list[int] | None = None) -> dict[str, float]:
+def kv_cache_entries(
+    config: RecursiveConfig, seq_len: int, selected_counts: list[int] | None = None
+) -> dict[str, float]:
     """Analytic KV-cache size of one sequence of ``seq_len`` tokens, in (token, layer) entries.
 
     Args:
@@ -168,8 +169,15 @@ def kv_cache_entries(config: RecursiveConfig, seq_len: int,
     per_entry = 2 * config.num_key_value_heads * config.head_dim * 4
     if config.sharing in ("none", "sequence", "middle_sequence"):
         total = L * T
-        return {"block": float(total), "block_vanilla": float(total), "block_ratio": 1.0, "total": float(total),
-                "vanilla": float(total), "ratio": 1.0, "bytes_per_entry": float(per_entry)}
+        return {
+            "block": float(total),
+            "block_vanilla": float(total),
+            "block_ratio": 1.0,
+            "total": float(total),
+            "vanilla": float(total),
+            "ratio": 1.0,
+            "bytes_per_entry": float(per_entry),
+        }
     if selected_counts is None:
         if config.mor_router == "expert":
             from depthmux.recursion.routers import expected_counts
@@ -186,7 +194,11 @@ def kv_cache_entries(config: RecursiveConfig, seq_len: int,
     unique = (config.num_prefix_layers + config.num_suffix_layers) * T
     block_vanilla = n * K * T
     return {
-        "block": float(block), "block_vanilla": float(block_vanilla), "block_ratio": block / block_vanilla,
-        "total": float(block + unique), "vanilla": float(L * T), "ratio": (block + unique) / (L * T),
+        "block": float(block),
+        "block_vanilla": float(block_vanilla),
+        "block_ratio": block / block_vanilla,
+        "total": float(block + unique),
+        "vanilla": float(L * T),
+        "ratio": (block + unique) / (L * T),
         "bytes_per_entry": float(per_entry),
     }

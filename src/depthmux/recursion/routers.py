@@ -39,8 +39,9 @@ class ExpertChoiceRouter(nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         self.routers = nn.ModuleList(nn.Linear(hidden_size, 1, bias=False) for _ in range(num_recursions))
-        self.aux_routers = (nn.ModuleList(nn.Linear(hidden_size, 1, bias=False) for _ in range(num_recursions))
-                            if aux_router else None)
+        self.aux_routers = (
+            nn.ModuleList(nn.Linear(hidden_size, 1, bias=False) for _ in range(num_recursions)) if aux_router else None
+        )
 
     def forward(self, h: torch.Tensor, r: int) -> torch.Tensor:
         if counting():
@@ -107,8 +108,17 @@ class RouteDecision:
                 return t.gather(1, index)
             return t.gather(1, index[..., None].expand(*index.shape, t.shape[-1]))
 
-        return RouteDecision(self.recursion, self.kind, take(self.selected), take(self.gate), take(self.depth),
-                             take(self.weight), take(self.first_state), self.aux_losses, self.stats)
+        return RouteDecision(
+            self.recursion,
+            self.kind,
+            take(self.selected),
+            take(self.gate),
+            take(self.depth),
+            take(self.weight),
+            take(self.first_state),
+            self.aux_losses,
+            self.stats,
+        )
 
 
 def expert_choice_update(h: torch.Tensor, f: torch.Tensor, gate: torch.Tensor, rule: str) -> torch.Tensor:
@@ -123,8 +133,15 @@ def expert_choice_update(h: torch.Tensor, f: torch.Tensor, gate: torch.Tensor, r
     return h + g * (f - h)
 
 
-def token_choice_update(h: torch.Tensor, f: torch.Tensor, recursion: int, depth: torch.Tensor,
-                        weight: torch.Tensor, first_state: torch.Tensor, rule: str) -> torch.Tensor:
+def token_choice_update(
+    h: torch.Tensor,
+    f: torch.Tensor,
+    recursion: int,
+    depth: torch.Tensor,
+    weight: torch.Tensor,
+    first_state: torch.Tensor,
+    rule: str,
+) -> torch.Tensor:
     """Token-choice output of a token that runs recursion r (SPEC 4). h, f, first_state: [B, M, d].
 
     Before its last recursion (``depth > r``) a token takes the block's full output un-gated

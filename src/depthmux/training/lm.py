@@ -7,6 +7,9 @@ launch`` with DDP). The model is any :class:`depthmux.lm.protocol.CausalLM` (a t
 LLaMA is wrapped in :class:`depthmux.lm.HFCausalLMAdapter`); it declares its own FLOPs, read here
 with a :class:`depthmux.utils.flops.FlopCounter` (training FLOPs = 3 x forward).
 
+Length: one loop, read top to bottom: config validation, resume, the step, the non-finite guards and
+the checkpoint writer belong together (splitting them would scatter the resume invariants).
+
 Run folder (:class:`depthmux.utils.run_folder.RunFolder`, the layout ``mux train`` uses too)::
 
     .lock                          held while the run writes (a second run fails with one line)
@@ -53,8 +56,20 @@ from depthmux.utils.flops import FlopCounter
 from depthmux.utils.run_folder import RunFolder
 from depthmux.utils.seed import capture_rng_state, restore_rng_state, seed_everything
 
-RESUME_KEYS = ("steps", "batch_size", "lr", "weight_decay", "betas", "eps", "warmup_steps", "decay_fraction",
-               "min_lr_ratio", "decay", "grad_clip", "seed")
+RESUME_KEYS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "betas",
+    "eps",
+    "warmup_steps",
+    "decay_fraction",
+    "min_lr_ratio",
+    "decay",
+    "grad_clip",
+    "seed",
+)
 """Settings a resumed run must share with the stored one (they shape the trajectory)."""
 
 
@@ -116,8 +131,10 @@ class LMTrainConfig:
         check_int("eval max batches", self.eval_max_batches, 1, allow_none=True)
         check_int("log_every", self.log_every, 0)
         check_seed("--seed", self.seed)
-        require(self.mixed_precision in ("no", "fp16", "bf16"),
-               f"unknown mixed precision {self.mixed_precision!r}: use no, fp16 or bf16")
+        require(
+            self.mixed_precision in ("no", "fp16", "bf16"),
+            f"unknown mixed precision {self.mixed_precision!r}: use no, fp16 or bf16",
+        )
         check_float("max_flops", self.max_flops, 0.0, low_open=True, allow_none=True)
         return self
 
@@ -151,7 +168,7 @@ def batch_indices(step: int, batch_size: int, num_blocks: int, seed: int) -> tor
     while len(out) < batch_size:
         epoch, pos = divmod(start + len(out), num_blocks)
         perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        out.extend(perm[pos:pos + batch_size - len(out)].tolist())
+        out.extend(perm[pos : pos + batch_size - len(out)].tolist())
     return torch.tensor(out, dtype=torch.long)
 
 
@@ -193,9 +210,15 @@ def read_lm_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str,
     return weights, tensors, state
 
 
-def train_lm(model: nn.Module, train_blocks: PackedBlocks, eval_blocks: PackedBlocks | None,
-             config: LMTrainConfig, tokenizer=None, accelerator=None,
-             extra_state: dict | None = None) -> LMTrainResult:
+def train_lm(
+    model: nn.Module,
+    train_blocks: PackedBlocks,
+    eval_blocks: PackedBlocks | None,
+    config: LMTrainConfig,
+    tokenizer=None,
+    accelerator=None,
+    extra_state: dict | None = None,
+) -> LMTrainResult:
     """Train ``model`` on packed blocks ``[N, T]`` (SPEC 4 recipe: AdamW + WSD + clipping).
 
     Args:
@@ -224,8 +247,16 @@ def train_lm(model: nn.Module, train_blocks: PackedBlocks, eval_blocks: PackedBl
         return _train(as_causal_lm(model), train_blocks, eval_blocks, cfg, run, tokenizer, accelerator, extra_state)
 
 
-def _train(lm: CausalLM, train_blocks: PackedBlocks, eval_blocks: PackedBlocks | None, cfg: LMTrainConfig,
-           run: RunFolder, tokenizer, accelerator, extra_state: dict | None) -> LMTrainResult:
+def _train(
+    lm: CausalLM,
+    train_blocks: PackedBlocks,
+    eval_blocks: PackedBlocks | None,
+    cfg: LMTrainConfig,
+    run: RunFolder,
+    tokenizer,
+    accelerator,
+    extra_state: dict | None,
+) -> LMTrainResult:
     from tqdm.auto import tqdm
 
     main = accelerator.is_main_process
@@ -248,7 +279,8 @@ def _train(lm: CausalLM, train_blocks: PackedBlocks, eval_blocks: PackedBlocks |
     model, optimizer = accelerator.prepare(lm, optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        WSD(cfg.steps, cfg.warmup_steps, cfg.decay_fraction, cfg.min_lr_ratio, cfg.decay))
+        WSD(cfg.steps, cfg.warmup_steps, cfg.decay_fraction, cfg.min_lr_ratio, cfg.decay),
+    )
 
     start_step, flops_done, approx_done, tokens_done, loss_value = 0, 0.0, 0.0, 0, float("nan")
     if resumed is not None:
@@ -262,8 +294,15 @@ def _train(lm: CausalLM, train_blocks: PackedBlocks, eval_blocks: PackedBlocks |
 
     if main:
         if not cfg.resume:
-            run.write_json("train_config", {"train": asdict(cfg), "params": lm.parameter_counts(),
-                                            "processes": accelerator.num_processes, **(extra_state or {})})
+            run.write_json(
+                "train_config",
+                {
+                    "train": asdict(cfg),
+                    "params": lm.parameter_counts(),
+                    "processes": accelerator.num_processes,
+                    **(extra_state or {}),
+                },
+            )
         # the history up to the resumed step, exactly as an uninterrupted run wrote it
         run.truncate_log(lambda r: r.get("step", 0) <= start_step and not r.get("final"))
 
@@ -278,9 +317,17 @@ def _train(lm: CausalLM, train_blocks: PackedBlocks, eval_blocks: PackedBlocks |
             _save_model(model, tmp / "model", accelerator, tokenizer)
             opt_tensors, opt_meta = optimizer_tensors(optimizer)
             rng_tensors, rng_meta = capture_rng_state()
-            state = {"step": step, "total_steps": cfg.steps, "train_flops": flops_done,
-                     "approx_flops_6nd": approx_done, "tokens": tokens_done, "train_loss": loss_value,
-                     "optimizer": opt_meta, "rng": rng_meta, "scheduler": scheduler.state_dict()}
+            state = {
+                "step": step,
+                "total_steps": cfg.steps,
+                "train_flops": flops_done,
+                "approx_flops_6nd": approx_done,
+                "tokens": tokens_done,
+                "train_loss": loss_value,
+                "optimizer": opt_meta,
+                "rng": rng_meta,
+                "scheduler": scheduler.state_dict(),
+            }
             save_checkpoint(tmp / "trainer", {"optimizer": opt_tensors, "rng": rng_tensors}, state)
 
         if main:
@@ -294,22 +341,34 @@ def _train(lm: CausalLM, train_blocks: PackedBlocks, eval_blocks: PackedBlocks |
     every = cfg.checkpoint_interval
     model.train()
     t0 = time.time()
-    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (cfg.progress and accelerator.is_local_main_process),
-               desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start_step,
+        disable=not (cfg.progress and accelerator.is_local_main_process),
+        desc="train",
+        dynamic_ncols=True,
+    )
     eval_result: dict = {}
     step = start_step
     while step < cfg.steps and not (cfg.max_flops is not None and flops_done >= cfg.max_flops):
-        idx = batch_indices(step, global_batch, len(train_blocks), cfg.seed)[rank * cfg.batch_size:
-                                                                             (rank + 1) * cfg.batch_size]
+        idx = batch_indices(step, global_batch, len(train_blocks), cfg.seed)[
+            rank * cfg.batch_size : (rank + 1) * cfg.batch_size
+        ]
         batch = {k: v.to(accelerator.device) for k, v in train_blocks.batch(idx).items()}
         lr = scheduler.get_last_lr()[0]
         with FlopCounter() as counter:
-            out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
-                        use_cache=False)
+            out = model(
+                input_ids=batch["input_ids"],
+                position_ids=batch["position_ids"],
+                labels=batch["labels"],
+                use_cache=False,
+            )
         loss = out.loss
         if not torch.isfinite(loss):
-            raise DepthmuxError(f"loss is {loss.item()} at step {step + 1}: stopped, nothing saved for this step; "
-                                "lower --lr or check the data")
+            raise DepthmuxError(
+                f"loss is {loss.item()} at step {step + 1}: stopped, nothing saved for this step; "
+                "lower --lr or check the data"
+            )
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
         if grad_norm is not None and not torch.isfinite(grad_norm):
@@ -323,9 +382,16 @@ def _train(lm: CausalLM, train_blocks: PackedBlocks, eval_blocks: PackedBlocks |
         approx_done += 6.0 * counter.non_embedding_macs * world
         tokens_done += batch["input_ids"].numel() * world
         loss_value = _scalar(loss)
-        record = {"step": step, "loss": loss_value, "lm_loss": _scalar(out.lm_loss), "lr": lr,
-                  "train_flops": flops_done, "approx_flops_6nd": approx_done, "tokens": tokens_done,
-                  "time": time.time() - t0}
+        record = {
+            "step": step,
+            "loss": loss_value,
+            "lm_loss": _scalar(out.lm_loss),
+            "lr": lr,
+            "train_flops": flops_done,
+            "approx_flops_6nd": approx_done,
+            "tokens": tokens_done,
+            "time": time.time() - t0,
+        }
         if grad_norm is not None:
             record["grad_norm"] = _scalar(grad_norm)
         if out.aux_losses:
@@ -341,8 +407,12 @@ def _train(lm: CausalLM, train_blocks: PackedBlocks, eval_blocks: PackedBlocks |
 
         done = step == cfg.steps or (cfg.max_flops is not None and flops_done >= cfg.max_flops)
         if eval_blocks is not None and cfg.eval_every and step % cfg.eval_every == 0 and not done:
-            log({"step": step, "eval": evaluate_lm(model, eval_blocks, cfg.eval_batch_size, cfg.eval_max_batches,
-                                                   accelerator)})
+            log(
+                {
+                    "step": step,
+                    "eval": evaluate_lm(model, eval_blocks, cfg.eval_batch_size, cfg.eval_max_batches, accelerator),
+                }
+            )
         if done or (every and step % every == 0):
             checkpoint(step)
     bar.close()
@@ -355,11 +425,18 @@ def _train(lm: CausalLM, train_blocks: PackedBlocks, eval_blocks: PackedBlocks |
         with atomic_directory(run.root / "model") as tmp:
             _save_model(model, tmp, accelerator, tokenizer)
     accelerator.wait_for_everyone()
-    return LMTrainResult(step=step, train_loss=loss_value, train_flops=flops_done, approx_flops_6nd=approx_done,
-                         tokens=tokens_done, seconds=time.time() - t0, eval=eval_result, out_dir=str(run.root))
+    return LMTrainResult(
+        step=step,
+        train_loss=loss_value,
+        train_flops=flops_done,
+        approx_flops_6nd=approx_done,
+        tokens=tokens_done,
+        seconds=time.time() - t0,
+        eval=eval_result,
+        out_dir=str(run.root),
+    )
 
 
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     """Checkpoints of an LM run folder, ``[(step, folder)]`` sorted by step."""
     return RunFolder(out_dir).checkpoints()
-

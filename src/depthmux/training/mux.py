@@ -45,12 +45,12 @@ class MuxTrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
-    lambda_info: float = 0.25   # SPEC 1.3: 0.25 for BERT
+    lambda_info: float = 0.25  # SPEC 1.3: 0.25 for BERT
     tau: float = 0.05
     seed: int = 0
-    save_every: int = 200       # steps between resumable checkpoints
-    patience: int = 0           # stop after this many epochs without a better validation accuracy (0: never)
-    min_steps: int = 0          # small data: raise the epochs until this many optimizer steps (at most MAX_EPOCHS)
+    save_every: int = 200  # steps between resumable checkpoints
+    patience: int = 0  # stop after this many epochs without a better validation accuracy (0: never)
+    min_steps: int = 0  # small data: raise the epochs until this many optimizer steps (at most MAX_EPOCHS)
 
     def validate(self) -> MuxTrainConfig:
         """One line for the first invalid field (CLI option names); returns self."""
@@ -109,9 +109,16 @@ def _check_finite(named: dict[str, torch.Tensor], what: str) -> None:
         raise DepthmuxError(f"non-finite adapter weights ({bad[0]}) {what}: nothing saved; lower --lr")
 
 
-def train_mux(model: MultiplexedClassifier, train: FeatureCache, validation: FeatureCache, cfg: MuxTrainConfig,
-              out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-              stop_after_steps: int | None = None) -> dict:
+def train_mux(
+    model: MultiplexedClassifier,
+    train: FeatureCache,
+    validation: FeatureCache,
+    cfg: MuxTrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> dict:
     """Train ``model``'s adapters; leaves the best-on-validation adapters loaded.
 
     Args:
@@ -136,8 +143,16 @@ def train_mux(model: MultiplexedClassifier, train: FeatureCache, validation: Fea
         return _train(model, train, validation, cfg, run, resume, progress, stop_after_steps)
 
 
-def _train(model: MultiplexedClassifier, train: FeatureCache, validation: FeatureCache, cfg: MuxTrainConfig,
-           run: RunFolder | None, resume: bool, progress: bool, stop_after_steps: int | None) -> dict:
+def _train(
+    model: MultiplexedClassifier,
+    train: FeatureCache,
+    validation: FeatureCache,
+    cfg: MuxTrainConfig,
+    run: RunFolder | None,
+    resume: bool,
+    progress: bool,
+    stop_after_steps: int | None,
+) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val": -1.0, "best_epoch": -1, "history": []}
@@ -169,10 +184,17 @@ def _train(model: MultiplexedClassifier, train: FeatureCache, validation: Featur
         def write(tmp: Path) -> None:
             opt_tensors, opt_meta = optimizer_tensors(opt)
             rng_tensors, rng_meta = capture_rng_state()
-            save_checkpoint(tmp / "trainer", {"adapters": adapters, "optimizer": opt_tensors, "best": best_sd,
-                                              "rng": rng_tensors},
-                            {"position": state, "sums": sums, "optimizer": opt_meta, "rng": rng_meta,
-                             "config": asdict(model.config)})
+            save_checkpoint(
+                tmp / "trainer",
+                {"adapters": adapters, "optimizer": opt_tensors, "best": best_sd, "rng": rng_tensors},
+                {
+                    "position": state,
+                    "sums": sums,
+                    "optimizer": opt_meta,
+                    "rng": rng_meta,
+                    "config": asdict(model.config),
+                },
+            )
 
         run.save_checkpoint(state["global_step"], write)
 
@@ -182,17 +204,24 @@ def _train(model: MultiplexedClassifier, train: FeatureCache, validation: Featur
             break  # early stopping: `patience` epochs without a better validation accuracy
         batches = epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch)
         model.train()
-        bar = tqdm(range(state["step_in_epoch"], len(batches)), disable=not progress, leave=False,
-                   desc=f"N={model.config.n} epoch {epoch + 1}/{epochs}")
+        bar = tqdm(
+            range(state["step_in_epoch"], len(batches)),
+            disable=not progress,
+            leave=False,
+            desc=f"N={model.config.n} epoch {epoch + 1}/{epochs}",
+        )
         for step in bar:
             idx = batches[step]
             hidden, mask = train.batch(model.config.prefill_layers, idx)
             logits, recovered = model.forward_from_prefill(hidden, mask)
-            loss, parts = revmux_loss(logits, train.labels[idx], recovered, train.teacher[idx],
-                                      cfg.lambda_info, cfg.tau)
+            loss, parts = revmux_loss(
+                logits, train.labels[idx], recovered, train.teacher[idx], cfg.lambda_info, cfg.tau
+            )
             if not torch.isfinite(loss):
-                raise DepthmuxError(f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1}: stopped, nothing "
-                                    "saved as best; lower --lr or raise --tau")
+                raise DepthmuxError(
+                    f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1}: stopped, nothing "
+                    "saved as best; lower --lr or raise --tau"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -211,8 +240,14 @@ def _train(model: MultiplexedClassifier, train: FeatureCache, validation: Featur
                 return {"history": state["history"], "stopped_at": state["global_step"]}
         val = _validation_accuracy(model, validation, cfg.seed)
         c = max(1, sums["count"])
-        record = {"epoch": epoch + 1, "loss": sums["loss"] / c, "ce": sums["ce"] / c, "info": sums["info"] / c,
-                  "train_acc": sums["acc"] / c, "val_acc": val}
+        record = {
+            "epoch": epoch + 1,
+            "loss": sums["loss"] / c,
+            "ce": sums["ce"] / c,
+            "info": sums["info"] / c,
+            "train_acc": sums["acc"] / c,
+            "val_acc": val,
+        }
         state["history"].append(record)
         sums = dict.fromkeys(sums, 0.0) | {"count": 0}
         if val > state["best_val"]:
@@ -220,9 +255,11 @@ def _train(model: MultiplexedClassifier, train: FeatureCache, validation: Featur
             best_sd = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         if progress:
-            tqdm.write(f"  N={model.config.n} l={model.config.prefill_layers} {model.config.mixer} epoch {epoch + 1}: "
-                       f"loss {record['loss']:.3f} train acc {record['train_acc']:.3f} val acc {val:.3f}",
-                       file=sys.stderr)
+            tqdm.write(
+                f"  N={model.config.n} l={model.config.prefill_layers} {model.config.mixer} epoch {epoch + 1}: "
+                f"loss {record['loss']:.3f} train acc {record['train_acc']:.3f} val acc {val:.3f}",
+                file=sys.stderr,
+            )
         if run is not None:
             run.append_log(record)  # before the checkpoint: a resume from it never lacks this record
         checkpoint()
@@ -230,6 +267,8 @@ def _train(model: MultiplexedClassifier, train: FeatureCache, validation: Featur
     model.load_state_dict(best_sd, strict=False)
     model.eval()
     if run is not None:
-        model.save_pretrained(run.root / "best", {"history": state["history"], "best_epoch": state["best_epoch"],
-                                                  "train_config": asdict(cfg)})
+        model.save_pretrained(
+            run.root / "best",
+            {"history": state["history"], "best_epoch": state["best_epoch"], "train_config": asdict(cfg)},
+        )
     return {"history": state["history"], "best_epoch": state["best_epoch"], "best_val": state["best_val"]}

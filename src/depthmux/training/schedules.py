@@ -72,9 +72,15 @@ class WSD:
         return peak * (self.min_ratio + (1.0 - self.min_ratio) * shape)
 
 
-def wsd_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                 decay_fraction: float = 0.2, min_ratio: float = 0.0,
-                 decay: str = "linear") -> torch.optim.lr_scheduler.LambdaLR:
+def wsd_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int = 0,
+    decay_fraction: float = 0.2,
+    min_ratio: float = 0.0,
+    decay: str = "linear",
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` applying :class:`WSD` to every parameter group of ``optimizer``."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WSD(total_steps, warmup_steps, decay_fraction, min_ratio, decay))
+        optimizer, WSD(total_steps, warmup_steps, decay_fraction, min_ratio, decay)
+    )

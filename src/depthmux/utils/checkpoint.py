@@ -99,8 +99,9 @@ def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, dict[str, torch.Tensor]],
-                    state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    directory: str | os.PathLike, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]
+) -> Path:
     """Atomically write a checkpoint folder.
 
     Args:
@@ -110,8 +111,7 @@ def save_checkpoint(directory: str | os.PathLike, tensors: dict[str, dict[str, t
     """
     with atomic_directory(directory) as tmp:
         for stem, named in tensors.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in named.items()},
-                      str(tmp / f"{stem}.safetensors"))
+            save_file({k: v.detach().contiguous().cpu() for k, v in named.items()}, str(tmp / f"{stem}.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
     return Path(directory)
 
@@ -158,14 +158,17 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                           meta: dict[str, Any]) -> None:
+def load_optimizer_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     """Inverse of :func:`optimizer_tensors`: tuples (e.g. Adam's betas) come back as tuples."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in list(tensors.items()) + list(meta.get("scalars", {}).items()):
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     template = optimizer.state_dict()["param_groups"]
-    groups = [{k: (tuple(v) if isinstance(t.get(k), tuple) else v) for k, v in g.items()}
-              for g, t in zip(meta["param_groups"], template, strict=True)]
+    groups = [
+        {k: (tuple(v) if isinstance(t.get(k), tuple) else v) for k, v in g.items()}
+        for g, t in zip(meta["param_groups"], template, strict=True)
+    ]
     optimizer.load_state_dict({"state": state, "param_groups": groups})

@@ -21,8 +21,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
-_ACTIVE: contextvars.ContextVar[tuple[FlopCounter, ...]] = contextvars.ContextVar("depthmux_flop_counters",
-                                                                                   default=())
+_ACTIVE: contextvars.ContextVar[tuple[FlopCounter, ...]] = contextvars.ContextVar("depthmux_flop_counters", default=())
 
 
 @dataclass

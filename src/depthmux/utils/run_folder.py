@@ -68,8 +68,9 @@ class RunFolder:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise DepthmuxError(f"{self.root} is in use by another run (pid {holder}); "
-                                "wait for it or use another --out") from None
+            raise DepthmuxError(
+                f"{self.root} is in use by another run (pid {holder}); wait for it or use another --out"
+            ) from None
         try:
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
@@ -99,7 +100,7 @@ class RunFolder:
                 continue
             for p in sorted(folder.iterdir()):
                 if p.name.startswith(".") and p.name.endswith(".old") and p.is_dir():
-                    target = p.with_name(p.name[1:-len(".old")])
+                    target = p.with_name(p.name[1 : -len(".old")])
                     if target.exists():
                         removed.append(p)
                     recover_directory(target)
@@ -157,14 +158,17 @@ class RunFolder:
             return json.loads(json.dumps(obj))
 
         diffs = []
-        for key in (list(keys) if keys is not None else list(given)):
+        for key in list(keys) if keys is not None else list(given):
             a, b = get(stored, key), get(given, key)
             if a is not b and a != b:
                 shown = ["(none)" if v is missing else v for v in (a, b)]
                 diffs.append(f"{key.split('.')[-1]} (stored {shown[0]}, given {shown[1]})")
         if diffs:
-            raise DepthmuxError(f"--resume: {self.root} was started with a different " + ", ".join(diffs)
-                                + "; resume with the stored settings or use a new --out")
+            raise DepthmuxError(
+                f"--resume: {self.root} was started with a different "
+                + ", ".join(diffs)
+                + "; resume with the stored settings or use a new --out"
+            )
 
     # ----------------------------------------------------------------------------------- log
 

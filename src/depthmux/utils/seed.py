@@ -33,18 +33,21 @@ def capture_rng_state() -> tuple[dict[str, torch.Tensor], dict]:
             tensors[f"cuda{i}"] = state
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    meta = {"python": [version, list(internal), gauss],
-            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    meta = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
     return tensors, meta
 
 
 def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Inverse of :func:`capture_rng_state` (CUDA states are restored when CUDA is present)."""
     torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(tensors, key=lambda k: int(k[4:]) if k[4:].isdigit() else -1)
-            if k.startswith("cuda")]
+    cuda = [
+        tensors[k] for k in sorted(tensors, key=lambda k: int(k[4:]) if k[4:].isdigit() else -1) if k.startswith("cuda")
+    ]
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = meta["numpy"]
