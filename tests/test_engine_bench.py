@@ -50,8 +50,8 @@ def test_bench_decode_json_structure(folders, tmp_path):
     assert kv["shared"]["block_ratio_measured"] == pytest.approx(1 / 2)  # N_r = 2: one stream of 2
     assert kv["shared"]["block_ratio_expected_spec4"] == 0.5
     assert kv["recursion_wise"]["block_ratio_expected_spec4"] == 0.75
-    assert kv["shared"]["admitted_sequences"] >= kv["recursion_wise"]["admitted_sequences"] \
-        >= kv["vanilla"]["admitted_sequences"] >= 1
+    admitted = [kv[k]["admitted_sequences"] for k in ("shared", "recursion_wise", "vanilla")]
+    assert admitted[0] > admitted[2] >= 1 and admitted[0] >= admitted[1] >= admitted[2]  # 1 MiB holds many
     assert set(out["breakdown"]) == {f"{m}/engine_{p}" for m in ("vanilla", "mor") for p in ("lockstep", "depthwise")}
     assert all(b["seconds"] > 0 and b["mlp"] > 0 for b in out["breakdown"].values())
 

@@ -289,7 +289,7 @@ def bench_decode(
     output_len: str | None = typer.Option(None, "--output-len", help="Output lengths, uniform (default 8-128)."),
     batch: int | None = typer.Option(None, "--batch", help="B: static batch size / engine sequences (default 32)."),
     repeats: int | None = typer.Option(None, "--repeats", help="Interleaved repetitions (default 2)."),
-    kv_budget_mib: float = typer.Option(64.0, "--kv-budget-mib", help="KV budget for the admission numbers."),
+    kv_budget_mib: float = typer.Option(256.0, "--kv-budget-mib", help="KV budget for the admission numbers."),
     seed: int = typer.Option(0, help="Workload seed."),
     breakdown: bool = typer.Option(False, "--breakdown", help="Add a time breakdown of the engine runs."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),

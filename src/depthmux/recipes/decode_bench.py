@@ -70,7 +70,7 @@ class DecodeBenchSpec:
     output_len: tuple[int, int] = (8, 128)
     batch: int = 32
     repeats: int = 2
-    kv_budget_mib: float = 64.0
+    kv_budget_mib: float = 256.0
     corpus: str = "shakespeare"
     seed: int = 0
     breakdown: bool = False
@@ -207,17 +207,30 @@ def kv_memory(vanilla: RecursiveForCausalLM, mor: RecursiveForCausalLM, workload
         block_entries = c["kv_entries_written"] - spec.num_main_layers * c["tokens_entered"]
         measured_ratio = block_entries / (block_layers * c["tokens_entered"]) if block_layers else 1.0
         vanilla_bytes = vanilla_bytes or per_token
-        kv = KVManager(spec, budget_bytes)
-        sched = Scheduler(kv, "depthwise", max_batch_items=batch, max_num_seqs=10**6,
-                          num_recursion_steps=model.model.num_recursion_steps)
-        for i, r in enumerate(workload):
-            sched.add_request(Request(f"r{i}", r.prompt, SamplingParams(max_new_tokens=r.max_new_tokens),
-                                      frozenset(), int(model.config.max_position_embeddings), 0))
-        sched.schedule()
         out[name] = {"kv_bytes_per_token": per_token, "over_vanilla": per_token / vanilla_bytes,
                      "block_ratio_measured": measured_ratio, "block_ratio_expected_spec4": expected[name],
-                     "block_ratio_reserved": spec.block_ratio(), "admitted_sequences": len(sched.running)}
+                     "block_ratio_reserved": spec.block_ratio(),
+                     "admitted_sequences": admitted_sequences(model, workload, budget_bytes, batch)}
     return out
+
+
+def admitted_sequences(model: RecursiveForCausalLM, workload: list[BenchRequest], budget_bytes: int,
+                       batch: int) -> int:
+    """How many sequences the scheduler admits at once under ``budget_bytes``: the workload's requests,
+    repeated in order until their reservations exceed the budget, are queued and one step is scheduled."""
+    kv = KVManager(KVSpec.from_config(model.config), budget_bytes)
+    sched = Scheduler(kv, "depthwise", max_batch_items=batch, max_num_seqs=10**6,
+                      num_recursion_steps=model.model.num_recursion_steps)
+    queued, i = 0, 0
+    while queued <= budget_bytes:
+        r = workload[i % len(workload)]
+        req = Request(f"r{i}", r.prompt, SamplingParams(max_new_tokens=r.max_new_tokens), frozenset(),
+                      int(model.config.max_position_embeddings), 0)
+        sched.add_request(req)
+        queued += kv.spec.reservation_bytes(req.reserve_tokens)
+        i += 1
+    sched.schedule()
+    return len(sched.running)
 
 
 @contextlib.contextmanager
