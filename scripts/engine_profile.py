@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from depthmux.engine import as_recursive_model
@@ -39,8 +38,10 @@ def main() -> None:
         print(f"HF static: {r['tokens_per_s']:.1f} tokens/s")
     t = time.perf_counter()
     r, llm = run_engine(rec, work, args.policy, args.batch)
-    print(f"engine {args.policy}: {r['tokens_per_s']:.1f} tokens/s ({time.perf_counter() - t:.1f} s, "
-          f"{llm.stats.steps} steps)")
+    print(
+        f"engine {args.policy}: {r['tokens_per_s']:.1f} tokens/s ({time.perf_counter() - t:.1f} s, "
+        f"{llm.stats.steps} steps)"
+    )
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run_engine(rec, work, args.policy, args.batch)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
