@@ -337,10 +337,10 @@ def run_lm_eval(
     check_int("--max-blocks", max_batches, 1, allow_none=True)
     model_dir = resolve_model_dir(model)
     data_spec = (data_spec or eval_data_spec(model)).validate()
+    lm = load_lm(model_dir)  # first: an unsupported model fails before any tokenizer or data work
     _, _, held = prepare_lm_data(data_spec, tokenizer=load_saved_tokenizer(model_dir))
     if held is None:
         raise DepthmuxError("no held-out documents: use a holdout fraction > 0 and at least two documents")
-    lm = load_lm(model_dir)
     is_expert = isinstance(lm, RecursiveForCausalLM) and lm.config.mor_router == "expert"
     if routing is not None and not isinstance(lm, RecursiveForCausalLM):
         raise DepthmuxError(f"--routing {routing} needs a Mixture-of-Recursions model")
