@@ -20,17 +20,41 @@ runner = CliRunner()
 def folders(tmp_path, tiny_llama_factory, tiny_recursive_factory):
     vanilla = tiny_llama_factory(vocab_size=64, num_hidden_layers=4, max_position_embeddings=64).eval()
     vanilla.save_pretrained(tmp_path / "vanilla")
-    mor = tiny_recursive_factory(vocab_size=64, num_hidden_layers=4, num_recursions=2, mor_router="expert",
-                                 max_position_embeddings=64).eval()
+    mor = tiny_recursive_factory(
+        vocab_size=64, num_hidden_layers=4, num_recursions=2, mor_router="expert", max_position_embeddings=64
+    ).eval()
     mor.save_pretrained(tmp_path / "mor")
     return tmp_path / "vanilla", tmp_path / "mor"
 
 
 def test_bench_decode_json_structure(folders, tmp_path):
     vanilla, mor = folders
-    res = runner.invoke(app, ["bench-decode", "--model", str(vanilla), "--mor-model", str(mor), "--num-requests", "6",
-                              "--prompt-len", "3-10", "--output-len", "2-5", "--batch", "4", "--repeats", "2",
-                              "--kv-budget-mib", "1", "--breakdown", "--json", "--out", str(tmp_path / "r.json")])
+    res = runner.invoke(
+        app,
+        [
+            "bench-decode",
+            "--model",
+            str(vanilla),
+            "--mor-model",
+            str(mor),
+            "--num-requests",
+            "6",
+            "--prompt-len",
+            "3-10",
+            "--output-len",
+            "2-5",
+            "--batch",
+            "4",
+            "--repeats",
+            "2",
+            "--kv-budget-mib",
+            "1",
+            "--breakdown",
+            "--json",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "r.json").read_text())
     keys = {f"{m}/{c}" for m in ("vanilla", "mor") for c in ("hf_static", "engine_lockstep", "engine_depthwise")}
@@ -43,8 +67,9 @@ def test_bench_decode_json_structure(folders, tmp_path):
     assert 1.0 <= out["average_depth"] <= 2.0 and out["workload"]["requests"] == 6
     # the ceiling is the ratio of the FLOPs the models declared on the same workload
     c = out["counts"]
-    assert out["compute_ceiling"] == pytest.approx(c["vanilla"]["flops_per_generated_token"]
-                                                   / c["mor"]["flops_per_generated_token"])
+    assert out["compute_ceiling"] == pytest.approx(
+        c["vanilla"]["flops_per_generated_token"] / c["mor"]["flops_per_generated_token"]
+    )
     kv = out["kv"]
     assert kv["vanilla"]["over_vanilla"] == 1.0 and kv["vanilla"]["block_ratio_measured"] == 1.0
     assert kv["shared"]["block_ratio_measured"] == pytest.approx(1 / 2)  # N_r = 2: one stream of 2
@@ -64,16 +89,23 @@ def test_bench_decode_missing_mor_model_says_how_to_create_it(folders, tmp_path,
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "build-mor" in err
-    res = runner.invoke(app, ["bench-decode", "--model", str(vanilla), "--mor-model", str(tmp_path / "nope"),
-                              "--prompt-len", "10-3"])
+    res = runner.invoke(
+        app, ["bench-decode", "--model", str(vanilla), "--mor-model", str(tmp_path / "nope"), "--prompt-len", "10-3"]
+    )
     assert res.exit_code != 0
 
 
 @pytest.fixture
 def tokenized_folder(tmp_path, tiny_recursive_factory):
     tok = load_tokenizer("smollm2")
-    model = tiny_recursive_factory(vocab_size=len(tok), num_hidden_layers=4, num_recursions=2, mor_router="expert",
-                                   eos_token_id=tok.eos_token_id, max_position_embeddings=64).eval()
+    model = tiny_recursive_factory(
+        vocab_size=len(tok),
+        num_hidden_layers=4,
+        num_recursions=2,
+        mor_router="expert",
+        eos_token_id=tok.eos_token_id,
+        max_position_embeddings=64,
+    ).eval()
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     return tmp_path / "m", tok
@@ -84,8 +116,21 @@ def test_generate_streams_every_prompt_in_order(tokenized_folder, tmp_path):
     prompts = ["To be, or not", "Friends, Romans"]
     file = tmp_path / "p.txt"
     file.write_text("All the world\n\n")
-    res = runner.invoke(app, ["generate", *prompts, "--file", str(file), "--model", str(folder),
-                              "--max-new-tokens", "6", "--depth-policy", "lockstep"])
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            *prompts,
+            "--file",
+            str(file),
+            "--model",
+            str(folder),
+            "--max-new-tokens",
+            "6",
+            "--depth-policy",
+            "lockstep",
+        ],
+    )
     assert res.exit_code == 0, res.output
     want = LLM.from_pretrained(folder).generate(prompts + ["All the world"], SamplingParams(max_new_tokens=6))
     lines = res.output.splitlines()
@@ -94,9 +139,16 @@ def test_generate_streams_every_prompt_in_order(tokenized_folder, tmp_path):
         assert line == f"[{i}] {w.prompt}{w.text}"
 
 
-@pytest.mark.parametrize("args, match", [([], "no prompts"), (["hi", "--max-new-tokens", "0"], "max_new_tokens"),
-                                         (["hi", "--top-p", "0"], "top_p"), (["hi", "--stop", "To be or"], "tokens"),
-                                         (["hi", "--depth-policy", "diagonal"], "depth_policy")])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ([], "no prompts"),
+        (["hi", "--max-new-tokens", "0"], "max_new_tokens"),
+        (["hi", "--top-p", "0"], "top_p"),
+        (["hi", "--stop", "To be or"], "tokens"),
+        (["hi", "--depth-policy", "diagonal"], "depth_policy"),
+    ],
+)
 def test_generate_bad_input_is_one_line(tokenized_folder, capsys, args, match):
     folder, _ = tokenized_folder
     with pytest.raises(SystemExit) as e:

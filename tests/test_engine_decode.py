@@ -87,8 +87,14 @@ def test_engine_matches_the_models_own_causal_decode(tiny_recursive_factory, kin
     # the shared block computed exactly the (token, recursion) pairs the causal router asks for:
     # a full forward over each finished sequence (its last token never entered) counts them
     with torch.no_grad():
-        want = sum(int(model(torch.tensor([p + o[:-1]]), use_cache=False, routing="causal")
-                       .router_stats["tokens_per_recursion"].sum()) for p, o in zip(ps, got, strict=True))
+        want = sum(
+            int(
+                model(torch.tensor([p + o[:-1]]), use_cache=False, routing="causal")
+                .router_stats["tokens_per_recursion"]
+                .sum()
+            )
+            for p, o in zip(ps, got, strict=True)
+        )
     assert s.block_items == want
     if kind != "recursive_lora":
         assert s.skipped_recursions > 0 and 1.0 < s.average_depth() < 3.0  # tokens exited early, never computed
@@ -101,9 +107,14 @@ def test_engine_matches_transformers_generate_for_llama(tiny_llama_factory, poli
     want = []
     with torch.no_grad():
         for i, p in enumerate(ps):
-            out = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                              max_new_tokens=max_new(i), do_sample=False, pad_token_id=0)
-            want.append(out[0, len(p):].tolist())
+            out = hf.generate(
+                torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                max_new_tokens=max_new(i),
+                do_sample=False,
+                pad_token_id=0,
+            )
+            want.append(out[0, len(p) :].tolist())
     llm = LLM(hf, depth_policy=policy, max_batch_items=6, max_prefill_tokens=40)
     assert run_staggered(llm, ps) == want
 
@@ -135,8 +146,14 @@ def test_cancel_mid_generation_frees_kv_and_leaves_the_others_unchanged(tiny_rec
 @pytest.mark.parametrize("policy", ["depthwise", "lockstep"])
 def test_tight_budget_preempts_and_recomputes_with_identical_tokens(tiny_recursive_factory, policy):
     # small declared capacities: the scheduler reserves little, the causal router sends more tokens deep
-    model = tiny_recursive_factory(vocab_size=VOCAB, max_position_embeddings=96, num_hidden_layers=8,
-                                   num_recursions=3, mor_router="expert", mor_capacity=[1.0, 0.1, 0.05]).eval()
+    model = tiny_recursive_factory(
+        vocab_size=VOCAB,
+        max_position_embeddings=96,
+        num_hidden_layers=8,
+        num_recursions=3,
+        mor_router="expert",
+        mor_capacity=[1.0, 0.1, 0.05],
+    ).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "router" in name:
@@ -162,7 +179,7 @@ def test_sampling_is_seeded_per_request_and_stop_tokens_end_requests(tiny_recurs
     greedy = LLM(model).generate(ps[0], SamplingParams(max_new_tokens=8, ignore_eos=True))[0].token_ids
     stop = greedy[3]
     out = LLM(model).generate(ps[0], SamplingParams(max_new_tokens=8, stop_token_ids=(stop,), ignore_eos=True))[0]
-    assert out.token_ids == greedy[:greedy.index(stop) + 1] and out.finish_reason == "stop"
+    assert out.token_ids == greedy[: greedy.index(stop) + 1] and out.finish_reason == "stop"
 
 
 def test_stream_yields_every_token_once(tiny_recursive_factory):

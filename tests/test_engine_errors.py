@@ -11,8 +11,11 @@ from depthmux.errors import DepthmuxError
 
 @pytest.fixture
 def llm(tiny_recursive_factory):
-    return LLM(tiny_recursive_factory(max_position_embeddings=32, num_hidden_layers=8, num_recursions=3,
-                                      mor_router="expert").eval())
+    return LLM(
+        tiny_recursive_factory(
+            max_position_embeddings=32, num_hidden_layers=8, num_recursions=3, mor_router="expert"
+        ).eval()
+    )
 
 
 def one_line(exc_info) -> str:
@@ -21,8 +24,16 @@ def one_line(exc_info) -> str:
     return msg
 
 
-@pytest.mark.parametrize("prompt, match", [([], "empty prompt"), ("", "tokenizer"), ([1] * 33, "longer than"),
-                                           ([1, 99], r"token ids must be in"), ([1.5], "string or a list")])
+@pytest.mark.parametrize(
+    "prompt, match",
+    [
+        ([], "empty prompt"),
+        ("", "tokenizer"),
+        ([1] * 33, "longer than"),
+        ([1, 99], r"token ids must be in"),
+        ([1.5], "string or a list"),
+    ],
+)
 def test_bad_prompts(llm, prompt, match):
     with pytest.raises(DepthmuxError, match=match) as e:
         llm.add_request(prompt)

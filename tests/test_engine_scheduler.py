@@ -8,8 +8,15 @@ from depthmux.engine import MAIN, KVManager, KVSpec, Request, SamplingParams, Sc
 from depthmux.errors import DepthmuxError
 from depthmux.recursion import RecursiveConfig
 
-KW = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=8, num_attention_heads=4,
-          num_key_value_heads=2, max_position_embeddings=256)
+KW = dict(
+    vocab_size=61,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 
 
 def spec(**kw) -> KVSpec:
@@ -50,8 +57,10 @@ def admitted(kw: dict, budget: int) -> int:
 
 def test_fixed_budget_admits_more_sequences_with_recursion_wise_and_shared_kv():
     budget = 1 << 20
-    counts = {name: admitted(kw, budget) for name, kw in
-              (("vanilla", VANILLA), ("recursion_wise", RECURSION_WISE), ("shared", SHARED))}
+    counts = {
+        name: admitted(kw, budget)
+        for name, kw in (("vanilla", VANILLA), ("recursion_wise", RECURSION_WISE), ("shared", SHARED))
+    }
     # 64-token requests in 16-token pages: vanilla 65536 B, recursion-wise 53248 B, shared 32768 B each
     assert counts == {"vanilla": 16, "recursion_wise": 19, "shared": 32}
 
@@ -88,8 +97,9 @@ def test_depthwise_block_calls_hold_at_most_b_items_deepest_first_and_never_exit
     sizes = []
     for _ in range(40):
         d = sched.schedule()
-        assert len(d.entering) == sum(1 for r in sched.running if r.in_flight is not None
-                                      and r.in_flight in {it.item_id for it in d.entering})
+        assert len(d.entering) == sum(
+            1 for r in sched.running if r.in_flight is not None and r.in_flight in {it.item_id for it in d.entering}
+        )
         ids = [it.item_id for it in d.block_items]
         sizes.append(len(ids))
         assert len(ids) <= B
@@ -148,8 +158,9 @@ def test_finish_and_cancel_free_kv():
     kv = KVManager(spec(**RECURSION_WISE), 1 << 30)
     sched = Scheduler(kv, "depthwise", num_recursion_steps=3)
     for rid in ("a", "b"):
-        sched.add_request(Request(rid, [1, 2, 3], SamplingParams(max_new_tokens=5, stop_token_ids=(4,)),
-                                  frozenset({4}), 256, 0))
+        sched.add_request(
+            Request(rid, [1, 2, 3], SamplingParams(max_new_tokens=5, stop_token_ids=(4,)), frozenset({4}), 256, 0)
+        )
     d = sched.schedule()
     for c in d.prefills:  # what the runner would allocate for the prefill
         kv.allocate(c.request_id, MAIN, 3)
@@ -185,9 +196,19 @@ def test_preemption_frees_the_newest_request_and_recomputes_it():
     assert kv.bytes_in_use == page and len(d.entering) == 1 and d.entering[0].request_id == "old"
 
 
-@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(max_new_tokens=-3), dict(temperature=-1.0),
-                                 dict(temperature=float("nan")), dict(top_p=0.0), dict(top_p=1.5),
-                                 dict(seed="x"), dict(stop_token_ids=(-1,))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(max_new_tokens=0),
+        dict(max_new_tokens=-3),
+        dict(temperature=-1.0),
+        dict(temperature=float("nan")),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(seed="x"),
+        dict(stop_token_ids=(-1,)),
+    ],
+)
 def test_sampling_params_validation(bad):
     with pytest.raises(DepthmuxError) as e:
         SamplingParams(**bad)

@@ -15,9 +15,14 @@ from depthmux.recursion import RecursiveCache
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-PROMPTS = ["To be, or not to be, that is the question:", "The capital of France is",
-           "Once upon a time, in a land far away, there lived a king who had three daughters. The youngest",
-           "def fibonacci(n):", "Friends, Romans, countrymen,", "1, 2, 3, 4,"]
+PROMPTS = [
+    "To be, or not to be, that is the question:",
+    "The capital of France is",
+    "Once upon a time, in a land far away, there lived a king who had three daughters. The youngest",
+    "def fibonacci(n):",
+    "Friends, Romans, countrymen,",
+    "1, 2, 3, 4,",
+]
 NEW = [10, 6, 12, 9, 7, 11]
 
 
@@ -41,9 +46,14 @@ def test_engine_equals_hf_generate_for_smollm2():
     ids = [tok(p)["input_ids"] for p in PROMPTS]
     want = []
     for p, n in zip(ids, NEW, strict=True):
-        out = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=n,
-                          do_sample=False, pad_token_id=tok.pad_token_id or 0)
-        want.append(out[0, len(p):].tolist())
+        out = hf.generate(
+            torch.tensor([p]),
+            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id or 0,
+        )
+        want.append(out[0, len(p) :].tolist())
     for policy in ("depthwise", "lockstep"):
         assert staggered(LLM(hf, depth_policy=policy, max_batch_items=4), ids) == want
 

@@ -17,10 +17,11 @@ from depthmux.errors import DepthmuxError
 
 app = typer.Typer(
     help="Recursive transformers and Mixture-of-Recursions: train from scratch or from SmolLM2, "
-         "evaluate held-out NLL, convert a pretrained LLaMA into a recursive model.",
+    "evaluate held-out NLL, convert a pretrained LLaMA into a recursive model.",
     no_args_is_help=True,
     add_completion=False,
 )
+
 
 def _quiet_transformers() -> None:
     """No per-shard progress bars from transformers' save/load (our own bar shows training)."""
@@ -35,10 +36,14 @@ _SHARING = "none (vanilla) | cycle | sequence | middle_cycle | middle_sequence"
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="Run folder: log.jsonl, checkpoints/, model/."),
-    corpus: str = typer.Option("shakespeare",
-                               help="shakespeare[:play] | kjv[:book] | PATH (.txt, .jsonl or a folder)."),
-    tokenizer: str = typer.Option("smollm2", help="smollm2 | bpe:N (byte-level BPE trained on the training split) | "
-                                                  "a tokenizer folder. Ignored with --from-pretrained (its own)."),
+    corpus: str = typer.Option(
+        "shakespeare", help="shakespeare[:play] | kjv[:book] | PATH (.txt, .jsonl or a folder)."
+    ),
+    tokenizer: str = typer.Option(
+        "smollm2",
+        help="smollm2 | bpe:N (byte-level BPE trained on the training split) | "
+        "a tokenizer folder. Ignored with --from-pretrained (its own).",
+    ),
     sharing: str = typer.Option("none", help=f"Layer sharing: {_SHARING}."),
     recursions: int = typer.Option(1, help="N_r, loops of the shared block (1 for vanilla)."),
     router: str = typer.Option("none", help="MoR router: none | expert | token (needs cycle/middle_cycle)."),
@@ -48,10 +53,14 @@ def train(
     heads: int = typer.Option(4, help="Attention heads (from scratch)."),
     kv_heads: int | None = typer.Option(None, help="KV heads for GQA (default: --heads)."),
     intermediate: int | None = typer.Option(None, help="SwiGLU width (default 8/3 d, rounded up to 32)."),
-    from_pretrained: str | None = typer.Option(None, "--from-pretrained",
-                                                  help="smollm2 | a model folder: start from these weights."),
-    convert: bool = typer.Option(False, "--convert", help="Convert --from-pretrained (LLaMA) into a recursive "
-                                                          "model with --sharing/--recursions/--init/--lora-rank."),
+    from_pretrained: str | None = typer.Option(
+        None, "--from-pretrained", help="smollm2 | a model folder: start from these weights."
+    ),
+    convert: bool = typer.Option(
+        False,
+        "--convert",
+        help="Convert --from-pretrained (LLaMA) into a recursive model with --sharing/--recursions/--init/--lora-rank.",
+    ),
     init: str = typer.Option("stepwise", help="Conversion init: stepwise | average | lower (SPEC 3)."),
     lora_rank: int = typer.Option(0, "--lora-rank", help="Per-loop LoRA relaxation rank (0 = off, SPEC 3)."),
     steps: int = typer.Option(1000, help="Optimizer steps."),
@@ -65,11 +74,15 @@ def train(
     holdout: float = typer.Option(0.1, help="Held-out share of documents (seeded split)."),
     max_train_blocks: int | None = typer.Option(None, help="Use at most this many training blocks."),
     max_eval_blocks: int | None = typer.Option(64, help="Evaluate on at most this many held-out blocks."),
-    checkpoint_every: int | None = typer.Option(None, help="Checkpoint every K steps (0 = only at the end; "
-                                                               "default: every 10% of the steps, at most 50)."),
+    checkpoint_every: int | None = typer.Option(
+        None, help="Checkpoint every K steps (0 = only at the end; default: every 10% of the steps, at most 50)."
+    ),
     eval_every: int = typer.Option(0, help="Evaluate every K steps (0 = only at the end)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
-                                                        "with its stored settings (exactly reproducible)."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --out from its last checkpoint with its stored settings (exactly reproducible).",
+    ),
     seed: int = typer.Option(0, help="Seed for init, split, packing order and batches."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -79,13 +92,37 @@ def train(
 
     _quiet_transformers()
 
-    model_spec = LMModelSpec(sharing=sharing, recursions=recursions, router=router, kv=kv, hidden=hidden, layers=layers,
-                             heads=heads, kv_heads=kv_heads, intermediate=intermediate, lora_rank=lora_rank,
-                             from_pretrained=from_pretrained, convert=convert, init=init, seed=seed)
-    cfg = LMTrainConfig(out_dir=str(out), steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        warmup_steps=warmup, decay_fraction=decay_fraction, grad_clip=grad_clip,
-                        checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume, seed=seed,
-                        progress=progress)
+    model_spec = LMModelSpec(
+        sharing=sharing,
+        recursions=recursions,
+        router=router,
+        kv=kv,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        intermediate=intermediate,
+        lora_rank=lora_rank,
+        from_pretrained=from_pretrained,
+        convert=convert,
+        init=init,
+        seed=seed,
+    )
+    cfg = LMTrainConfig(
+        out_dir=str(out),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup,
+        decay_fraction=decay_fraction,
+        grad_clip=grad_clip,
+        checkpoint_every=checkpoint_every,
+        eval_every=eval_every,
+        resume=resume,
+        seed=seed,
+        progress=progress,
+    )
     if not resume:
         model_spec.validate()
         cfg.validate()
@@ -93,8 +130,15 @@ def train(
             cfg.warmup_steps = steps
         if from_pretrained:  # the pretrained model's own tokenizer
             tokenizer = "smollm2" if from_pretrained == "smollm2" else str(pretrained_model_dir(from_pretrained))
-    data_spec = LMDataSpec(corpus=corpus, tokenizer=tokenizer, block_size=block_size, holdout=holdout, seed=seed,
-                           max_train_blocks=max_train_blocks, max_eval_blocks=max_eval_blocks)
+    data_spec = LMDataSpec(
+        corpus=corpus,
+        tokenizer=tokenizer,
+        block_size=block_size,
+        holdout=holdout,
+        seed=seed,
+        max_train_blocks=max_train_blocks,
+        max_eval_blocks=max_eval_blocks,
+    )
     if not resume:
         data_spec.validate()
     res = run_lm_train(model_spec, data_spec, cfg)
@@ -107,15 +151,17 @@ def train(
 @app.command("eval")
 def eval_(
     model: Path = typer.Option(..., "--model", help="A run folder (from `lm train`), a checkpoint or a model folder."),
-    corpus: str | None = typer.Option(None, help="The corpus (default: the run's; required for a model "
-                                                    "folder without train_config.json)."),
+    corpus: str | None = typer.Option(
+        None, help="The corpus (default: the run's; required for a model folder without train_config.json)."
+    ),
     block_size: int | None = typer.Option(None, "--block-size", help="Override the block size."),
     holdout: float | None = typer.Option(None, help="Override the held-out share."),
     seed: int | None = typer.Option(None, help="Override the split seed."),
     max_blocks: int | None = typer.Option(64, help="Evaluate at most this many held-out blocks."),
     batch_size: int = typer.Option(8, "--batch-size", help="Blocks per forward."),
-    routing: str | None = typer.Option(None, help="MoR expert-choice routing: topk | causal "
-                                                     "(default: causal, plus top-k for the agreement)."),
+    routing: str | None = typer.Option(
+        None, help="MoR expert-choice routing: topk | causal (default: causal, plus top-k for the agreement)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
     """Held-out NLL / perplexity (and MoR router statistics) of a saved model."""
@@ -132,15 +178,19 @@ def eval_(
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
-    typer.echo(f"{res['model']}: held-out NLL {res['nll']:.4f}, ppl {res['ppl']:.2f} "
-               f"({res['targets']} tokens of {res['corpus']}, {res['params']['total']:,} params)")
+    typer.echo(
+        f"{res['model']}: held-out NLL {res['nll']:.4f}, ppl {res['ppl']:.2f} "
+        f"({res['targets']} tokens of {res['corpus']}, {res['params']['total']:,} params)"
+    )
     rs = res.get("router_stats") or {}
     if rs.get("share_per_recursion"):
         typer.echo("  tokens per recursion: " + ", ".join(f"{x:.3f}" for x in rs["share_per_recursion"]))
     if "topk" in res:
         agree = res["topk"]["router_stats"].get("causal_agreement", [])
-        typer.echo(f"  top-k routing NLL {res['topk']['nll']:.4f}; causal-vs-top-k agreement per recursion: "
-                   + ", ".join(f"{a:.3f}" for a in agree))
+        typer.echo(
+            f"  top-k routing NLL {res['topk']['nll']:.4f}; causal-vs-top-k agreement per recursion: "
+            + ", ".join(f"{a:.3f}" for a in agree)
+        )
 
 
 @app.command()
@@ -159,8 +209,9 @@ def convert(
 
     model, out = run_lm_convert(out, source, recursions=recursions, sharing=sharing, init=init, lora_rank=lora_rank)
     n = model.parameter_counts()["total"]
-    typer.echo(f"recursive model ({sharing}, N_r={recursions}, init={init}, LoRA rank {lora_rank}, "
-               f"{n:,} params) in {out}")
+    typer.echo(
+        f"recursive model ({sharing}, N_r={recursions}, init={init}, LoRA rank {lora_rank}, {n:,} params) in {out}"
+    )
 
 
 def _stop_token_ids(stops: list[str], tokenizer) -> tuple[int, ...]:
@@ -188,8 +239,9 @@ def generate(
     temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (0, 1]."),
     seed: int | None = typer.Option(None, help="Sampling seed (per request; same tokens whatever the batch)."),
-    stop: list[str] | None = typer.Option(None, "--stop", help="Stop token: a single-token string or a token id "
-                                                                  "(repeatable). EOS always stops."),
+    stop: list[str] | None = typer.Option(
+        None, "--stop", help="Stop token: a single-token string or a token id (repeatable). EOS always stops."
+    ),
     depth_policy: str = typer.Option("depthwise", "--depth-policy", help="depthwise | lockstep (recursive models)."),
     max_batch: int = typer.Option(16, "--max-batch", help="B: most sequences and block items per step."),
 ) -> None:
@@ -212,8 +264,13 @@ def generate(
     llm = LLM.from_pretrained(model, depth_policy=depth_policy, max_batch_items=max_batch, max_num_seqs=max_batch)
     if llm.tokenizer is None:
         raise DepthmuxError(f"{model} has no saved tokenizer: text prompts need one")
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                            stop_token_ids=_stop_token_ids(stop or [], llm.tokenizer))
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop_token_ids=_stop_token_ids(stop or [], llm.tokenizer),
+    )
     ids = [llm.add_request(t, params) for t in texts]
     order = {rid: i for i, rid in enumerate(ids)}
     texts_now: dict[str, str] = {}
@@ -261,13 +318,24 @@ def build_mor(
     from depthmux.recipes.mor_smollm2 import MoRSmolLM2Spec, run_mor_smollm2
 
     _quiet_transformers()
-    spec = MoRSmolLM2Spec(out_dir=str(out), recursions=recursions, steps=steps, batch_size=batch_size,
-                          block_size=block_size, lr=lr, bce_coef=bce_coef, corpus=corpus, eval_blocks=eval_blocks,
-                          seed=seed)
+    spec = MoRSmolLM2Spec(
+        out_dir=str(out),
+        recursions=recursions,
+        steps=steps,
+        batch_size=batch_size,
+        block_size=block_size,
+        lr=lr,
+        bce_coef=bce_coef,
+        corpus=corpus,
+        eval_blocks=eval_blocks,
+        seed=seed,
+    )
     res = run_mor_smollm2(spec, log=typer.echo)
-    typer.echo(f"held-out NLL: SmolLM2 {res['smollm2']['nll']:.4f}, "
-               f"recursive-{recursions} {res['recursive']['nll']:.4f}, MoR-{recursions} {res['mor']['nll']:.4f}; "
-               f"model in {out / 'model'}")
+    typer.echo(
+        f"held-out NLL: SmolLM2 {res['smollm2']['nll']:.4f}, "
+        f"recursive-{recursions} {res['recursive']['nll']:.4f}, MoR-{recursions} {res['mor']['nll']:.4f}; "
+        f"model in {out / 'model'}"
+    )
 
 
 def _range(text: str | None, name: str) -> tuple[int, int] | None:
@@ -302,12 +370,18 @@ def bench_decode(
     from depthmux.recipes.decode_bench import DecodeBenchSpec, quick_spec, run_decode_bench
 
     _quiet_transformers()
-    spec = DecodeBenchSpec(model=model, mor_model=mor_model, kv_budget_mib=kv_budget_mib, seed=seed,
-                           breakdown=breakdown)
+    spec = DecodeBenchSpec(
+        model=model, mor_model=mor_model, kv_budget_mib=kv_budget_mib, seed=seed, breakdown=breakdown
+    )
     if quick:
         spec = quick_spec(spec)
-    given = dict(num_requests=num_requests, prompt_len=_range(prompt_len, "--prompt-len"),
-                 output_len=_range(output_len, "--output-len"), batch=batch, repeats=repeats)
+    given = dict(
+        num_requests=num_requests,
+        prompt_len=_range(prompt_len, "--prompt-len"),
+        output_len=_range(output_len, "--output-len"),
+        batch=batch,
+        repeats=repeats,
+    )
     spec = replace(spec, **{k: v for k, v in given.items() if v is not None})
     res = run_decode_bench(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo)
     if out is not None:
@@ -316,11 +390,15 @@ def bench_decode(
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
-    typer.echo(f"compute ceiling {res['compute_ceiling']:.3f} (average depth {res['average_depth']:.3f} of "
-               f"{res['num_recursions']}); MoR depth-wise reaches {res['fraction_of_ceiling']:.1%} of it; engine "
-               f"{res['speedup_vs_hf_static']:.2f}x HF static (vanilla)")
+    typer.echo(
+        f"compute ceiling {res['compute_ceiling']:.3f} (average depth {res['average_depth']:.3f} of "
+        f"{res['num_recursions']}); MoR depth-wise reaches {res['fraction_of_ceiling']:.1%} of it; engine "
+        f"{res['speedup_vs_hf_static']:.2f}x HF static (vanilla)"
+    )
     for name, kv in res["kv"].items():
         if isinstance(kv, dict):
-            typer.echo(f"KV {name}: {kv['kv_bytes_per_token']:.0f} B/token ({kv['over_vanilla']:.3f} of vanilla; block "
-                       f"{kv['block_ratio_measured']:.3f}, SPEC 4 {kv['block_ratio_expected_spec4']:.3f}), "
-                       f"{kv['admitted_sequences']} sequences admitted in {res['kv']['budget_bytes'] / 2**20:.0f} MiB")
+            typer.echo(
+                f"KV {name}: {kv['kv_bytes_per_token']:.0f} B/token ({kv['over_vanilla']:.3f} of vanilla; block "
+                f"{kv['block_ratio_measured']:.3f}, SPEC 4 {kv['block_ratio_expected_spec4']:.3f}), "
+                f"{kv['admitted_sequences']} sequences admitted in {res['kv']['budget_bytes'] / 2**20:.0f} MiB"
+            )

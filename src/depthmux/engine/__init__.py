@@ -30,7 +30,24 @@ from depthmux.engine.scheduler import (
 from depthmux.engine.stats import EngineStats
 
 __all__ = [
-    "DEPTH_POLICIES", "LLM", "MAIN", "EngineStats", "KVManager", "KVSpec", "ModelRunner", "PagedCache",
-    "PagedLayerKV", "PrefillChunk", "Request", "RequestOutput", "SamplingParams", "Scheduler",
-    "SchedulerDecision", "StepResult", "StreamBinding", "WorkItem", "as_recursive_model", "sample_next_tokens",
+    "DEPTH_POLICIES",
+    "LLM",
+    "MAIN",
+    "EngineStats",
+    "KVManager",
+    "KVSpec",
+    "ModelRunner",
+    "PagedCache",
+    "PagedLayerKV",
+    "PrefillChunk",
+    "Request",
+    "RequestOutput",
+    "SamplingParams",
+    "Scheduler",
+    "SchedulerDecision",
+    "StepResult",
+    "StreamBinding",
+    "WorkItem",
+    "as_recursive_model",
+    "sample_next_tokens",
 ]

@@ -132,9 +132,12 @@ class EarlyExitStats:
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "thresholds"}
-        d.update(exit_rate=self.exit_rate(), wrong_exit_rate=self.wrong_exit_rate(),
-                 acceptance_rate=self.acceptance_rate(),
-                 final_threshold=self.thresholds[-1] if self.thresholds else None)
+        d.update(
+            exit_rate=self.exit_rate(),
+            wrong_exit_rate=self.wrong_exit_rate(),
+            acceptance_rate=self.acceptance_rate(),
+            final_threshold=self.thresholds[-1] if self.thresholds else None,
+        )
         return d
 
 
@@ -171,8 +174,15 @@ class EarlyExitRunner(ModelRunner):
     scheduler's request table, read to cap drafts at a request's remaining tokens).
     """
 
-    def __init__(self, model: EarlyExitForCausalLM, kv: KVManager, max_len: int, seed: int,
-                 policy: EarlyExitPolicy, requests: dict[str, Request]):
+    def __init__(
+        self,
+        model: EarlyExitForCausalLM,
+        kv: KVManager,
+        max_len: int,
+        seed: int,
+        policy: EarlyExitPolicy,
+        requests: dict[str, Request],
+    ):
         super().__init__(model, kv, "lockstep", max_len, seed)
         self.ee = require_early_exit(model)
         self.policy = policy.validate()
@@ -204,8 +214,9 @@ class EarlyExitRunner(ModelRunner):
         self.ee_stats.shallow_tokens += len(rids)
         return h[:, 0]
 
-    def _deep_pass(self, rids: list[str], states: list[torch.Tensor], starts: list[int]) -> tuple[torch.Tensor,
-                                                                                                   torch.Tensor]:
+    def _deep_pass(
+        self, rids: list[str], states: list[torch.Tensor], starts: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The deep layers on each row's tokens ``states[i]`` [n_i, d] at positions starts[i] .. starts[i] + n_i - 1
         (their entries already allocated), batched left-aligned: returns (h_d [R, M, d], real [R, M])."""
         dev = self.device
@@ -239,8 +250,10 @@ class EarlyExitRunner(ModelRunner):
         st.thresholds.append(threshold)
         exits = (conf > threshold).tolist()
         if pol.max_kept is not None:
-            exits = [e and len(self.kept[r].tokens) < pol.max_kept if r in self.kept else e
-                     for e, r in zip(exits, rids, strict=True)]
+            exits = [
+                e and len(self.kept[r].tokens) < pol.max_kept if r in self.kept else e
+                for e, r in zip(exits, rids, strict=True)
+            ]
         out = [i for i, e in enumerate(exits) if e]
         deep = [i for i, e in enumerate(exits) if not e]
         if out:
@@ -269,12 +282,26 @@ class EarlyExitRunner(ModelRunner):
         for r, t in zip(d_rids, tokens, strict=True):
             result.sampled[r] = t
         if pol.adaptive is not None or pol.measure:
-            self._compare(kept, h_d, real, last, conf.index_select(0, torch.tensor(deep, device=self.device)),
-                          logits_s.index_select(0, torch.tensor(deep, device=self.device)).argmax(-1),
-                          logits_d.argmax(-1))
+            self._compare(
+                kept,
+                h_d,
+                real,
+                last,
+                conf.index_select(0, torch.tensor(deep, device=self.device)),
+                logits_s.index_select(0, torch.tensor(deep, device=self.device)).argmax(-1),
+                logits_d.argmax(-1),
+            )
 
-    def _compare(self, kept: list[_Kept], h_d: torch.Tensor, real: torch.Tensor, last: torch.Tensor,
-                 conf_now: torch.Tensor, shallow_now: torch.Tensor, deep_now: torch.Tensor) -> None:
+    def _compare(
+        self,
+        kept: list[_Kept],
+        h_d: torch.Tensor,
+        real: torch.Tensor,
+        last: torch.Tensor,
+        conf_now: torch.Tensor,
+        shallow_now: torch.Tensor,
+        deep_now: torch.Tensor,
+    ) -> None:
         """(confidence, shallow == deep) pairs of this deep pass: every kept token (its emitted token vs the
         deep model's at its position) and every current token; counts wrong exits, refreshes the threshold."""
         conf, agree = [conf_now], [shallow_now == deep_now]
@@ -291,8 +318,7 @@ class EarlyExitRunner(ModelRunner):
             self.policy.adaptive.update(torch.cat(conf), torch.cat(agree))
 
     # -- self-speculative decoding ------------------------------------------------------------
-    def _decode_speculative(self, items: list[WorkItem], params: dict[str, SamplingParams],
-                            result: StepResult) -> None:
+    def _decode_speculative(self, items: list[WorkItem], params: dict[str, SamplingParams], result: StepResult) -> None:
         ee, st = self.ee, self.ee_stats
         E = len(items)
         rids = [it.request_id for it in items]
@@ -310,8 +336,9 @@ class EarlyExitRunner(ModelRunner):
         states: list[list[torch.Tensor]] = [[] for _ in range(E)]
         for j in range(max(budget)):
             rows = [i for i in range(E) if budget[i] > j]
-            h = self._shallow_step([rids[i] for i in rows], [current[i] for i in rows],
-                                   [items[i].position + j for i in rows])
+            h = self._shallow_step(
+                [rids[i] for i in rows], [current[i] for i in rows], [items[i].position + j for i in rows]
+            )
             logits = ee.exit_logits(h[:, None])[:, 0]  # [R, V]
             tokens = logits.argmax(-1).tolist()
             for r, i in enumerate(rows):
@@ -355,8 +382,9 @@ def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     return probs
 
 
-def speculative_accept(drafts: list[int], q: list[torch.Tensor], p: list[torch.Tensor],
-                       generator: torch.Generator | None) -> tuple[int, int]:
+def speculative_accept(
+    drafts: list[int], q: list[torch.Tensor], p: list[torch.Tensor], generator: torch.Generator | None
+) -> tuple[int, int]:
     """The standard speculative acceptance rule (Leviathan et al.; Chen et al.), which keeps the target
     distribution: draft ``x_j`` ~ ``q[j]`` is accepted with probability ``min(1, p[j][x_j] / q[j][x_j])``;
     at the first rejection the next token is drawn from ``normalise(max(0, p[j] - q[j]))``; when every
@@ -381,8 +409,7 @@ class EarlyExitLLM(LLM):
     "lockstep": the model has no recursion loop), plus ``policy``.
     """
 
-    def __init__(self, model, tokenizer=None, *, policy: EarlyExitPolicy | None = None, seed: int = 0,
-                 **engine_kwargs):
+    def __init__(self, model, tokenizer=None, *, policy: EarlyExitPolicy | None = None, seed: int = 0, **engine_kwargs):
         model = require_early_exit(model)
         policy = (policy or EarlyExitPolicy()).validate()
         if engine_kwargs.get("depth_policy", "lockstep") != "lockstep":

@@ -104,11 +104,20 @@ class KVSpec:
                 fractions = tuple((n - r) / n for r in range(n))  # balanced router: depth uniform over 1..N_r
             else:
                 fractions = (1.0,) * n
-        return cls(num_layers=L, num_prefix_layers=pre, num_suffix_layers=suf, num_main_layers=main,
-                   num_block_layers=K, stream_fractions=fractions, recursion_loop=loop,
-                   share_first=loop and config.mor_kv == "share_first", num_kv_heads=config.num_key_value_heads,
-                   head_dim=config.head_dim, dtype_bytes=torch.empty((), dtype=dtype).element_size(),
-                   block_size=block_size)
+        return cls(
+            num_layers=L,
+            num_prefix_layers=pre,
+            num_suffix_layers=suf,
+            num_main_layers=main,
+            num_block_layers=K,
+            stream_fractions=fractions,
+            recursion_loop=loop,
+            share_first=loop and config.mor_kv == "share_first",
+            num_kv_heads=config.num_key_value_heads,
+            head_dim=config.head_dim,
+            dtype_bytes=torch.empty((), dtype=dtype).element_size(),
+            block_size=block_size,
+        )
 
     @property
     def num_streams(self) -> int:
@@ -258,8 +267,15 @@ class PagedCache:
     position, a :class:`PagedLayerKV` over the rows' main or recursion streams (duck-types
     :class:`~depthmux.recursion.RecursiveCache` for the layers: ``layer(p)`` and ``seg``)."""
 
-    def __init__(self, spec: KVSpec, main: StreamBinding | None, block: StreamBinding | None, rows: int,
-                 max_len: int, device: torch.device):
+    def __init__(
+        self,
+        spec: KVSpec,
+        main: StreamBinding | None,
+        block: StreamBinding | None,
+        rows: int,
+        max_len: int,
+        device: torch.device,
+    ):
         self.spec, self.main, self.block = spec, main, block
         # one document per sequence: every entry is in segment 0 (a stride-0 view, no memory)
         self.seg = torch.zeros((1, 1), dtype=torch.long, device=device).expand(rows, max_len)
@@ -284,8 +300,9 @@ class KVManager:
         device, dtype: where and how K/V are stored.
     """
 
-    def __init__(self, spec: KVSpec, budget_bytes: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, spec: KVSpec, budget_bytes: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ):
         if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
             raise DepthmuxError(f"kv_budget_bytes must be a positive integer, got {budget_bytes!r}")
         self.spec, self.budget_bytes = spec, budget_bytes
@@ -364,8 +381,7 @@ class KVManager:
         return {k[1]: n for k, n in self.lengths.items() if k[0] == request_id}
 
     # -- tensors for a stage call ------------------------------------------------------------
-    def binding(self, keys: list[tuple[str, int]], base: list[int],
-                writes: list[bool] | None = None) -> StreamBinding:
+    def binding(self, keys: list[tuple[str, int]], base: list[int], writes: list[bool] | None = None) -> StreamBinding:
         """The :class:`StreamBinding` of rows whose streams are ``keys`` (all in one pool)."""
         pool = self._pool_of(keys[0][1])
         pool.ensure(self.device, self.dtype)
@@ -373,6 +389,9 @@ class KVManager:
         nb = max(1, max(len(t) for t in tables))
         table = torch.tensor([t + [NULL_BLOCK] * (nb - len(t)) for t in tables], dtype=torch.long)
         w = torch.tensor(writes if writes is not None else [True] * len(keys), dtype=torch.bool)
-        return StreamBinding(pool=pool, table=table.to(self.device, non_blocking=True),
-                             base=torch.tensor(base, dtype=torch.long).to(self.device, non_blocking=True),
-                             writes=w.to(self.device, non_blocking=True))
+        return StreamBinding(
+            pool=pool,
+            table=table.to(self.device, non_blocking=True),
+            base=torch.tensor(base, dtype=torch.long).to(self.device, non_blocking=True),
+            writes=w.to(self.device, non_blocking=True),
+        )

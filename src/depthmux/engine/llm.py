@@ -72,8 +72,9 @@ def as_recursive_model(model) -> RecursiveForCausalLM:
         model = model.model
     config = getattr(model, "config", None)
     if not isinstance(model, torch.nn.Module) or config is None:
-        raise DepthmuxError(f"cannot serve a {type(model).__name__}: expected a RecursiveForCausalLM or a "
-                            "transformers LLaMA model")
+        raise DepthmuxError(
+            f"cannot serve a {type(model).__name__}: expected a RecursiveForCausalLM or a transformers LLaMA model"
+        )
     p = next(model.parameters())
     converted = convert_llama_to_recursive(model, num_recursions=1, sharing="none")
     return converted.to(device=p.device, dtype=p.dtype)
@@ -94,9 +95,19 @@ class LLM:
         seed: seed of the generator shared by unseeded sampling requests.
     """
 
-    def __init__(self, model, tokenizer=None, *, depth_policy: str = "depthwise", max_batch_items: int = 64,
-                 max_prefill_tokens: int = 512, max_num_seqs: int = 256, kv_budget_bytes: int | None = None,
-                 block_size: int = 16, seed: int = 0):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        depth_policy: str = "depthwise",
+        max_batch_items: int = 64,
+        max_prefill_tokens: int = 512,
+        max_num_seqs: int = 256,
+        kv_budget_bytes: int | None = None,
+        block_size: int = 16,
+        seed: int = 0,
+    ):
         self.model = as_recursive_model(model).eval()
         self.tokenizer = tokenizer
         cfg = self.model.config
@@ -107,8 +118,14 @@ class LLM:
         spec = KVSpec.from_config(cfg, dtype=p.dtype, block_size=block_size)
         budget = UNLIMITED_KV_BYTES if kv_budget_bytes is None else kv_budget_bytes
         self.kv = KVManager(spec, budget, device=p.device, dtype=p.dtype)
-        self.scheduler = Scheduler(self.kv, depth_policy, max_batch_items, max_prefill_tokens, max_num_seqs,
-                                   self.model.model.num_recursion_steps)
+        self.scheduler = Scheduler(
+            self.kv,
+            depth_policy,
+            max_batch_items,
+            max_prefill_tokens,
+            max_num_seqs,
+            self.model.model.num_recursion_steps,
+        )
         self.runner = ModelRunner(self.model, self.kv, depth_policy, self.max_len, seed)
         eos = cfg.eos_token_id
         self.eos_token_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else list(eos))
@@ -116,8 +133,14 @@ class LLM:
         self._ids = itertools.count()
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
-                        dtype: torch.dtype = torch.float32, **engine_kwargs) -> LLM:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        **engine_kwargs,
+    ) -> LLM:
         """Load ``path`` ("smollm2", a model folder, a run or checkpoint folder) through
         :func:`depthmux.lm.load_lm` with its saved tokenizer, and build the engine."""
         model_dir = pretrained_model_dir(str(path))
@@ -170,8 +193,16 @@ class LLM:
         text = None
         if self.tokenizer is not None:
             text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=True)
-        return RequestOutput(req.request_id, self._prompts.get(req.request_id), list(req.prompt_token_ids),
-                             list(req.output_token_ids), new, text, req.finished, req.finish_reason)
+        return RequestOutput(
+            req.request_id,
+            self._prompts.get(req.request_id),
+            list(req.prompt_token_ids),
+            list(req.output_token_ids),
+            new,
+            text,
+            req.finished,
+            req.finish_reason,
+        )
 
     def output(self, request_id: str) -> RequestOutput:
         """The current output of a request."""
@@ -184,19 +215,23 @@ class LLM:
     def step(self) -> list[RequestOutput]:
         """One engine step; outputs of the requests that received a token (or were ended by the budget)."""
         decision = self.scheduler.schedule()
-        outputs = [self._output(self.scheduler.requests[r], []) for r in decision.released
-                   if self.scheduler.requests[r].finish_reason == "kv_budget"]
+        outputs = [
+            self._output(self.scheduler.requests[r], [])
+            for r in decision.released
+            if self.scheduler.requests[r].finish_reason == "kv_budget"
+        ]
         if decision.empty:
             return outputs
         result = self.runner.execute(decision)
         before = {r.request_id: len(r.output_token_ids) for r in self.scheduler.running}
         for req in self.scheduler.update(decision, result):  # several tokens when speculative drafts were accepted
-            outputs.append(self._output(req, req.output_token_ids[before[req.request_id]:]))
+            outputs.append(self._output(req, req.output_token_ids[before[req.request_id] :]))
         return outputs
 
     def _add_all(self, prompts, sampling_params) -> list[str]:
-        single = isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts
-                                              and all(isinstance(t, int) for t in prompts))
+        single = isinstance(prompts, str) or (
+            isinstance(prompts, Sequence) and prompts and all(isinstance(t, int) for t in prompts)
+        )
         prompts = [prompts] if single else list(prompts)
         if not prompts:
             raise DepthmuxError("no prompts given")
@@ -208,16 +243,18 @@ class LLM:
                 raise DepthmuxError(f"{len(params)} sampling params for {len(prompts)} prompts")
         return [self.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
 
-    def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
-                 ) -> list[RequestOutput]:
+    def generate(
+        self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
+    ) -> list[RequestOutput]:
         """Generate for every prompt (strings, token-id lists, or one of them); outputs in prompt order."""
         ids = self._add_all(prompts, sampling_params)
         while any(not self.scheduler.requests[i].finished for i in ids):
             self.step()
         return [self.output(i) for i in ids]
 
-    def stream(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
-               ) -> Iterator[RequestOutput]:
+    def stream(
+        self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
+    ) -> Iterator[RequestOutput]:
         """Like :meth:`generate`, yielding each step's outputs (``new_token_ids``) as they come."""
         ids = self._add_all(prompts, sampling_params)
         while any(not self.scheduler.requests[i].finished for i in ids):

@@ -47,14 +47,27 @@ def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
 
 def _decision_rows(dec: RouteDecision, idx: torch.Tensor) -> RouteDecision:
     """A decision restricted to the rows ``idx`` [R'] (sequences), all fields [R', ...]."""
-    return RouteDecision(dec.recursion, dec.kind, _rows(dec.selected, idx), _rows(dec.gate, idx),
-                         _rows(dec.depth, idx), _rows(dec.weight, idx), _rows(dec.first_state, idx))
+    return RouteDecision(
+        dec.recursion,
+        dec.kind,
+        _rows(dec.selected, idx),
+        _rows(dec.gate, idx),
+        _rows(dec.depth, idx),
+        _rows(dec.weight, idx),
+        _rows(dec.first_state, idx),
+    )
 
 
 def _context_rows(ctx: TokenContext, idx: torch.Tensor, cache) -> TokenContext:
-    return TokenContext(positions=_rows(ctx.positions, idx), slots=_rows(ctx.slots, idx),
-                        segments=_rows(ctx.segments, idx), write=_rows(ctx.write, idx), cos=_rows(ctx.cos, idx),
-                        sin=_rows(ctx.sin, idx), cache=cache)
+    return TokenContext(
+        positions=_rows(ctx.positions, idx),
+        slots=_rows(ctx.slots, idx),
+        segments=_rows(ctx.segments, idx),
+        write=_rows(ctx.write, idx),
+        cos=_rows(ctx.cos, idx),
+        sin=_rows(ctx.sin, idx),
+        cache=cache,
+    )
 
 
 MAX_PREFILL_PADDING = 0.125
@@ -95,9 +108,17 @@ class _Carry:
 
     def select(self, rows: list[int]) -> _Carry:
         idx = torch.tensor(rows, dtype=torch.long, device=self.h.device)
-        return _Carry([self.ids[i] for i in rows], [self.request_ids[i] for i in rows],
-                      [self.positions[i] for i in rows], [self.rec[i] for i in rows], self.h.index_select(0, idx),
-                      _rows(self.gate, idx), _rows(self.depth, idx), _rows(self.weight, idx), _rows(self.first, idx))
+        return _Carry(
+            [self.ids[i] for i in rows],
+            [self.request_ids[i] for i in rows],
+            [self.positions[i] for i in rows],
+            [self.rec[i] for i in rows],
+            self.h.index_select(0, idx),
+            _rows(self.gate, idx),
+            _rows(self.depth, idx),
+            _rows(self.weight, idx),
+            _rows(self.first, idx),
+        )
 
     @staticmethod
     def cat(parts: list[_Carry]) -> _Carry:
@@ -113,8 +134,17 @@ class _Carry:
         def flat(name):
             return [v for p in parts for v in getattr(p, name)]
 
-        return _Carry(flat("ids"), flat("request_ids"), flat("positions"), flat("rec"), join("h"), join("gate"),
-                      join("depth"), join("weight"), join("first"))
+        return _Carry(
+            flat("ids"),
+            flat("request_ids"),
+            flat("positions"),
+            flat("rec"),
+            join("h"),
+            join("gate"),
+            join("depth"),
+            join("weight"),
+            join("first"),
+        )
 
 
 class ModelRunner:
@@ -138,8 +168,9 @@ class ModelRunner:
         self.kind = (cfg.mor_router or "none") if self.loop else "none"
         self.lora_block = self.loop and cfg.relaxation_rank > 0
         # the first route keeps every token (no host sync needed): no router, token-choice, capacity 1, shared KV
-        self.first_keeps_all = (self.kind != "expert" or cfg.capacities()[0] >= 1.0
-                                or (self.loop and cfg.mor_kv == "share_first"))
+        self.first_keeps_all = (
+            self.kind != "expert" or cfg.capacities()[0] >= 1.0 or (self.loop and cfg.mor_kv == "share_first")
+        )
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.default_generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -150,8 +181,15 @@ class ModelRunner:
     # -- helpers ----------------------------------------------------------------------------
     def _context(self, positions: torch.Tensor, write: torch.Tensor, cache) -> TokenContext:
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, self.dtype)
-        return TokenContext(positions=positions, slots=positions, segments=torch.zeros_like(positions), write=write,
-                            cos=cos, sin=sin, cache=cache)
+        return TokenContext(
+            positions=positions,
+            slots=positions,
+            segments=torch.zeros_like(positions),
+            write=write,
+            cos=cos,
+            sin=sin,
+            cache=cache,
+        )
 
     def _cache(self, rows: int, main=None, block=None) -> PagedCache:
         return PagedCache(self.kv.spec, main, block, rows, self.max_len, self.device)
@@ -172,8 +210,11 @@ class ModelRunner:
 
     def _generator(self, rid: str, params: SamplingParams) -> torch.Generator | None:
         if rid not in self.generators:
-            self.generators[rid] = (torch.Generator(device=self.device).manual_seed(params.seed)
-                                    if params.seed is not None and not params.greedy else None)
+            self.generators[rid] = (
+                torch.Generator(device=self.device).manual_seed(params.seed)
+                if params.seed is not None and not params.greedy
+                else None
+            )
         return self.generators[rid]
 
     def _sample(self, hidden: torch.Tensor, request_ids: list[str], params: dict[str, SamplingParams]) -> list[int]:
@@ -214,8 +255,9 @@ class ModelRunner:
         for group in prefill_groups(decision.prefills):
             self._prefill(group, decision.params, result)
         if decision.prefills:  # report in the decision's order (groups run longest first)
-            result.sampled = {c.request_id: result.sampled[c.request_id] for c in decision.prefills
-                              if c.request_id in result.sampled}
+            result.sampled = {
+                c.request_id: result.sampled[c.request_id] for c in decision.prefills if c.request_id in result.sampled
+            }
         if self.depth_policy == "lockstep":
             if decision.entering:
                 self._decode_lockstep(decision.entering, decision.params, result)
@@ -231,8 +273,9 @@ class ModelRunner:
         lengths = [len(c.token_ids) for c in chunks]
         ids = torch.tensor([c.token_ids + [0] * (M - len(c.token_ids)) for c in chunks], device=dev)
         write = torch.arange(M, device=dev)[None, :] < torch.tensor(lengths, device=dev)[:, None]
-        positions = (torch.tensor([c.start for c in chunks], device=dev)[:, None] + torch.arange(M, device=dev)
-                     ).clamp(max=self.max_len - 1)
+        positions = (torch.tensor([c.start for c in chunks], device=dev)[:, None] + torch.arange(M, device=dev)).clamp(
+            max=self.max_len - 1
+        )
         rids = [c.request_id for c in chunks]
         base = [self.kv.allocate(c.request_id, MAIN, len(c.token_ids)) for c in chunks]
         main = self.kv.binding([(r, MAIN) for r in rids], base)
@@ -334,12 +377,17 @@ class ModelRunner:
         if decision.entering:
             x, ctx = self._enter(decision.entering)
             dec = body.route(x, 0, ctx, None, routing="causal", losses=False)
-            entering = _Carry([it.item_id for it in decision.entering], [it.request_id for it in decision.entering],
-                              [it.position for it in decision.entering], [0] * len(decision.entering), x[:, 0],
-                              None if dec.gate is None else dec.gate[:, 0],
-                              None if dec.depth is None else dec.depth[:, 0],
-                              None if dec.weight is None else dec.weight[:, 0],
-                              None if dec.first_state is None else dec.first_state[:, 0])
+            entering = _Carry(
+                [it.item_id for it in decision.entering],
+                [it.request_id for it in decision.entering],
+                [it.position for it in decision.entering],
+                [0] * len(decision.entering),
+                x[:, 0],
+                None if dec.gate is None else dec.gate[:, 0],
+                None if dec.depth is None else dec.depth[:, 0],
+                None if dec.weight is None else dec.weight[:, 0],
+                None if dec.first_state is None else dec.first_state[:, 0],
+            )
             if not self.first_keeps_all:
                 keep = dec.selected[:, 0].tolist()
                 out = [i for i, k in enumerate(keep) if not k]
@@ -365,10 +413,17 @@ class ModelRunner:
                 g = [i for i, v in enumerate(nxt) if v == r]
                 gi = torch.tensor(g, device=dev)
                 h_g = new_h.index_select(0, gi)[:, None]
-                prev = RouteDecision(r - 1, self.kind, ones[:len(g)], _col(batch.gate, gi), _col(batch.depth, gi),
-                                     _col(batch.weight, gi), None if batch.first is None else batch.first[gi][:, None])
+                prev = RouteDecision(
+                    r - 1,
+                    self.kind,
+                    ones[: len(g)],
+                    _col(batch.gate, gi),
+                    _col(batch.depth, gi),
+                    _col(batch.weight, gi),
+                    None if batch.first is None else batch.first[gi][:, None],
+                )
                 pos = torch.tensor([[batch.positions[i]] for i in g], device=dev)
-                ctx_g = self._context(pos, ones[:len(g)], None)
+                ctx_g = self._context(pos, ones[: len(g)], None)
                 d = body.route(h_g, r, ctx_g, prev, routing="causal", losses=False)
                 cont[gi] = d.selected[:, 0]
                 if gate is not None:
@@ -406,12 +461,22 @@ class ModelRunner:
         ones = torch.ones(n, 1, dtype=torch.bool, device=dev)
         h = batch.h[:, None]
         rec = torch.tensor(batch.rec, device=dev)[:, None]
-        dec = RouteDecision(rec, self.kind, ones, _col(batch.gate), _col(batch.depth), _col(batch.weight),
-                            None if batch.first is None else batch.first[:, None])
+        dec = RouteDecision(
+            rec,
+            self.kind,
+            ones,
+            _col(batch.gate),
+            _col(batch.depth),
+            _col(batch.weight),
+            None if batch.first is None else batch.first[:, None],
+        )
         groups = sorted(set(batch.rec)) if self.lora_block else [None]
         if groups == [None]:
-            cache = (self._cache(n, block=self._block_binding(batch.request_ids, batch.rec)) if self.loop
-                     else self._cache(n, main=self.kv.binding([(r, MAIN) for r in batch.request_ids], batch.positions)))
+            cache = (
+                self._cache(n, block=self._block_binding(batch.request_ids, batch.rec))
+                if self.loop
+                else self._cache(n, main=self.kv.binding([(r, MAIN) for r in batch.request_ids], batch.positions))
+            )
             f = body.run_block(h, 0, self._context(pos, ones, cache))
             self._block_call(n)
             return body.update(h, f, dec)[:, 0]
@@ -421,7 +486,7 @@ class ModelRunner:
             gi = torch.tensor(g, device=dev)
             cache = self._cache(len(g), block=self._block_binding([batch.request_ids[i] for i in g], [r] * len(g)))
             h_g = h.index_select(0, gi)
-            f = body.run_block(h_g, r, self._context(pos.index_select(0, gi), ones[:len(g)], cache))
+            f = body.run_block(h_g, r, self._context(pos.index_select(0, gi), ones[: len(g)], cache))
             self._block_call(len(g))
             dec_g = _decision_rows(dec, gi)
             dec_g.recursion = r

@@ -70,8 +70,12 @@ def _nucleus(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return probs * keep
 
 
-def sample_next_tokens(logits: torch.Tensor, params: list[SamplingParams],
-                       generators: list[torch.Generator | None], default: torch.Generator | None) -> list[int]:
+def sample_next_tokens(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    default: torch.Generator | None,
+) -> list[int]:
     """Next token of each row. logits [N, V] (any float dtype); ``params`` / ``generators`` one per row
     (a request's own generator when it has a seed). Returns N token ids (one host transfer)."""
     N = logits.shape[0]
@@ -91,5 +95,5 @@ def sample_next_tokens(logits: torch.Tensor, params: list[SamplingParams],
             out[idx[rows]] = picks
         for j, i in enumerate(sampled):  # seeded requests: their own generator, one row each
             if generators[i] is not None:
-                out[i] = torch.multinomial(probs[j:j + 1], 1, generator=generators[i]).squeeze()
+                out[i] = torch.multinomial(probs[j : j + 1], 1, generator=generators[i]).squeeze()
     return out.tolist()

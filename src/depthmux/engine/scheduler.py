@@ -183,12 +183,22 @@ class Scheduler:
         num_recursion_steps: recursion steps of the model (N_r; 1 without a recursion loop).
     """
 
-    def __init__(self, kv: KVManager, depth_policy: str = "depthwise", max_batch_items: int = 64,
-                 max_prefill_tokens: int = 512, max_num_seqs: int = 256, num_recursion_steps: int = 1):
+    def __init__(
+        self,
+        kv: KVManager,
+        depth_policy: str = "depthwise",
+        max_batch_items: int = 64,
+        max_prefill_tokens: int = 512,
+        max_num_seqs: int = 256,
+        num_recursion_steps: int = 1,
+    ):
         if depth_policy not in DEPTH_POLICIES:
             raise DepthmuxError(f"depth_policy must be one of {', '.join(DEPTH_POLICIES)}, got {depth_policy!r}")
-        for name, value in (("max_batch_items", max_batch_items), ("max_prefill_tokens", max_prefill_tokens),
-                            ("max_num_seqs", max_num_seqs)):
+        for name, value in (
+            ("max_batch_items", max_batch_items),
+            ("max_prefill_tokens", max_prefill_tokens),
+            ("max_num_seqs", max_num_seqs),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise DepthmuxError(f"{name} must be a positive integer, got {value!r}")
         self.kv, self.depth_policy = kv, depth_policy
@@ -213,8 +223,10 @@ class Scheduler:
             raise DepthmuxError(f"request id {request.request_id!r} is already in use")
         need = self.kv.spec.reservation_bytes(request.reserve_tokens)
         if need > self.kv.budget_bytes:
-            raise DepthmuxError(f"KV budget of {self.kv.budget_bytes} bytes is too small for one request of "
-                                f"{request.reserve_tokens} tokens (needs {need} bytes)")
+            raise DepthmuxError(
+                f"KV budget of {self.kv.budget_bytes} bytes is too small for one request of "
+                f"{request.reserve_tokens} tokens (needs {need} bytes)"
+            )
         request.arrival = self._next_arrival
         self._next_arrival += 1
         self.requests[request.request_id] = request
@@ -274,7 +286,7 @@ class Scheduler:
         ready = [r for r in self.running if r.in_flight is None]
         entering = [r for r in ready if r.num_pending == 1]
         if self.depth_policy == "lockstep":
-            entering = entering[:self.max_batch_items]
+            entering = entering[: self.max_batch_items]
         for offset, r in enumerate(entering):
             pos = r.num_computed
             item = WorkItem(self._next_item + offset, r.request_id, pos, r.all_token_ids[pos])
@@ -290,8 +302,14 @@ class Scheduler:
             n = min(r.num_pending, budget)
             budget -= n
             tokens = r.all_token_ids
-            d.prefills.append(PrefillChunk(r.request_id, r.num_computed, tokens[r.num_computed:r.num_computed + n],
-                                           samples=r.num_computed + n == len(tokens)))
+            d.prefills.append(
+                PrefillChunk(
+                    r.request_id,
+                    r.num_computed,
+                    tokens[r.num_computed : r.num_computed + n],
+                    samples=r.num_computed + n == len(tokens),
+                )
+            )
             need += self.kv.new_blocks_bytes(r.request_id, MAIN, n)
             if loop:
                 for s in range(spec.num_streams):
@@ -299,7 +317,7 @@ class Scheduler:
         if self.depth_policy == "depthwise":
             pool = list(self.items.values()) + d.entering
             pool.sort(key=lambda it: (-it.depth, it.item_id))
-            d.block_items = pool[:self.max_batch_items]
+            d.block_items = pool[: self.max_batch_items]
             if loop:
                 for it in d.block_items:
                     stream, writes = self._stream(it.depth)

@@ -109,7 +109,7 @@ def make_workload(spec: DecodeBenchSpec, tokenizer, vocab_size: int) -> list[Ben
         p, o = rng.randint(*spec.prompt_len), rng.randint(*spec.output_len)
         if len(stream) > p:
             start = rng.randrange(len(stream) - p)
-            prompt = stream[start:start + p]
+            prompt = stream[start : start + p]
         else:
             prompt = [rng.randrange(3, vocab_size) for _ in range(p)]
         out.append(BenchRequest(prompt, o))
@@ -118,8 +118,13 @@ def make_workload(spec: DecodeBenchSpec, tokenizer, vocab_size: int) -> list[Ben
 
 def _summary(tokens: int, seconds: float, latencies: list[float]) -> dict[str, float]:
     lat = sorted(latencies)
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "latency_median_s": statistics.median(lat), "latency_p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))]}
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "latency_median_s": statistics.median(lat),
+        "latency_p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+    }
 
 
 @torch.no_grad()
@@ -131,13 +136,14 @@ def run_hf_static(model, workload: list[BenchRequest], batch: int, pad_id: int) 
     t0 = time.perf_counter()
     latencies, tokens = [], 0
     for i in range(0, len(workload), batch):
-        group = workload[i:i + batch]
+        group = workload[i : i + batch]
         width = max(len(r.prompt) for r in group)
         ids = torch.tensor([[pad_id] * (width - len(r.prompt)) + r.prompt for r in group], device=device)
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in group], device=device)
         n = max(r.max_new_tokens for r in group)
-        gen = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad_id,
-                               eos_token_id=None)
+        gen = GenerationConfig(
+            max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad_id, eos_token_id=None
+        )
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
         if out.shape[1] - width != n:
             raise DepthmuxError(f"generate returned {out.shape[1] - width} tokens instead of {n}")
@@ -147,13 +153,20 @@ def run_hf_static(model, workload: list[BenchRequest], batch: int, pad_id: int) 
 
 
 def make_engine(model: RecursiveForCausalLM, policy: str, batch: int, kv_budget_bytes: int | None = None) -> LLM:
-    return LLM(model, depth_policy=policy, max_batch_items=batch, max_num_seqs=batch, max_prefill_tokens=512,
-               kv_budget_bytes=kv_budget_bytes)
+    return LLM(
+        model,
+        depth_policy=policy,
+        max_batch_items=batch,
+        max_num_seqs=batch,
+        max_prefill_tokens=512,
+        kv_budget_bytes=kv_budget_bytes,
+    )
 
 
 @torch.no_grad()
-def run_engine(model: RecursiveForCausalLM, workload: list[BenchRequest], policy: str, batch: int,
-               flops: FlopCounter | None = None) -> tuple[dict[str, Any], LLM]:
+def run_engine(
+    model: RecursiveForCausalLM, workload: list[BenchRequest], policy: str, batch: int, flops: FlopCounter | None = None
+) -> tuple[dict[str, Any], LLM]:
     """Every request submitted at once, stepped until done; returns the summary and the engine.
     With ``flops``, the models' declared FLOPs are counted into it during the run."""
     llm = make_engine(model, policy, batch)
@@ -163,8 +176,9 @@ def run_engine(model: RecursiveForCausalLM, workload: list[BenchRequest], policy
 
 def _drive(llm: LLM, workload: list[BenchRequest]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    ids = [llm.add_request(r.prompt, SamplingParams(max_new_tokens=r.max_new_tokens, ignore_eos=True))
-           for r in workload]
+    ids = [
+        llm.add_request(r.prompt, SamplingParams(max_new_tokens=r.max_new_tokens, ignore_eos=True)) for r in workload
+    ]
     done: dict[str, float] = {}
     while llm.has_unfinished_requests():
         for out in llm.step():
@@ -178,13 +192,24 @@ def _drive(llm: LLM, workload: list[BenchRequest]) -> dict[str, Any]:
 def counts(llm: LLM, fc: FlopCounter, summary: dict[str, Any]) -> dict[str, Any]:
     """What a depth-wise run counted: FLOPs per generated token, depth, KV entries written."""
     s = llm.stats
-    return {"flops_per_generated_token": fc.flops / summary["tokens"], "average_depth": s.average_depth(),
-            "exits_by_depth": list(s.exits_by_depth), "tokens_entered": s.prefill_tokens + s.decode_tokens,
-            "kv_entries_written": s.kv_entries_written, "generated_tokens": summary["tokens"]}
+    return {
+        "flops_per_generated_token": fc.flops / summary["tokens"],
+        "average_depth": s.average_depth(),
+        "exits_by_depth": list(s.exits_by_depth),
+        "tokens_entered": s.prefill_tokens + s.decode_tokens,
+        "kv_entries_written": s.kv_entries_written,
+        "generated_tokens": summary["tokens"],
+    }
 
 
-def kv_memory(vanilla: RecursiveForCausalLM, mor: RecursiveForCausalLM, workload: list[BenchRequest], batch: int,
-              budget_bytes: int, counted: dict[str, dict]) -> dict[str, Any]:
+def kv_memory(
+    vanilla: RecursiveForCausalLM,
+    mor: RecursiveForCausalLM,
+    workload: list[BenchRequest],
+    batch: int,
+    budget_bytes: int,
+    counted: dict[str, dict],
+) -> dict[str, Any]:
     """KV bytes per cached token (measured) and sequences admitted under ``budget_bytes`` for vanilla,
     recursion-wise MoR and MoR with recursive KV sharing (the MoR weights served with ``mor_kv="share_first"``)."""
     shared_cfg = copy.deepcopy(mor.config)
@@ -207,25 +232,35 @@ def kv_memory(vanilla: RecursiveForCausalLM, mor: RecursiveForCausalLM, workload
         block_entries = c["kv_entries_written"] - spec.num_main_layers * c["tokens_entered"]
         measured_ratio = block_entries / (block_layers * c["tokens_entered"]) if block_layers else 1.0
         vanilla_bytes = vanilla_bytes or per_token
-        out[name] = {"kv_bytes_per_token": per_token, "over_vanilla": per_token / vanilla_bytes,
-                     "block_ratio_measured": measured_ratio, "block_ratio_expected_spec4": expected[name],
-                     "block_ratio_reserved": spec.block_ratio(),
-                     "admitted_sequences": admitted_sequences(model, workload, budget_bytes, batch)}
+        out[name] = {
+            "kv_bytes_per_token": per_token,
+            "over_vanilla": per_token / vanilla_bytes,
+            "block_ratio_measured": measured_ratio,
+            "block_ratio_expected_spec4": expected[name],
+            "block_ratio_reserved": spec.block_ratio(),
+            "admitted_sequences": admitted_sequences(model, workload, budget_bytes, batch),
+        }
     return out
 
 
-def admitted_sequences(model: RecursiveForCausalLM, workload: list[BenchRequest], budget_bytes: int,
-                       batch: int) -> int:
+def admitted_sequences(model: RecursiveForCausalLM, workload: list[BenchRequest], budget_bytes: int, batch: int) -> int:
     """How many sequences the scheduler admits at once under ``budget_bytes``: the workload's requests,
     repeated in order until their reservations exceed the budget, are queued and one step is scheduled."""
     kv = KVManager(KVSpec.from_config(model.config), budget_bytes)
-    sched = Scheduler(kv, "depthwise", max_batch_items=batch, max_num_seqs=10**6,
-                      num_recursion_steps=model.model.num_recursion_steps)
+    sched = Scheduler(
+        kv, "depthwise", max_batch_items=batch, max_num_seqs=10**6, num_recursion_steps=model.model.num_recursion_steps
+    )
     queued, i = 0, 0
     while queued <= budget_bytes:
         r = workload[i % len(workload)]
-        req = Request(f"r{i}", r.prompt, SamplingParams(max_new_tokens=r.max_new_tokens), frozenset(),
-                      int(model.config.max_position_embeddings), 0)
+        req = Request(
+            f"r{i}",
+            r.prompt,
+            SamplingParams(max_new_tokens=r.max_new_tokens),
+            frozenset(),
+            int(model.config.max_position_embeddings),
+            0,
+        )
         sched.add_request(req)
         queued += kv.spec.reservation_bytes(req.reserve_tokens)
         i += 1
@@ -239,12 +274,19 @@ def _timers(buckets: dict[str, float]):
     from depthmux.engine import kv_manager, runner, scheduler
     from depthmux.recursion import layers, modeling
 
-    targets = [(kv_manager.PagedLayerKV, "append", "kv_paging"), (kv_manager.PagedLayerKV, "view", "kv_paging"),
-               (kv_manager.KVManager, "binding", "kv_paging"), (layers.Attention, "forward", "attention"),
-               (layers.MLP, "forward", "mlp"), (modeling.RecursiveModel, "route", "router"),
-               (modeling.RecursiveModel, "run_block", "shared_block"),
-               (RecursiveForCausalLM, "logits", "lm_head"), (scheduler.Scheduler, "schedule", "scheduler"),
-               (scheduler.Scheduler, "update", "scheduler"), (runner.ModelRunner, "execute", "runner_total")]
+    targets = [
+        (kv_manager.PagedLayerKV, "append", "kv_paging"),
+        (kv_manager.PagedLayerKV, "view", "kv_paging"),
+        (kv_manager.KVManager, "binding", "kv_paging"),
+        (layers.Attention, "forward", "attention"),
+        (layers.MLP, "forward", "mlp"),
+        (modeling.RecursiveModel, "route", "router"),
+        (modeling.RecursiveModel, "run_block", "shared_block"),
+        (RecursiveForCausalLM, "logits", "lm_head"),
+        (scheduler.Scheduler, "schedule", "scheduler"),
+        (scheduler.Scheduler, "update", "scheduler"),
+        (runner.ModelRunner, "execute", "runner_total"),
+    ]
     depth = defaultdict(int)
     saved = []
 
@@ -258,6 +300,7 @@ def _timers(buckets: dict[str, float]):
                 depth[bucket] -= 1
                 if depth[bucket] == 0:
                     buckets[bucket] += time.perf_counter() - t
+
         return timed
 
     for cls, name, bucket in targets:
@@ -271,8 +314,9 @@ def _timers(buckets: dict[str, float]):
             setattr(cls, name, fn)
 
 
-def time_breakdown(model: RecursiveForCausalLM, workload: list[BenchRequest], policy: str, batch: int
-                   ) -> dict[str, float]:
+def time_breakdown(
+    model: RecursiveForCausalLM, workload: list[BenchRequest], policy: str, batch: int
+) -> dict[str, float]:
     """Seconds spent in attention (projections, KV paging and SDPA; ``kv_paging`` is the part that
     gathers and scatters pages and builds page tables), MLPs, routers, the LM head, the scheduler, and
     the rest of the runner (tensor building, gathers, sampling, Python), over one engine run;
@@ -283,8 +327,10 @@ def time_breakdown(model: RecursiveForCausalLM, workload: list[BenchRequest], po
         summary, _ = run_engine(model, workload, policy, batch)
     total = summary["seconds"]
     runner_total = buckets.pop("runner_total")
-    parts = {k: buckets.get(k, 0.0) for k in ("attention", "kv_paging", "mlp", "shared_block", "router", "lm_head",
-                                               "scheduler")}
+    parts = {
+        k: buckets.get(k, 0.0)
+        for k in ("attention", "kv_paging", "mlp", "shared_block", "router", "lm_head", "scheduler")
+    }
     parts["runner_other"] = runner_total - parts["attention"] - parts["mlp"] - parts["router"] - parts["lm_head"]
     parts["engine_other"] = total - runner_total - parts["scheduler"]
     return {"seconds": total, **{k: round(v, 4) for k, v in parts.items()}}
@@ -317,10 +363,12 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
     workload = make_workload(spec, tokenizer or mor_tok, vocab)
     pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
     models = {"vanilla": (hf_vanilla, vanilla), "mor": (mor_lm, mor_lm)}
-    log(f"workload: {len(workload)} requests, prompts {spec.prompt_len[0]}-{spec.prompt_len[1]} tokens "
+    log(
+        f"workload: {len(workload)} requests, prompts {spec.prompt_len[0]}-{spec.prompt_len[1]} tokens "
         f"(mean {statistics.mean(len(r.prompt) for r in workload):.0f}), outputs {spec.output_len[0]}-"
         f"{spec.output_len[1]} (mean {statistics.mean(r.max_new_tokens for r in workload):.0f}), B = {spec.batch}, "
-        f"{torch.get_num_threads()} threads")
+        f"{torch.get_num_threads()} threads"
+    )
     for _, rec in models.values():  # warm-up: two short requests
         run_engine(rec, [BenchRequest(r.prompt[:8], 2) for r in workload[:2]], "depthwise", spec.batch)
     counted: dict[str, dict] = {}
@@ -334,26 +382,38 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
                     fc = FlopCounter()
                     res, llm = run_engine(rec, workload, "depthwise", spec.batch, flops=fc)
                     counted[name] = counts(llm, fc, res)
-                    log(f"{name}: {counted[name]['flops_per_generated_token'] / 1e9:.3f} GFLOP per generated "
-                        f"token, average depth {counted[name]['average_depth']:.3f}")
+                    log(
+                        f"{name}: {counted[name]['flops_per_generated_token'] / 1e9:.3f} GFLOP per generated "
+                        f"token, average depth {counted[name]['average_depth']:.3f}"
+                    )
                 else:
                     res, _ = run_engine(rec, workload, config.removeprefix("engine_"), spec.batch)
                 runs[f"{name}/{config}"].append(res)
-                log(f"rep {rep + 1}: {name:8s} {config:17s} {res['tokens_per_s']:8.1f} tokens/s, latency median "
-                    f"{res['latency_median_s']:.2f} s, p95 {res['latency_p95_s']:.2f} s")
+                log(
+                    f"rep {rep + 1}: {name:8s} {config:17s} {res['tokens_per_s']:8.1f} tokens/s, latency median "
+                    f"{res['latency_median_s']:.2f} s, p95 {res['latency_p95_s']:.2f} s"
+                )
     configs = {}
     for key, rs in runs.items():
-        configs[key] = {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "latency_median_s",
-                                                                           "latency_p95_s", "seconds")}
+        configs[key] = {
+            k: statistics.median(r[k] for r in rs)
+            for k in ("tokens_per_s", "latency_median_s", "latency_p95_s", "seconds")
+        }
         configs[key]["tokens_per_s_runs"] = [r["tokens_per_s"] for r in rs]
     tps = {k: v["tokens_per_s"] for k, v in configs.items()}
     ceiling = counted["vanilla"]["flops_per_generated_token"] / counted["mor"]["flops_per_generated_token"]
     result: dict[str, Any] = {
-        "spec": asdict(spec), "threads": torch.get_num_threads(),
-        "workload": {"requests": len(workload), "prompt_tokens": sum(len(r.prompt) for r in workload),
-                     "generated_tokens": sum(r.max_new_tokens for r in workload)},
-        "configs": configs, "counts": counted,
-        "average_depth": counted["mor"]["average_depth"], "num_recursions": mor_lm.config.num_recursions,
+        "spec": asdict(spec),
+        "threads": torch.get_num_threads(),
+        "workload": {
+            "requests": len(workload),
+            "prompt_tokens": sum(len(r.prompt) for r in workload),
+            "generated_tokens": sum(r.max_new_tokens for r in workload),
+        },
+        "configs": configs,
+        "counts": counted,
+        "average_depth": counted["mor"]["average_depth"],
+        "num_recursions": mor_lm.config.num_recursions,
         "compute_ceiling": ceiling,
         "fraction_of_ceiling": tps["mor/engine_depthwise"] / tps["vanilla/engine_depthwise"] / ceiling,
         "speedup_vs_hf_static": tps["vanilla/engine_depthwise"] / tps["vanilla/hf_static"],
@@ -363,8 +423,11 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
     budget = int(spec.kv_budget_mib * 2**20)
     result["kv"] = kv_memory(vanilla, mor_lm, workload, spec.batch, budget, counted)
     if spec.breakdown:
-        result["breakdown"] = {f"{name}/engine_{p}": time_breakdown(rec, workload, p, spec.batch)
-                               for name, (_, rec) in models.items() for p in ("lockstep", "depthwise")}
+        result["breakdown"] = {
+            f"{name}/engine_{p}": time_breakdown(rec, workload, p, spec.batch)
+            for name, (_, rec) in models.items()
+            for p in ("lockstep", "depthwise")
+        }
     return result
 
 

@@ -83,37 +83,66 @@ def run_mor_smollm2(spec: MoRSmolLM2Spec, log=print) -> dict[str, Any]:
     if RunFolder(out).holds_run():
         raise DepthmuxError(f"{out} already holds a run: remove it or choose another --out")
     base = smollm2_path()
-    data = LMDataSpec(corpus=spec.corpus, tokenizer=str(base), block_size=spec.block_size, holdout=0.1,
-                      seed=spec.seed, max_eval_blocks=spec.eval_blocks)
+    data = LMDataSpec(
+        corpus=spec.corpus,
+        tokenizer=str(base),
+        block_size=spec.block_size,
+        holdout=0.1,
+        seed=spec.seed,
+        max_eval_blocks=spec.eval_blocks,
+    )
     tok, train, held = prepare_lm_data(data)
     log(f"data: {len(train)} train / {len(held)} held-out blocks of {spec.block_size} tokens ({spec.corpus})")
-    results: dict[str, Any] = {"spec": asdict(spec), "held_out_tokens": int(held.batch(slice(0, len(held)))
-                                                                              ["input_ids"].numel())}
+    results: dict[str, Any] = {
+        "spec": asdict(spec),
+        "held_out_tokens": int(held.batch(slice(0, len(held)))["input_ids"].numel()),
+    }
     t0 = time.time()
     results["smollm2"] = _nll(load_lm(base), held)
     log(f"SmolLM2-135M: held-out NLL {results['smollm2']['nll']:.4f} ({time.time() - t0:.0f} s)")
     t0 = time.time()
     plain = convert_llama_to_recursive(base, num_recursions=spec.recursions, sharing="middle_cycle")
     results["recursive"] = _nll(plain, held)
-    log(f"middle-cycle recursive-{spec.recursions} (no router): NLL {results['recursive']['nll']:.4f} "
-        f"({time.time() - t0:.0f} s)")
+    log(
+        f"middle-cycle recursive-{spec.recursions} (no router): NLL {results['recursive']['nll']:.4f} "
+        f"({time.time() - t0:.0f} s)"
+    )
     del plain
-    mor = convert_llama_to_recursive(base, num_recursions=spec.recursions, sharing="middle_cycle",
-                                     mor_router="expert", mor_bce_coef=spec.bce_coef)
+    mor = convert_llama_to_recursive(
+        base, num_recursions=spec.recursions, sharing="middle_cycle", mor_router="expert", mor_bce_coef=spec.bce_coef
+    )
     results["mor_before"] = _nll(mor, held, "causal")
     t0 = time.time()
-    cfg = LMTrainConfig(out_dir=str(out), steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr,
-                        warmup_steps=max(1, spec.steps // 10), decay_fraction=0.2, weight_decay=0.0,
-                        checkpoint_every=0, eval_batch_size=4, seed=spec.seed, progress=False)
-    res = train_lm(mor, train, None, cfg, tokenizer=tok,
-                   extra_state={"data": asdict(data), "mor_smollm2": asdict(spec)})
-    results["train"] = {"steps": res.step, "tokens": res.tokens, "train_loss": res.train_loss,
-                        "train_flops": res.train_flops, "seconds": time.time() - t0}
+    cfg = LMTrainConfig(
+        out_dir=str(out),
+        steps=spec.steps,
+        batch_size=spec.batch_size,
+        lr=spec.lr,
+        warmup_steps=max(1, spec.steps // 10),
+        decay_fraction=0.2,
+        weight_decay=0.0,
+        checkpoint_every=0,
+        eval_batch_size=4,
+        seed=spec.seed,
+        progress=False,
+    )
+    res = train_lm(
+        mor, train, None, cfg, tokenizer=tok, extra_state={"data": asdict(data), "mor_smollm2": asdict(spec)}
+    )
+    results["train"] = {
+        "steps": res.step,
+        "tokens": res.tokens,
+        "train_loss": res.train_loss,
+        "train_flops": res.train_flops,
+        "seconds": time.time() - t0,
+    }
     log(f"uptrained {res.step} steps ({res.tokens} tokens) in {time.time() - t0:.0f} s, loss {res.train_loss:.4f}")
     trained = load_lm(out / "model")
     results["mor"] = _nll(trained, held, "causal")
     results["mor_topk"] = _nll(trained, held, "topk")
-    log(f"MoR-{spec.recursions} expert: NLL {results['mor']['nll']:.4f} causal / {results['mor_topk']['nll']:.4f} "
-        f"top-k (before uptraining {results['mor_before']['nll']:.4f})")
+    log(
+        f"MoR-{spec.recursions} expert: NLL {results['mor']['nll']:.4f} causal / {results['mor_topk']['nll']:.4f} "
+        f"top-k (before uptraining {results['mor_before']['nll']:.4f})"
+    )
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
