@@ -4,6 +4,8 @@ Thin over :mod:`depthmux.recipes.lm` (``run_lm_train``, ``run_lm_eval``, ``run_l
 :mod:`depthmux.recipes.mor_smollm2` (``build-mor``), :mod:`depthmux.recipes.decode_bench`
 (``bench-decode``) and the decode engine (``generate``): options become validated specs (every
 number checked up front: one line, exit 2).
+
+Length: one sub-app, thin: each command only parses options into a recipe's config and prints.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ main stream); then, per :class:`EarlyExitPolicy`:
 
 Threshold 1.0 exits nothing (confidence <= 1), so ``mode="exit"`` then decodes exactly as the deep
 model. Host syncs per decode step: exit mode 2-3 (exit decisions, tokens), speculative k + 1.
+
+Length: the exit and speculative policies share one runner extension and one KV bookkeeping;
+splitting them would duplicate the ragged-batch plumbing.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ engine wrote (vanilla, MoR recursion-wise, and the same MoR weights served with 
 sharing), next to SPEC 4's expected block ratios ``(N_r+1)/(2N_r)`` and ``1/N_r``, and how many
 workload requests the scheduler admits under one fixed KV budget for each.
 ``breakdown=True`` adds a time breakdown of the engine runs (:func:`time_breakdown`).
+
+Length: one benchmark job (workload, three decoding paths, FLOP/KV accounting, breakdown) whose
+parts only make sense together.
 """
 
 from __future__ import annotations
