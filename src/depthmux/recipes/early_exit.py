@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from depthmux.engine import LLM, SamplingParams
 from depthmux.engine.early_exit import EarlyExitLLM, EarlyExitPolicy
 from depthmux.errors import DepthmuxError
 from depthmux.lm import evaluate_lm, load_lm, load_saved_tokenizer, pretrained_model_dir, resolve_model_dir
-from depthmux.recipes.lm import LMDataSpec, eval_data_spec, prepare_lm_data
+from depthmux.recipes.lm import LMDataSpec, eval_data_spec, prepare_lm_data, stored_run_specs
 from depthmux.training.lm import LMTrainConfig, LMTrainResult, train_lm
 from depthmux.utils.checkpoint import read_json
 from depthmux.utils.checks import check_float, check_int
@@ -97,13 +97,6 @@ def ee_tokenizer_spec(source: str) -> str:
     return "smollm2" if source == "smollm2" else str(pretrained_model_dir(source))
 
 
-def _stored(cls, stored: Any, what: str, root: Path):
-    names = {f.name for f in fields(cls)}
-    if not isinstance(stored, dict) or not set(stored) <= names:
-        raise DepthmuxError(f"{root / 'train_config.json'}: '{what}' is missing or malformed")
-    return cls(**stored)
-
-
 def run_ee_train(model_spec: EEModelSpec, data_spec: LMDataSpec, config: LMTrainConfig) -> LMTrainResult:
     """Build the early-exit model from ``model_spec.source``, train it with the FREE loss, save it.
 
@@ -116,15 +109,8 @@ def run_ee_train(model_spec: EEModelSpec, data_spec: LMDataSpec, config: LMTrain
     config.validate()
     run = RunFolder(config.out_dir)
     if config.resume:
-        if not run.has_json("train_config"):
-            raise DepthmuxError(f"--resume: no checkpoint under {run.checkpoint_root} and no train_config.json")
-        meta = run.read_json("train_config")
-        model_spec = _stored(EEModelSpec, meta.get("ee_model"), "ee_model", run.root)
-        data_spec = _stored(LMDataSpec, meta.get("data"), "data", run.root)
-        stored = dict(meta.get("train") or {})
-        stored.update(resume=True, progress=config.progress, out_dir=str(run.root))
-        stored["betas"] = tuple(stored.get("betas", LMTrainConfig.betas))
-        config = _stored(LMTrainConfig, stored, "train", run.root)
+        specs, config = stored_run_specs(config, {"ee_model": EEModelSpec, "data": LMDataSpec})
+        model_spec, data_spec = specs["ee_model"], specs["data"]
     model_spec.validate()
     data_spec = replace(data_spec, tokenizer=ee_tokenizer_spec(model_spec.source)).validate()
     config.validate()

@@ -236,6 +236,21 @@ def _spec(cls, stored: Any, what: str, root: Path):
     return cls(**stored)
 
 
+def stored_run_specs(config: LMTrainConfig, specs: dict[str, type]) -> tuple[dict[str, Any], LMTrainConfig]:
+    """For ``--resume``: the specs a run folder stored in ``train_config.json`` (``{key: spec class}``)
+    and its training config; only ``out_dir``, ``resume`` and ``progress`` come from ``config``.
+    One-line errors for a folder without ``train_config.json`` or with a malformed entry."""
+    run = RunFolder(config.out_dir)
+    if not run.has_json("train_config"):
+        raise DepthmuxError(f"--resume: no checkpoint under {run.checkpoint_root} and no train_config.json")
+    meta = run.read_json("train_config")
+    loaded = {key: _spec(cls, meta.get(key), key, run.root) for key, cls in specs.items()}
+    stored = dict(meta.get("train") or {})
+    stored.update(resume=True, progress=config.progress, out_dir=str(run.root))
+    stored["betas"] = tuple(stored.get("betas", LMTrainConfig.betas))
+    return loaded, _spec(LMTrainConfig, stored, "train", run.root)
+
+
 def run_lm_train(model_spec: LMModelSpec, data_spec: LMDataSpec, config: LMTrainConfig) -> LMTrainResult:
     """Build data and model, train, save: what ``depthmux lm train`` does.
 
@@ -248,15 +263,8 @@ def run_lm_train(model_spec: LMModelSpec, data_spec: LMDataSpec, config: LMTrain
     config.validate()
     run = RunFolder(config.out_dir)
     if config.resume:
-        if not run.has_json("train_config"):
-            raise DepthmuxError(f"--resume: no checkpoint under {run.checkpoint_root} and no train_config.json")
-        meta = run.read_json("train_config")
-        data_spec = _spec(LMDataSpec, meta.get("data"), "data", run.root)
-        model_spec = _spec(LMModelSpec, meta.get("model_spec"), "model_spec", run.root)
-        stored = dict(meta.get("train") or {})
-        stored.update(resume=True, progress=config.progress, out_dir=str(run.root))
-        stored["betas"] = tuple(stored.get("betas", LMTrainConfig.betas))
-        config = _spec(LMTrainConfig, stored, "train", run.root)
+        specs, config = stored_run_specs(config, {"data": LMDataSpec, "model_spec": LMModelSpec})
+        data_spec, model_spec = specs["data"], specs["model_spec"]
     model_spec.validate()
     data_spec.validate()
     config.validate()
