@@ -34,7 +34,13 @@ from depthmux.engine import LLM, SamplingParams
 from depthmux.engine.early_exit import EarlyExitLLM, EarlyExitPolicy
 from depthmux.errors import DepthmuxError
 from depthmux.lm import evaluate_lm, load_lm, load_saved_tokenizer, pretrained_model_dir, resolve_model_dir
-from depthmux.recipes.lm import LMDataSpec, eval_data_spec, prepare_lm_data, stored_run_specs
+from depthmux.recipes.lm import (
+    LMDataSpec,
+    eval_data_spec,
+    latest_model_and_tokenizer,
+    prepare_lm_data,
+    stored_run_specs,
+)
 from depthmux.training.lm import LMTrainConfig, LMTrainResult, train_lm
 from depthmux.utils.checkpoint import read_json
 from depthmux.utils.checks import check_float, check_int
@@ -116,13 +122,9 @@ def run_ee_train(model_spec: EEModelSpec, data_spec: LMDataSpec, config: LMTrain
     config.validate()
     if not config.resume:
         run.check_writable()
-    newest = (
-        run.latest_checkpoint(lambda d: (load_lm(d / "model"), load_saved_tokenizer(d / "model")))
-        if config.resume
-        else None
-    )
+    newest = latest_model_and_tokenizer(run) if config.resume else None
     if newest is not None:
-        model, tok = newest[2]
+        model, tok = newest
         require_early_exit(model)
         tokenizer, train, held = prepare_lm_data(data_spec, tokenizer=tok)
         model.train()

@@ -251,6 +251,13 @@ def stored_run_specs(config: LMTrainConfig, specs: dict[str, type]) -> tuple[dic
     return loaded, _spec(LMTrainConfig, stored, "train", run.root)
 
 
+def latest_model_and_tokenizer(run: RunFolder) -> tuple[CausalLM, Any] | None:
+    """For ``--resume``: the model and tokenizer of the run's newest intact checkpoint (a corrupt newer
+    one is skipped), or None when the run stopped before its first checkpoint."""
+    newest = run.latest_checkpoint(lambda d: (load_lm(d / "model"), load_saved_tokenizer(d / "model")))
+    return None if newest is None else newest[2]
+
+
 def run_lm_train(model_spec: LMModelSpec, data_spec: LMDataSpec, config: LMTrainConfig) -> LMTrainResult:
     """Build data and model, train, save: what ``depthmux lm train`` does.
 
@@ -270,13 +277,9 @@ def run_lm_train(model_spec: LMModelSpec, data_spec: LMDataSpec, config: LMTrain
     config.validate()
     if not config.resume:
         run.check_writable()
-    newest = (
-        run.latest_checkpoint(lambda d: (load_lm(d / "model"), load_saved_tokenizer(d / "model")))
-        if config.resume
-        else None
-    )
+    newest = latest_model_and_tokenizer(run) if config.resume else None
     if newest is not None:
-        model, tok = newest[2]
+        model, tok = newest
         tokenizer, train, held = prepare_lm_data(data_spec, tokenizer=tok)
         model.train()
     else:
