@@ -17,7 +17,7 @@ tokens / wall time; per-request latency = time from the start of the run (every 
 at once) until its last token. The engine admits at most B sequences (``max_num_seqs = B``) and runs
 at most B items per block call.
 
-Compute ceiling (SPEC 5): each model's first depth-wise engine run is made under a
+Compute ceiling (SPEC 5): after the timed runs, one more (untimed) depth-wise run per model is made under a
 :class:`~depthmux.utils.flops.FlopCounter` (the models declare every linear, router, LM head and
 attention over the (query, key) pairs actually read: actual contexts, actual routing, prefill
 included; on CPU the counting costs well under 1% of a step), which gives FLOPs per generated
@@ -381,14 +381,6 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
             for config in CONFIGS:
                 if config == "hf_static":
                     res = run_hf_static(hf, workload, spec.batch, pad)
-                elif config == "engine_depthwise" and rep == 0:  # FLOPs counted in this run (module docstring)
-                    fc = FlopCounter()
-                    res, llm = run_engine(rec, workload, "depthwise", spec.batch, flops=fc)
-                    counted[name] = counts(llm, fc, res)
-                    log(
-                        f"{name}: {counted[name]['flops_per_generated_token'] / 1e9:.3f} GFLOP per generated "
-                        f"token, average depth {counted[name]['average_depth']:.3f}"
-                    )
                 else:
                     res, _ = run_engine(rec, workload, config.removeprefix("engine_"), spec.batch)
                 runs[f"{name}/{config}"].append(res)
@@ -396,6 +388,14 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
                     f"rep {rep + 1}: {name:8s} {config:17s} {res['tokens_per_s']:8.1f} tokens/s, latency median "
                     f"{res['latency_median_s']:.2f} s, p95 {res['latency_p95_s']:.2f} s"
                 )
+    for name, (_, rec) in models.items():  # FLOPs counted in a separate, untimed run (counting slows it)
+        fc = FlopCounter()
+        res, llm = run_engine(rec, workload, "depthwise", spec.batch, flops=fc)
+        counted[name] = counts(llm, fc, res)
+        log(
+            f"{name}: {counted[name]['flops_per_generated_token'] / 1e9:.3f} GFLOP per generated "
+            f"token, average depth {counted[name]['average_depth']:.3f}"
+        )
     configs = {}
     for key, rs in runs.items():
         configs[key] = {
