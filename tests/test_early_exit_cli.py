@@ -137,6 +137,7 @@ def test_train_eval_and_exact_resume(tmp_path, corpus, llama_dir, capsys):
         assert rows[b, "exit@1.0"]["exact"] == 1.0 and rows[b, "exit@1.0"]["exit_rate"] == 0.0
         assert rows[b, "speculative@2"]["exact"] == 1.0 and rows[b, "speculative@2"]["token_agreement"] == 1.0
         assert 0.0 <= rows[b, "adaptive@0.2"]["exit_rate"] <= 1.0
+        assert "wrong_exit_rate" not in rows[b, "exit@1.0"]  # only runs that compared exits with the deep model
 
 
 def test_shallow_exit_view_evaluates_the_shallow_model(tiny_llama_factory):

@@ -195,7 +195,9 @@ def bench(
         f"{res['max_new_tokens']} new tokens each, {res['device']}"
     )
     for r in res["results"]:
-        extra = "".join(f", {k} {r[k]:.3f}" for k in ("exit_rate", "acceptance_rate") if r.get(k) is not None)
+        extra = "".join(
+            f", {k} {r[k]:.3f}" for k in ("exit_rate", "acceptance_rate", "wrong_exit_rate") if r.get(k) is not None
+        )
         typer.echo(
             f"  batch {r['batch_size']:>3} {r['config']:<18} {r['tokens_per_s']:8.1f} tok/s  "
             f"x{r['speedup_vs_deep']:.2f}  agreement {r['token_agreement']:.3f}{extra}"

@@ -307,6 +307,11 @@ def run_ee_bench(cfg: EEBenchConfig) -> dict[str, Any]:
             for key in ("exit_rate", "acceptance_rate", "final_threshold", "max_kept"):
                 if key in stats:
                     row[key] = stats[key]
+            if stats.get("verified_exits"):  # adaptive runs compare every exit with the deep model
+                row["verified_exits"] = stats["verified_exits"]
+                row["wrong_exit_rate"] = stats["wrong_exit_rate"]
+                if "delta" in setting:
+                    row["wrong_exit_within_1.5_delta"] = stats["wrong_exit_rate"] <= 1.5 * setting["delta"]
             results.append(row)
     out = {
         "model": str(model_dir),
