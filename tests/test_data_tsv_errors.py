@@ -71,3 +71,27 @@ def test_corpus_of_only_invisible_text_is_empty(tmp_path):
     (tmp_path / "zw.txt").write_text("\u200b\u200b\n\n\u00a0\u2060\n")
     with pytest.raises(DepthmuxError, match="is empty: no non-blank documents"):
         load_corpus(tmp_path / "zw.txt")
+
+
+def test_glue_default_folder_comes_from_the_environment(tmp_path, monkeypatch):
+    from depthmux.data.classification import default_glue_dir, load_task
+
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\t0\n", encoding="utf-8")
+    monkeypatch.setenv("DEPTHMUX_GLUE_DIR", str(tmp_path))
+    assert default_glue_dir() == tmp_path
+    ds = load_task("sst2", "dev")  # no data_dir: the environment's folder, no hub
+    assert list(ds.labels) == [1, 0]
+
+
+def test_glue_without_any_folder_is_one_line_and_never_the_hub(tmp_path, monkeypatch):
+    from depthmux.data.classification import default_glue_dir
+
+    monkeypatch.setenv("DEPTHMUX_GLUE_DIR", str(tmp_path / "missing"))
+    with pytest.raises(DepthmuxError, match="not a folder"):
+        default_glue_dir()
+    monkeypatch.delenv("DEPTHMUX_GLUE_DIR")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("depthmux.data.classification.__file__", str(tmp_path / "a" / "b" / "c" / "x.py"))
+    with pytest.raises(DepthmuxError, match=r"no GLUE data found.*nothing is downloaded"):
+        default_glue_dir()

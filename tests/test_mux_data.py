@@ -54,8 +54,11 @@ def test_missing_directory_and_unknown_task(tmp_path):
         load_task("cola", "dev", tmp_path)
 
 
-def test_offline_without_data_dir_fails_clearly():
-    with pytest.raises(DepthmuxError, match="no --data-dir given"):
+def test_without_data_dir_the_default_folder_is_read(glue, monkeypatch):
+    monkeypatch.setenv("DEPTHMUX_GLUE_DIR", str(glue))
+    assert load_task("sst2", "dev", None).texts == load_task("sst2", "dev", glue).texts
+    monkeypatch.setenv("DEPTHMUX_GLUE_DIR", str(glue / "nope"))
+    with pytest.raises(DepthmuxError, match=r"DEPTHMUX_GLUE_DIR.*not a folder"):
         load_task("sst2", "dev", None)
 
 

@@ -35,7 +35,7 @@ TaskOpt = Annotated[str, typer.Option(help="sst2 | mrpc | rte | qnli (GLUE, need
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(
-        help="Folder with GLUE TSVs (SST-2/, MRPC/, ...). Without it GLUE loads from the HF hub, which fails offline."
+        help="Folder with GLUE TSVs (SST-2/, MRPC/, ...); default $DEPTHMUX_GLUE_DIR or ../shared/data/glue."
     ),
 ]
 ModelOpt = Annotated[

@@ -147,32 +147,28 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[k:]), sorted(order[:k])
 
 
-def _load_glue_from_hub(name: str, hf_split: str) -> tuple[list[Text], list[int]]:
-    try:
-        import datasets
-    except ImportError:
-        raise DepthmuxError(
-            f"no --data-dir given for {name}: pass --data-dir pointing at a folder with the "
-            f"GLUE TSVs (e.g. ../shared/data/glue), or install 'datasets' with hub access"
-        ) from None
-    try:
-        ds = datasets.load_dataset("nyu-mll/glue", name, split=hf_split)
-    except Exception as e:  # offline, hub errors
-        raise DepthmuxError(
-            f"no --data-dir given and loading {name} from the Hugging Face hub failed "
-            f"({type(e).__name__}); pass --data-dir with the GLUE TSVs"
-        ) from None
-    cols = {
-        "sst2": ("sentence",),
-        "mrpc": ("sentence1", "sentence2"),
-        "rte": ("sentence1", "sentence2"),
-        "qnli": ("question", "sentence"),
-    }[name]
-    texts = [r[cols[0]] if len(cols) == 1 else (r[cols[0]], r[cols[1]]) for r in ds]
-    labels = [int(r["label"]) for r in ds]
-    if name in ("rte", "qnli"):  # HF: 0 = entailment; ours: 1 = entailment
-        labels = [1 - y for y in labels]
-    return texts, labels
+GLUE_DIR_ENV = "DEPTHMUX_GLUE_DIR"
+
+
+def default_glue_dir() -> Path:
+    """Where the GLUE TSVs are when no ``--data-dir`` is given: ``$DEPTHMUX_GLUE_DIR``, else a
+    ``shared/data/glue`` folder beside the working directory or beside this checkout. Nothing is
+    downloaded: without one of them this is a one-line error."""
+    env = os.environ.get(GLUE_DIR_ENV)
+    if env:
+        if not Path(env).is_dir():
+            raise DepthmuxError(f"${GLUE_DIR_ENV} is {env!r}, which is not a folder")
+        return Path(env)
+    for cand in (
+        Path.cwd().parent / "shared" / "data" / "glue",
+        Path(__file__).resolve().parents[3].parent / "shared" / "data" / "glue",
+    ):
+        if cand.is_dir():
+            return cand
+    raise DepthmuxError(
+        f"no GLUE data found: pass --data-dir with the GLUE TSVs (SST-2/, MRPC/, ...) or set ${GLUE_DIR_ENV}; "
+        "nothing is downloaded"
+    )
 
 
 def _load_glue(
@@ -183,9 +179,7 @@ def _load_glue(
     label_names = _READABLE_LABELS.get(name, list(task.label_names))
 
     def read(file_split: str) -> tuple[list[Text], list[int]]:
-        if data_dir is None:
-            return _load_glue_from_hub(name, "validation" if file_split == "dev" else file_split)
-        root = Path(data_dir)
+        root = default_glue_dir() if data_dir is None else Path(data_dir)
         if not root.is_dir():
             raise DepthmuxError(f"data directory not found: {root}")
         return _read_tsv(root / task.folder / f"{file_split}.tsv", task)
@@ -264,8 +258,8 @@ def load_task(
 
     Args:
         name: one of ``sst2``, ``mrpc``, ``rte``, ``qnli`` (GLUE) or ``tweets`` (embedded default).
-        data_dir: folder holding ``SST-2/``, ``MRPC/``, ... with the GLUE TSVs. ``None``: try the
-            Hugging Face hub through ``datasets`` (fails with a clear message offline).
+        data_dir: folder holding ``SST-2/``, ``MRPC/``, ... with the GLUE TSVs. ``None``:
+            :func:`default_glue_dir` (``$DEPTHMUX_GLUE_DIR`` or ``../shared/data/glue``; never the hub).
         validation_fraction: the seeded share of train held out as ``validation`` (GLUE; QNLI: of its
             80% of dev); None: :data:`VALIDATION_FRACTION`. The tweets have a fixed 80/10/10 split.
     """
