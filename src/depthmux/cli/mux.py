@@ -34,9 +34,7 @@ out_console = Console(width=None if sys.stdout.isatty() else 120)
 TaskOpt = Annotated[str, typer.Option(help="sst2 | mrpc | rte | qnli (GLUE, needs --data-dir) or tweets (embedded).")]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option(
-        help="Folder with GLUE TSVs (SST-2/, MRPC/, ...); default $DEPTHMUX_GLUE_DIR or ../shared/data/glue."
-    ),
+    typer.Option(help="Folder with GLUE TSVs (SST-2/, MRPC/, ...); default $DEPTHMUX_GLUE_DIR or ../shared/data/glue."),
 ]
 ModelOpt = Annotated[
     str,
