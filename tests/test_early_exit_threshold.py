@@ -71,7 +71,7 @@ def test_threshold_matches_the_known_one_and_bounds_wrong_exits(pi, right, wrong
     grid = [i / 100 for i in range(101)]
     expected = true_threshold(pi, right, wrong, delta, grid)
     assert 0.0 < expected < 1.0  # the case is not trivial
-    calibrator = AdaptiveThreshold(delta, decay=1.0 - 1e-9)
+    calibrator = AdaptiveThreshold(delta, window=10**9)
     c, y = mixture(40_000, pi, right, wrong, seed=0)
     for chunk in range(0, 40_000, 4_000):  # pairs arrive in batches, as while decoding
         threshold = calibrator.update(c[chunk : chunk + 4_000], y[chunk : chunk + 4_000])
@@ -93,7 +93,7 @@ def test_separable_data_exits_early_and_hopeless_data_never_exits():
 
 
 def test_initial_threshold_until_min_pairs_then_ema_follows_a_shift():
-    cal = AdaptiveThreshold(0.1, initial=0.8, decay=0.5, min_pairs=100)
+    cal = AdaptiveThreshold(0.1, initial=0.8, window=500, min_pairs=100)
     c, y = mixture(50, 0.9, (8.0, 1.0), (1.0, 8.0), seed=4)
     assert cal.update(c, y) == 0.8  # too few pairs yet
     for seed in range(10):  # an easy regime: low threshold
@@ -102,7 +102,7 @@ def test_initial_threshold_until_min_pairs_then_ema_follows_a_shift():
         hard = cal.update(*mixture(1_000, 0.6, (8.0, 1.0), (4.0, 2.0), seed=30 + seed))
     assert easy < hard
     wrong, _ = cal.components()
-    assert wrong.mean == pytest.approx(4.0 / 6.0, abs=0.03)  # the old regime has faded out (decay 0.5)
+    assert wrong.mean == pytest.approx(4.0 / 6.0, abs=0.03)  # the old regime has faded out (window 500 pairs)
 
 
 @pytest.mark.parametrize("delta", [0, 1, -0.1, 1.5, float("nan"), float("inf"), True, "0.1"])
@@ -128,3 +128,23 @@ def test_threshold_outside_unit_interval_is_one_line(threshold):
 def test_mismatched_pairs_are_refused():
     with pytest.raises(DepthmuxError, match="3 confidences but 2 agreement flags"):
         AdaptiveThreshold(0.1).update(torch.rand(3), torch.ones(2, dtype=torch.bool))
+
+
+def test_ema_forgets_per_pair_not_per_update():
+    """Batch 1 sends one pair per update: the fit must not rest on the last dozen pairs."""
+    c, y = mixture(600, 0.75, (6.0, 1.5), (1.5, 4.0), seed=5)
+    one_by_one, all_at_once = AdaptiveThreshold(0.1, window=256), AdaptiveThreshold(0.1, window=256)
+    for i in range(600):
+        one_by_one.update(c[i : i + 1], y[i : i + 1])
+    all_at_once.update(c, y)
+    # same total weight: sum over pairs of (1 - 1/w)^age, whatever the grouping of the updates
+    expected = sum((1 - 1 / 256) ** age for age in range(600))
+    assert float(one_by_one.stats[:, 0].sum()) == pytest.approx(expected, rel=1e-9)
+    assert float(all_at_once.stats[:, 0].sum()) == pytest.approx(600.0)
+    assert float(one_by_one.stats[:, 0].sum()) > 200  # hundreds of pairs still count, not a dozen
+
+
+def test_window_must_be_a_positive_integer():
+    for bad in (0, -1, 1.5, float("nan")):
+        with pytest.raises(DepthmuxError, match="EMA window"):
+            AdaptiveThreshold(0.1, window=bad)

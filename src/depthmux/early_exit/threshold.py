@@ -12,7 +12,10 @@ reduces to one weighted method-of-moments fit per component (``a = m k``, ``b = 
 ``k = m (1 - m) / v - 1``, m and v the component's weighted mean and variance) and ``pi`` = the
 weighted share of y = 1, Laplace-smoothed (``(n_1 + 1) / (n + 2)``). The weights are an exponential
 moving average: each :meth:`update` multiplies the running sufficient statistics (count, sum c,
-sum c^2 per component) by ``decay`` and adds the new pairs, so old decoding steps fade out.
+sum c^2 per component) by ``(1 - 1/window) ** n`` for ``n`` new pairs and adds them, so old pairs fade
+out at the same rate per pair whatever the batch size (a pair ``window`` pairs old weighs about 1/e).
+A per-update factor would forget after a few steps at batch 1, where an update brings one or two pairs:
+the fit then rests on a dozen pairs and the measured wrong-exit rate overshoots the bound.
 
 Threshold: exiting at ``lambda`` means exiting when ``c > lambda``. The estimated probability that an
 exited token is wrong is::
@@ -118,7 +121,7 @@ class AdaptiveThreshold:
     Args:
         delta: bound on the estimated probability that an exited token differs from the deep one, in (0, 1).
         initial: threshold used until ``min_pairs`` pairs were seen, in [0, 1] (1.0: nothing exits).
-        decay: EMA factor in [0, 1) applied to the running statistics at each :meth:`update`.
+        window: EMA length in pairs (>= 1): each new pair multiplies the older statistics by 1 - 1/window.
         grid: candidate thresholds in [0, 1] (default 0, 0.01, ..., 1).
         min_pairs: pairs to see before adapting (>= 1).
     """
@@ -127,19 +130,19 @@ class AdaptiveThreshold:
         self,
         delta: float,
         initial: float = 1.0,
-        decay: float = 0.9,
+        window: int = 1024,
         grid: list[float] | None = None,
         min_pairs: int = 32,
     ) -> None:
         self.delta = check_delta(delta)
         self.initial = check_threshold(initial)
-        check_float("EMA decay", decay, 0.0, 1.0, high_open=True)
+        check_int("EMA window (pairs)", window, 1)
         check_int("min_pairs", min_pairs, 1)
         grid = [i / 100 for i in range(101)] if grid is None else [check_threshold(g) for g in grid]
         if not grid:
             raise DepthmuxError("the threshold grid is empty")
         self.grid = sorted(set(grid))
-        self.decay, self.min_pairs = float(decay), min_pairs
+        self.window, self.min_pairs = window, min_pairs
         self.stats = torch.zeros(2, 3, dtype=torch.float64)  # [wrong, right] x [count, sum c, sum c^2]
         self.seen = 0
         self.threshold = self.initial
@@ -154,7 +157,7 @@ class AdaptiveThreshold:
         batch = torch.stack(
             [torch.stack([(k == y).sum().double(), c[k == y].sum(), c[k == y].pow(2).sum()]) for k in (False, True)]
         )
-        self.stats = self.decay * self.stats + batch
+        self.stats = (1.0 - 1.0 / self.window) ** c.numel() * self.stats + batch
         self.seen += c.numel()
         if self.seen >= self.min_pairs:
             self.threshold = self.choose()
