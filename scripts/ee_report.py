@@ -29,7 +29,8 @@ def bench_table(res: dict) -> str:
         lines.append(
             f"| {r['batch_size']} | {r['config']} | {r['tokens_per_s']:.1f} | {r['speedup_vs_deep']:.2f}x | "
             f"{r['token_agreement']:.3f} | {r['exact']:.3f} | {f(r, 'exit_rate')} | {wrong} | "
-            f"{f(r, 'acceptance_rate')} | {f(r, 'final_threshold')} |"
+            f"{f(r, 'acceptance_rate') if r['config'].startswith('speculative') else '-'} | "
+            f"{f(r, 'final_threshold') if not r['config'].startswith('speculative') else '-'} |"
         )
     return "\n".join(lines)
 
