@@ -196,3 +196,11 @@ def test_route_without_losses_decides_the_same(tiny_recursive_factory):
         for name in ("gate", "depth", "weight"):
             ta, tb = getattr(a, name), getattr(b, name)
             assert (ta is None and tb is None) or torch.equal(ta, tb)
+
+
+def test_bench_decode_reversed_length_range_names_both_bounds(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["lm", "bench-decode", "--quick", "--prompt-len", "50-10"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--prompt-len '50-10': the upper bound 10 is below the lower bound 50" in err

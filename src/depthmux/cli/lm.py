@@ -346,6 +346,8 @@ def _range(text: str | None, name: str) -> tuple[int, int] | None:
     lo, sep, hi = text.partition("-")
     if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
         raise DepthmuxError(f"{name} must look like 16-256, got {text!r}")
+    if int(hi) < int(lo):
+        raise DepthmuxError(f"{name} {text!r}: the upper bound {hi.strip()} is below the lower bound {lo.strip()}")
     return int(lo), int(hi)
 
 
