@@ -7,6 +7,7 @@ import json
 import pytest
 
 from depthmux.cli import main
+from depthmux.errors import DepthmuxError
 
 
 @pytest.fixture
@@ -130,3 +131,15 @@ def test_resume_with_truncated_config_is_one_line(tmp_path, corpus, capsys):
     (out / "train_config.json").write_text(text[: len(text) // 2])
     code, _, err = run_cli(["lm", "train", "--out", str(out), "--resume", "--no-progress"], capsys)
     assert code == 2 and "train_config.json is not valid JSON" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_loop_config_cuts_a_default_warmup_to_short_runs(tmp_path):
+    from depthmux.cli.lm import train_loop_config
+
+    cfg = train_loop_config(tmp_path, resume=False, steps=5, warmup=20, batch_size=2)
+    assert (cfg.steps, cfg.warmup_steps, cfg.out_dir) == (5, 5, str(tmp_path))
+    assert train_loop_config(tmp_path, resume=False, steps=50, warmup=20).warmup_steps == 20
+    with pytest.raises(DepthmuxError, match="--warmup"):
+        train_loop_config(tmp_path, resume=False, steps=5, warmup=-1)
+    # resuming: the run's stored settings win, nothing is validated or changed here
+    assert train_loop_config(tmp_path, resume=True, steps=5, warmup=20).warmup_steps == 20

@@ -11,18 +11,14 @@ from pathlib import Path
 
 import typer
 
+from depthmux.cli.lm import quiet_transformers, train_loop_config
+
 app = typer.Typer(
     help="Early exit (FREE): train a shallow exit on a pretrained LLaMA (SmolLM2 by default) with the FREE "
     "loss, evaluate the held-out NLL of both exits, benchmark early-exit decoding in the engine.",
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 @app.command()
@@ -63,22 +59,24 @@ def train(
 ) -> None:
     """Train the shallow exit (and the deep model) with the FREE loss, starting from a pretrained LLaMA."""
     from depthmux.recipes.early_exit import EEModelSpec, run_ee_train
-    from depthmux.recipes.lm import LMDataSpec, LMTrainConfig
+    from depthmux.recipes.lm import LMDataSpec
 
-    _quiet_transformers()
+    quiet_transformers()
     model_spec = EEModelSpec(source=source, exit_layer=exit_layer, alpha=alpha)
-    cfg = LMTrainConfig(
-        out_dir=str(out),
+    if not resume:
+        model_spec.validate()
+    cfg = train_loop_config(
+        out,
+        resume=resume,
         steps=steps,
+        warmup=warmup,
         batch_size=batch_size,
         lr=lr,
         weight_decay=weight_decay,
-        warmup_steps=warmup,
         decay_fraction=decay_fraction,
         grad_clip=grad_clip,
         checkpoint_every=checkpoint_every,
         eval_every=eval_every,
-        resume=resume,
         seed=seed,
         progress=progress,
     )
@@ -91,11 +89,7 @@ def train(
         max_eval_blocks=max_eval_blocks,
     )
     if not resume:
-        model_spec.validate()
-        cfg.validate()
         data_spec.validate()
-        if warmup > steps:
-            cfg.warmup_steps = steps
     res = run_ee_train(model_spec, data_spec, cfg)
     msg = f"step {res.step}: train loss {res.train_loss:.4f}, {res.train_flops:.3e} training FLOPs"
     if res.eval:
@@ -123,7 +117,7 @@ def eval_(
     from depthmux.recipes.early_exit import run_ee_eval
     from depthmux.recipes.lm import eval_data_spec
 
-    _quiet_transformers()
+    quiet_transformers()
     spec = eval_data_spec(model, corpus=corpus, block_size=block_size, holdout=holdout, seed=seed)
     if max_blocks is not None:
         spec.max_eval_blocks = max_blocks
@@ -171,7 +165,7 @@ def bench(
     """Early-exit decoding in the engine against the deep model: tokens/s, exit rate, agreement (SPEC 2)."""
     from depthmux.recipes.early_exit import EEBenchConfig, run_ee_bench
 
-    _quiet_transformers()
+    quiet_transformers()
     cfg = EEBenchConfig(
         model=str(model),
         thresholds=_numbers("--thresholds", thresholds, float),

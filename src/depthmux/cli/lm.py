@@ -25,11 +25,24 @@ app = typer.Typer(
 )
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """No per-shard progress bars from transformers' save/load (our own bar shows training)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+def train_loop_config(out: Path, *, resume: bool, steps, warmup, **fields):
+    """The generic LM loop's settings from the options `lm train` and `ee train` share. Unless resuming
+    (the run's stored settings are used then), they are validated here and a warmup longer than
+    ``--steps`` (the default with a short run) is cut to ``--steps``."""
+    from depthmux.training.lm import LMTrainConfig
+
+    cfg = LMTrainConfig(out_dir=str(out), resume=resume, steps=steps, warmup_steps=warmup, **fields)
+    if not resume:
+        cfg.validate()
+        cfg.warmup_steps = min(cfg.warmup_steps, cfg.steps)
+    return cfg
 
 
 _SHARING = "none (vanilla) | cycle | sequence | middle_cycle | middle_sequence"
@@ -90,9 +103,9 @@ def train(
 ) -> None:
     """Train a vanilla / recursive / MoR decoder on packed documents (AdamW, WSD, clipping)."""
     from depthmux.lm import pretrained_model_dir
-    from depthmux.recipes.lm import LMDataSpec, LMModelSpec, LMTrainConfig, run_lm_train
+    from depthmux.recipes.lm import LMDataSpec, LMModelSpec, run_lm_train
 
-    _quiet_transformers()
+    quiet_transformers()
 
     model_spec = LMModelSpec(
         sharing=sharing,
@@ -110,28 +123,25 @@ def train(
         init=init,
         seed=seed,
     )
-    cfg = LMTrainConfig(
-        out_dir=str(out),
+    if not resume:
+        model_spec.validate()
+    cfg = train_loop_config(
+        out,
+        resume=resume,
         steps=steps,
+        warmup=warmup,
         batch_size=batch_size,
         lr=lr,
         weight_decay=weight_decay,
-        warmup_steps=warmup,
         decay_fraction=decay_fraction,
         grad_clip=grad_clip,
         checkpoint_every=checkpoint_every,
         eval_every=eval_every,
-        resume=resume,
         seed=seed,
         progress=progress,
     )
-    if not resume:
-        model_spec.validate()
-        cfg.validate()
-        if isinstance(warmup, int) and isinstance(steps, int) and warmup > steps:
-            cfg.warmup_steps = steps
-        if from_pretrained:  # the pretrained model's own tokenizer
-            tokenizer = "smollm2" if from_pretrained == "smollm2" else str(pretrained_model_dir(from_pretrained))
+    if not resume and from_pretrained:  # the pretrained model's own tokenizer
+        tokenizer = "smollm2" if from_pretrained == "smollm2" else str(pretrained_model_dir(from_pretrained))
     data_spec = LMDataSpec(
         corpus=corpus,
         tokenizer=tokenizer,
@@ -169,7 +179,7 @@ def eval_(
     """Held-out NLL / perplexity (and MoR router statistics) of a saved model."""
     from depthmux.recipes.lm import eval_data_spec, run_lm_eval
 
-    _quiet_transformers()
+    quiet_transformers()
 
     if routing not in (None, "topk", "causal"):
         raise DepthmuxError(f"unknown routing '{routing}': use topk or causal")
@@ -207,7 +217,7 @@ def convert(
     """Convert a pretrained LLaMA (default SmolLM2-135M) into a (relaxed) recursive model folder."""
     from depthmux.recipes.lm import run_lm_convert
 
-    _quiet_transformers()
+    quiet_transformers()
 
     model, out = run_lm_convert(out, source, recursions=recursions, sharing=sharing, init=init, lora_rank=lora_rank)
     n = model.parameter_counts()["total"]
@@ -251,7 +261,7 @@ def generate(
     from depthmux.engine import LLM, SamplingParams
     from depthmux.utils.checks import check_int
 
-    _quiet_transformers()
+    quiet_transformers()
     texts = list(prompts or [])
     if file is not None:
         if not file.is_file():
@@ -319,7 +329,7 @@ def build_mor(
     """Convert SmolLM2-135M into a middle-cycle MoR model (expert-choice), uptrain it briefly and save it."""
     from depthmux.recipes.mor_smollm2 import MoRSmolLM2Spec, run_mor_smollm2
 
-    _quiet_transformers()
+    quiet_transformers()
     spec = MoRSmolLM2Spec(
         out_dir=str(out),
         recursions=recursions,
@@ -373,7 +383,7 @@ def bench_decode(
 
     from depthmux.recipes.decode_bench import DecodeBenchSpec, quick_spec, run_decode_bench
 
-    _quiet_transformers()
+    quiet_transformers()
     spec = DecodeBenchSpec(
         model=model, mor_model=mor_model, kv_budget_mib=kv_budget_mib, seed=seed, breakdown=breakdown
     )
