@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import build_tiny_llama, build_tiny_recursive
 from depthmux.data.text import (
     IGNORE_INDEX,
     clean_play_markdown,
@@ -53,45 +54,15 @@ def test_pack_is_seeded(tok):
     assert document_ids(torch.tensor([[0, 1, 0, 1, 2, 0]])).tolist() == [[0, 0, 1, 1, 1, 2]]
 
 
-def _llama(vocab_size):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    )
-
-
-def _recursive(vocab_size):
-    from depthmux.recursion import RecursiveConfig, RecursiveForCausalLM
-
-    return RecursiveForCausalLM(
-        RecursiveConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            sharing="middle_cycle",
-            num_recursions=2,
-        )
-    )
-
-
-@pytest.mark.parametrize("build", [_llama, _recursive], ids=["transformers-llama", "depthmux-recursive"])
+@pytest.mark.parametrize(
+    "build", [build_tiny_llama, build_tiny_recursive], ids=["transformers-llama", "depthmux-recursive"]
+)
 def test_packed_attention_does_not_cross_documents(tok, build):
     """Restarting position_ids isolate documents: transformers' Llama derives a block-diagonal
     causal mask from them when attention_mask is None and no cache is used (our loop passes
     use_cache=False); depthmux.recursion derives segments from position_ids itself."""
     torch.manual_seed(0)
-    m = build(tok.vocab_size).eval()
+    m = build(vocab_size=tok.vocab_size).eval()
     b = pack_documents(DOCS[:2], tok, block_size=64, seed=None)
     d1 = len(tok(DOCS[0], add_special_tokens=False)["input_ids"]) + 1
     d2 = tok(DOCS[1], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
