@@ -50,6 +50,13 @@ class EncodedBatch:
         tt = None if self.token_type_ids is None else self.token_type_ids[index]
         return EncodedBatch(self.input_ids[index], self.attention_mask[index], tt)
 
+    def to(self, device: torch.device | str) -> EncodedBatch:
+        """The same batch on ``device`` (itself when it is there already)."""
+        if self.input_ids.device == torch.device(device):
+            return self
+        tt = None if self.token_type_ids is None else self.token_type_ids.to(device)
+        return EncodedBatch(self.input_ids.to(device), self.attention_mask.to(device), tt)
+
 
 def format_prompt(template: str, text: str | tuple) -> str:
     """Fill a prompt template: ``{text}`` for a sentence, ``{text_a}`` and ``{text_b}`` for a pair."""
@@ -94,6 +101,14 @@ class FrozenBackbone(nn.Module, ABC):
         return super().train(False)
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights live (the CPU for a backbone without any); :meth:`tokenize` puts its batches there."""
+        tensor = next(self.parameters(), None)
+        if tensor is None:
+            tensor = next(self.buffers(), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
+    @property
     @abstractmethod
     def hidden_size(self) -> int: ...
 
@@ -117,7 +132,8 @@ class FrozenBackbone(nn.Module, ABC):
         return [format_prompt(self.prompt, t) for t in texts]
 
     def tokenize(self, texts: list, max_length: int | None = None) -> EncodedBatch:
-        """Tokenise sentences or (a, b) pairs, right-padded; empty or over-long texts raise DepthmuxError."""
+        """Tokenise sentences or (a, b) pairs, right-padded, on :attr:`device`; empty or over-long texts
+        raise DepthmuxError."""
         limit = min(max_length or self.max_length, self.max_length)
         if len(texts) == 0:
             raise DepthmuxError("no texts to encode")
@@ -134,7 +150,7 @@ class FrozenBackbone(nn.Module, ABC):
                 f"text {i} is too long: {int(lengths[i])} tokens > limit {limit} "
                 f"({len(too_long)} text(s) over the limit)"
             )
-        return enc
+        return enc.to(self.device)
 
     def _tokenize(self, texts: list) -> EncodedBatch:
         """Formatted texts -> right-padded batch. Pairs go to the tokenizer as pairs (segment ids)."""

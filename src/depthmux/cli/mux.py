@@ -44,6 +44,7 @@ ModelOpt = Annotated[
     ),
 ]
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
+DeviceOpt = Annotated[str, typer.Option(help="Where the backbone, features and adapters run: cpu, cuda or cuda:N.")]
 TrainFileOpt = Annotated[
     Path | None,
     typer.Option("--train", help="Your own labelled training file (.csv, .tsv, .jsonl/.json, .parquet); needs --dev."),
@@ -197,6 +198,7 @@ def train(
         bool, typer.Option(help="Continue the run in --out from its last checkpoints (refused if its settings differ).")
     ] = False,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Train a frozen-backbone teacher (probe, or --teacher finetune), then RevMUX adapters for each N and l;
@@ -218,6 +220,7 @@ def train(
         bench_samples=bench_samples,
         bench_repetitions=repetitions,
         resume=resume,
+        device=device,
         train=MuxTrainConfig(
             epochs=epochs,
             batch_size=batch_size,
@@ -325,6 +328,7 @@ def bench(
     ] = None,
     text_column: TextColumnOpt = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Samples/s of the teacher path and the multiplexed path, same inputs and batch size, one process,
@@ -346,6 +350,7 @@ def bench(
             repetitions,
             str(dev_file) if dev_file else None,
             _columns(text_column),
+            device,
         )
     )
     if as_json:
@@ -354,7 +359,7 @@ def bench(
     source = dev_file.stem if dev_file else task
     out_console.print(
         f"{r.samples} {source} dev inputs, batch {r.batch_size}, {r.repetitions} interleaved repetitions, "
-        f"{r.threads} thread(s)"
+        + (f"{r.threads} thread(s)" if r.device == "cpu" else r.device)
     )
     out_console.print(f"  teacher (N=1):      {r.teacher_samples_per_s:8.1f} samples/s")
     out_console.print(f"  multiplexed (N={r.n}, l={r.prefill_layers}): {r.mux_samples_per_s:8.1f} samples/s")
@@ -404,6 +409,7 @@ def sweep(
         "runs/sweep"
     ),
     threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Every cell of N × l × λ × mixer × seed (× train size): resumable (finished cells are skipped), the
     teacher and the frozen features shared per train size; writes sweep_results.json/.md, a Pareto plot
@@ -425,6 +431,7 @@ def sweep(
         bench=bench,
         bench_samples=bench_samples,
         bench_repetitions=repetitions,
+        device=device,
         train=MuxTrainConfig(
             epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, **_small_data_recipe(patience, min_steps)
         ),

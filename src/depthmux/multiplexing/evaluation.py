@@ -25,6 +25,7 @@ from depthmux.multiplexing.model import (
     speedup_ceiling,
     whole_groups,
 )
+from depthmux.utils.checks import device_name
 
 
 def binary_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
@@ -76,14 +77,14 @@ class GroupedScore:
 def logits_cached(
     model: FrozenBackboneClassifier, cache: FeatureCache, order: torch.Tensor, batch_size: int = 64
 ) -> torch.Tensor:
-    """Logits [M, C] (row i for example i) with the examples grouped in ``order``: consecutive
+    """Logits [M, C] on the CPU (row i for example i) with the examples grouped in ``order``: consecutive
     ``group_size`` inputs share a pass, in batches of :func:`whole_groups` (as ``predict``)."""
     model.eval()
     batch_size = whole_groups(batch_size, model.group_size)
     logits = torch.empty(len(order), model.config.num_labels)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        logits[idx] = model.logits_from_cache(cache, idx)
+        logits[idx] = model.logits_from_cache(cache, idx).cpu()
     return logits
 
 
@@ -145,15 +146,22 @@ class BenchResult:
     samples: int
     repetitions: int
     threads: int
+    device: str = "cpu"  # where it was timed: "cpu" or the GPU's name
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def _time(fn, batches: list[EncodedBatch]) -> float:
+    """Seconds for ``fn`` over ``batches``, queued GPU work included."""
+    cuda = batches[0].input_ids.is_cuda
+    if cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for b in batches:
         fn(b)
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -202,4 +210,5 @@ def benchmark(
         len(texts),
         repetitions,
         torch.get_num_threads(),
+        device_name(body.device),
     )

@@ -24,7 +24,8 @@ from depthmux.data import ClassificationDataset
 @dataclass
 class FeatureCache:
     """Per-example prefill states for several l (``prefill[l][i]``: unpadded [S_i, d]), the
-    teacher read-outs [M, d] and the labels [M]."""
+    teacher read-outs [M, d] and the labels [M]. States and read-outs live on the backbone's device,
+    the labels on the CPU (where the scores are counted)."""
 
     prefill: dict[int, list[torch.Tensor]]
     teacher: torch.Tensor
@@ -38,7 +39,7 @@ class FeatureCache:
         seqs = [self.prefill[layer][i] for i in index.tolist()]
         S = max(s.shape[0] for s in seqs)
         hidden = seqs[0].new_zeros(len(seqs), S, seqs[0].shape[1])
-        mask = torch.zeros(len(seqs), S, dtype=torch.long)
+        mask = torch.zeros(len(seqs), S, dtype=torch.long, device=hidden.device)
         for j, s in enumerate(seqs):
             hidden[j, : s.shape[0]] = s
             mask[j, : s.shape[0]] = 1
@@ -58,15 +59,15 @@ def build_feature_cache(
     for l in layers:
         backbone.check_prefill(l)
     enc = backbone.tokenize(data.texts, max_length=max_length)  # validates every text once
-    lengths = enc.attention_mask.sum(-1)
+    lengths = enc.attention_mask.sum(-1).cpu()
     order = torch.argsort(lengths, descending=True)
     prefill: dict[int, list[torch.Tensor | None]] = {l: [None] * len(data) for l in layers}
-    teacher = torch.zeros(len(data), backbone.hidden_size)
+    teacher = torch.zeros(len(data), backbone.hidden_size, device=backbone.device)
     wanted = sorted(set(layers))
     for start in tqdm(range(0, len(data), batch_size), desc=desc, unit="batch", leave=False):
         idx = order[start : start + batch_size]
         S = int(lengths[idx].max())
-        sub = enc.select(idx)
+        sub = enc.select(idx.to(enc.input_ids.device))
         sub.input_ids, sub.attention_mask = sub.input_ids[:, :S], sub.attention_mask[:, :S]
         if sub.token_type_ids is not None:
             sub.token_type_ids = sub.token_type_ids[:, :S]
@@ -78,5 +79,5 @@ def build_feature_cache(
             for j, i in enumerate(idx.tolist()):
                 prefill[l][i] = h[j, : int(lengths[i])].clone()
         h = backbone.run_layers(h, sub.attention_mask, done, backbone.num_layers)
-        teacher[idx] = backbone.readout(h, sub.attention_mask)
+        teacher[idx.to(teacher.device)] = backbone.readout(h, sub.attention_mask)
     return FeatureCache(prefill, teacher, torch.tensor(data.labels))  # type: ignore[arg-type]

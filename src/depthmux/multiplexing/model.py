@@ -159,7 +159,7 @@ class FrozenBackboneClassifier(nn.Module, ABC):
         )
         self.config = config
         self.backbone = [backbone]  # a list keeps it out of state_dict() and parameters()
-        self.head = head.freeze()
+        self.head = head.freeze().to(backbone.device)  # the classifier lives where its backbone does
 
     @property
     def body(self) -> FrozenBackbone:
@@ -257,6 +257,7 @@ class MultiplexedClassifier(FrozenBackboneClassifier):
         self.down = DownProjection(d, w)
         self.mixer = build_multiplexer(config.mixer, config.n, d)
         self.up = UpProjection(w, d)
+        self.to(backbone.device)
 
     @property
     def group_size(self) -> int:

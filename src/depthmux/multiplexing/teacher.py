@@ -15,7 +15,8 @@ L2_GRID = (1e-4, 1e-3, 1e-2)
 def _fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, l2: float, seed: int) -> LinearProbeHead:
     """Multinomial logistic regression by L-BFGS from a zero start: x [M, d], y [M]."""
     torch.manual_seed(seed)
-    head = LinearProbeHead(x.shape[1], num_labels)
+    head = LinearProbeHead(x.shape[1], num_labels).to(x.device)
+    y = y.to(x.device)
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=300, line_search_fn="strong_wolfe")
 
     def closure():
@@ -39,7 +40,8 @@ def train_probe(
     """L2-regularised logistic regression on frozen read-outs; L2 chosen on the validation split.
 
     Args:
-        train_x, val_x: teacher read-outs h_k, [M, d]. train_y, val_y: labels [M].
+        train_x, val_x: teacher read-outs h_k, [M, d] (the probe is fitted on their device).
+        train_y, val_y: labels [M].
     Returns:
         the frozen :class:`LinearProbeHead` (d -> num_labels) and {"l2", "val_accuracy"}.
     """
@@ -47,7 +49,7 @@ def train_probe(
     for l2 in L2_GRID:
         head = _fit_logistic(train_x, train_y, num_labels, l2, seed)
         with torch.no_grad():
-            acc = (head(val_x).argmax(-1) == val_y).float().mean().item()
+            acc = (head(val_x).argmax(-1) == val_y.to(val_x.device)).float().mean().item()
         if best is None or acc > best[2]:
             best = (head, l2, acc)
     head, l2, acc = best

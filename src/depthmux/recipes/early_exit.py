@@ -43,7 +43,7 @@ from depthmux.recipes.lm import (
 )
 from depthmux.training.lm import LMTrainConfig, LMTrainResult, train_lm
 from depthmux.utils.checkpoint import read_json
-from depthmux.utils.checks import check_float, check_int
+from depthmux.utils.checks import check_device, check_float, check_int
 from depthmux.utils.run_folder import RunFolder
 
 __all__ = [
@@ -231,10 +231,7 @@ class EEBenchConfig:
         check_int("--prompt-tokens", self.prompt_tokens, 1)
         check_int("--max-new-tokens", self.max_new_tokens, 1)
         check_int("--rounds", self.rounds, 1)
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as e:
-            raise DepthmuxError(f"bad --device {self.device!r}: {str(e).splitlines()[0]}") from None
+        check_device("--device", self.device)
         return self
 
 

@@ -62,7 +62,7 @@ from depthmux.recipes.reports import ResultRow, row_line, write_results
 from depthmux.training.finetune import FinetuneConfig, finetune_teacher, save_finetuned_backbone
 from depthmux.training.mux import MuxTrainConfig, train_mux
 from depthmux.utils.checkpoint import read_json
-from depthmux.utils.checks import check_float, check_int, check_seed
+from depthmux.utils.checks import check_device, check_float, check_int, check_seed
 from depthmux.utils.run_folder import RunFolder
 from depthmux.utils.seed import seed_everything
 
@@ -110,6 +110,7 @@ class ExperimentConfig:
     train: MuxTrainConfig = field(default_factory=MuxTrainConfig)
     out_dir: str = "runs/mux"
     resume: bool = False
+    device: str = "cpu"  # where the backbone, caches and adapters live ("cuda" on a GPU machine)
 
     def user_data(self) -> UserDataSpec | None:
         """The user's files as a :class:`UserDataSpec` (None for a built-in task)."""
@@ -168,6 +169,7 @@ class ExperimentConfig:
         check_int("--bench-batch-size", self.bench_batch_size, 1)
         check_int("--repetitions", self.bench_repetitions, 1)
         require(isinstance(self.out_dir, str) and self.out_dir != "", "--out must be a folder path")
+        check_device("--device", self.device)
         self.train.validate()
         return self
 
@@ -338,11 +340,11 @@ def _finetuned_backbone(
     whose teacher is saved reuses the folder (the head comes from ``teacher/``)."""
     folder = out / "teacher-backbone"
     if cfg.resume and folder.is_dir() and (out / "teacher").is_dir():
-        return load_backbone(str(folder), backbone.readout_mode), None, None
+        return load_backbone(str(folder), backbone.readout_mode).to(cfg.device), None, None
     console.print(f"fine-tuning the teacher ({backbone.name}) on {len(data['train'])} {cfg.dataset} examples")
     head, info = finetune_teacher(backbone, data["train"], data["validation"], cfg.finetune, cfg.max_length, progress)
     save_finetuned_backbone(backbone, folder)
-    return load_backbone(str(folder), backbone.readout_mode), head, info
+    return load_backbone(str(folder), backbone.readout_mode).to(cfg.device), head, info
 
 
 def _teacher(
@@ -500,7 +502,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> list[ResultR
 def _run_grid(cfg: ExperimentConfig, run: RunFolder, progress: bool) -> list[ResultRow]:
     out = run.root
     seed_everything(cfg.train.seed)
-    backbone = load_backbone(cfg.model, cfg.readout)
+    backbone = load_backbone(cfg.model, cfg.readout).to(cfg.device)
     check_grid(backbone, cfg.ns, cfg.prefill_layers, cfg.mixers)
     if cfg.teacher == "verbalizer":
         backbone.output_embeddings()  # an encoder has no LM head: one line before any work
@@ -624,6 +626,7 @@ class MuxBenchConfig:
     repetitions: int = 5
     texts_file: str | None = None  # time the user's own texts (a data file) instead of a task's dev split
     text_columns: list[str] | None = None  # their column(s) (None: ["text"])
+    device: str = "cpu"
 
     def validate(self) -> MuxBenchConfig:
         task_name(self.task)
@@ -637,6 +640,7 @@ class MuxBenchConfig:
         check_int("--samples", self.samples, 1)
         check_int("--batch-size", self.batch_size, 1)
         check_int("--repetitions", self.repetitions, 1)
+        check_device("--device", self.device)
         return self
 
 
@@ -645,8 +649,10 @@ def benchmark_checkpoint(cfg: MuxBenchConfig, progress: bool = True) -> BenchRes
     cfg.validate()
     if cfg.checkpoint is not None:
         mux = MultiplexedClassifier.from_pretrained(cfg.checkpoint)
+        mux.body.to(cfg.device)
+        mux.to(cfg.device)
     else:
-        backbone = load_backbone(cfg.model)
+        backbone = load_backbone(cfg.model).to(cfg.device)
         mux = MultiplexedClassifier(
             MuxConfig(
                 n=cfg.n,

@@ -217,7 +217,7 @@ class Attention(nn.Module):
         else:
             allowed = allowed[:, None]
         out = F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), attn_mask=allowed)
-        out = out.view(B, self.num_heads, M, self.head_dim)
+        out = out.reshape(B, self.num_heads, M, self.head_dim)  # SDPA may return a strided layout (CUDA)
         return self.o_proj(out.transpose(1, 2).reshape(B, M, -1), ctx.loop)
 
 

@@ -54,7 +54,7 @@ class FinetuneConfig:
 
 def _batch(enc: EncodedBatch, idx: torch.Tensor) -> EncodedBatch:
     """The selected rows, cut to their longest input."""
-    sub = enc.select(idx)
+    sub = enc.select(idx.to(enc.input_ids.device))
     S = int(sub.attention_mask.sum(-1).max())
     tt = None if sub.token_type_ids is None else sub.token_type_ids[:, :S]
     return EncodedBatch(sub.input_ids[:, :S], sub.attention_mask[:, :S], tt)
@@ -71,7 +71,7 @@ def _accuracy(
     backbone: FrozenBackbone, head: LinearProbeHead, enc: EncodedBatch, labels: torch.Tensor, batch_size: int
 ) -> float:
     correct = 0
-    for idx in torch.arange(len(labels)).split(batch_size):
+    for idx in torch.arange(len(labels), device=labels.device).split(batch_size):
         correct += (head(_readout(backbone, _batch(enc, idx))).argmax(-1) == labels[idx]).sum().item()
     return correct / len(labels)
 
@@ -93,9 +93,9 @@ def finetune_teacher(
     cfg.validate()
     require(len(validation) >= 1, "fine-tuning the teacher needs a validation split with at least one example")
     torch.manual_seed(cfg.seed)
-    head = LinearProbeHead(backbone.hidden_size, train.num_labels)
+    head = LinearProbeHead(backbone.hidden_size, train.num_labels).to(backbone.device)
     enc, val_enc = backbone.tokenize(train.texts, max_length), backbone.tokenize(validation.texts, max_length)
-    y, val_y = torch.tensor(train.labels), torch.tensor(validation.labels)
+    y, val_y = (torch.tensor(d.labels, device=backbone.device) for d in (train, validation))
     params = [p for p in backbone.parameters() if p.is_floating_point()]
     for p in [*params, *head.parameters()]:
         p.requires_grad_(True)
@@ -113,6 +113,7 @@ def finetune_teacher(
             for idx in tqdm(
                 batches, disable=not progress, leave=False, desc=f"fine-tune teacher {epoch + 1}/{cfg.epochs}"
             ):
+                idx = idx.to(y.device)
                 logits = head(_readout(backbone, _batch(enc, idx)))
                 loss = F.cross_entropy(logits, y[idx])
                 if not torch.isfinite(loss):

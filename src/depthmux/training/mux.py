@@ -214,9 +214,8 @@ def _train(
             idx = batches[step]
             hidden, mask = train.batch(model.config.prefill_layers, idx)
             logits, recovered = model.forward_from_prefill(hidden, mask)
-            loss, parts = revmux_loss(
-                logits, train.labels[idx], recovered, train.teacher[idx], cfg.lambda_info, cfg.tau
-            )
+            labels = train.labels[idx].to(logits.device)
+            loss, parts = revmux_loss(logits, labels, recovered, train.teacher[idx], cfg.lambda_info, cfg.tau)
             if not torch.isfinite(loss):
                 raise DepthmuxError(
                     f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1}: stopped, nothing "
@@ -225,7 +224,7 @@ def _train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            acc = (logits.argmax(-1) == train.labels[idx]).float().mean().item()
+            acc = (logits.argmax(-1) == labels).float().mean().item()
             for k, v in (("loss", loss.item()), ("ce", parts["ce"]), ("info", parts["info"]), ("acc", acc)):
                 sums[k] += v
             sums["count"] += 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from depthmux.errors import require
+from depthmux.errors import DepthmuxError, require
 
 #: Seeds are combined with epoch/step counters into torch generator seeds (unsigned 64-bit), so
 #: they are kept to 32 bits.
@@ -47,3 +47,31 @@ def check_float(
     ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
     require(ok, f"{name} must be a finite number in {interval}, got {value!r}")
+
+
+def check_device(name: str, value) -> None:
+    """One line unless ``value`` names a device torch can use here ("cpu", "cuda", "cuda:1", "mps")."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as e:
+        raise DepthmuxError(f"bad {name} {value!r}: {str(e).splitlines()[0]}") from None
+    if device.type == "cuda":
+        require(torch.cuda.is_available(), f"{name} {value}: no CUDA device is visible to torch here (use cpu)")
+        require(
+            device.index is None or device.index < torch.cuda.device_count(),
+            f"{name} {value}: only {torch.cuda.device_count()} CUDA device(s) here",
+        )
+    elif device.type == "mps":
+        require(torch.backends.mps.is_available(), f"{name} {value}: MPS is not available here (use cpu)")
+
+
+def device_name(device) -> str:
+    """``"cpu"`` or the accelerator's name (``"cuda: NVIDIA H200"``), for result files."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
