@@ -1,0 +1,75 @@
+"""Merge ``depthmux mux sweep`` folders that ran in parallel (one process per cell group, or on several
+machines) into one table per teacher, with speedups from ``depthmux mux bench --json`` files measured
+elsewhere (e.g. on the CPU when the accuracy came from a GPU run).
+
+    python scripts/mux_sweep_merge.py SWEEP_FOLDER... [--bench BENCH.json ...] --out PREFIX
+
+Reads every ``teacher.json`` and ``cell.json`` below the folders (finished cells only: a cell cut off by a
+time limit has no ``cell.json``), aggregates them with the library's own :func:`aggregate` (mean ± std over
+training seeds, then the spread over groupings), attaches the benchmark of the same (N, l), and writes
+``PREFIX.md``, ``PREFIX.json`` and ``PREFIX-<teacher>.png`` (the Pareto plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from depthmux.multiplexing.evaluation import BenchResult
+from depthmux.recipes.mux_sweeps import aggregate, plot_pareto, sweep_markdown
+from depthmux.recipes.reports import row_from_dict
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--bench", nargs="*", type=Path, default=[], help="`depthmux mux bench --json` outputs")
+    ap.add_argument("--out", required=True, type=Path, help="output prefix (writes PREFIX.md/.json/-<teacher>.png)")
+    args = ap.parse_args(argv)
+    benches = {}
+    for path in args.bench:
+        b = BenchResult(**json.loads(path.read_text()))
+        benches[(b.n, b.prefill_layers)] = b
+    teachers, cells = {}, []
+    for folder in args.folders:
+        if not folder.is_dir():
+            print(f"error: {folder} is not a folder", file=sys.stderr)
+            return 2
+        for path in sorted(folder.rglob("teacher.json")):
+            row = row_from_dict(json.loads(path.read_text()))
+            teachers.setdefault((row.dataset, row.teacher, row.train_examples), row)
+        for path in sorted(folder.rglob("cell.json")):
+            row = row_from_dict(json.loads(path.read_text()))
+            cells.append(replace(row, bench=row.bench or benches.get((row.n, row.prefill_layers))))
+    if not cells:
+        print("error: no finished cell (cell.json) below the folders", file=sys.stderr)
+        return 2
+    text, payload = [], {"cells": [c.as_dict() for c in cells], "aggregated": {}}
+    for (dataset, teacher, size), trow in teachers.items():
+        mine = [c for c in cells if (c.dataset, c.teacher, c.train_examples) == (dataset, teacher, size)]
+        mine.sort(key=lambda c: (c.n, c.prefill_layers, c.mixer, c.lambda_info, c.seed))
+        points = aggregate([trow, *mine])
+        payload["aggregated"][teacher] = [asdict(p) | {"gap": p.gap} for p in points]
+        seeds = ", ".join(f"N={c.n} l={c.prefill_layers} s{c.seed}: {100 * c.accuracy.accuracy_mean:.2f}" for c in mine)
+        text += [f"### {dataset}, teacher: {teacher}", "", sweep_markdown(points), f"Cells: {seeds}", ""]
+        plot_pareto(points, args.out.with_name(f"{args.out.name}-{teacher}.png"), f"RevMUX on {dataset}, {teacher}")
+    if benches:
+        text += ["Speed (`depthmux mux bench`, random adapters, teacher and multiplexed path interleaved):", ""]
+        for b in benches.values():
+            text.append(
+                f"- N={b.n} l={b.prefill_layers}: {b.speedup:.2f}x ({b.speedup_min:.2f}-{b.speedup_max:.2f}), ceiling "
+                f"{b.ceiling:.2f}x = {100 * b.fraction_of_ceiling:.0f}%; {b.samples} inputs, batch {b.batch_size}, "
+                f"{b.repetitions} repetitions, {b.device} ({b.threads} threads)"
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text("\n".join(text) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    print("\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
