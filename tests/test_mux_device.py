@@ -94,3 +94,17 @@ def test_cuda_experiment_trains_and_reloads_on_the_cpu(tiny_setup):  # noqa: F81
     assert len(rows) == 2 and all(0.0 <= r.accuracy.accuracy_mean <= 1.0 for r in rows)
     reloaded = MultiplexedClassifier.from_pretrained(root / "run" / "n2-l1-reversible" / "best")
     assert not next(reloaded.parameters()).is_cuda
+
+
+def test_eval_refuses_a_missing_device_before_loading(capsys, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run_cli(["mux", "eval", str(tmp_path / "none"), "--device", "cuda"], capsys)
+    assert code == 2 and "--device cuda: no CUDA device" in err
+
+
+@cuda
+def test_place_moves_backbone_head_and_adapters(tokenizer):
+    model = _model(tiny_backbone_of("bert", tokenizer)).place("cuda")
+    assert model.body.device.type == "cuda" and all(p.is_cuda for p in model.parameters())
+    assert model.teacher()(model.body.tokenize(TEXTS)).logits.is_cuda

@@ -262,6 +262,7 @@ def evaluate(
     text_column: TextColumnOpt = None,
     label_column: LabelColumnOpt = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy (and F1) of a trained checkpoint over random groupings, with the teacher beside it."""
@@ -279,6 +280,7 @@ def evaluate(
             str(dev_file) if dev_file else None,
             _columns(text_column),
             label_column,
+            device,
         )
     )
     cfg, scores = report.config, {"teacher": report.teacher, "mux": report.mux}

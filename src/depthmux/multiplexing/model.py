@@ -165,6 +165,11 @@ class FrozenBackboneClassifier(nn.Module, ABC):
     def body(self) -> FrozenBackbone:
         return self.backbone[0]
 
+    def place(self, device: torch.device | str) -> FrozenBackboneClassifier:
+        """Move the backbone (not a submodule, so ``.to`` leaves it) and the head and adapters to ``device``."""
+        self.body.to(device)
+        return self.to(device)
+
     @property
     @abstractmethod
     def group_size(self) -> int:

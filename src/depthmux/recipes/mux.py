@@ -536,6 +536,7 @@ class MuxEvalConfig:
     dev_file: str | None = None  # the user's own labelled file (instead of a task split)
     text_columns: list[str] | None = None  # its text column(s) (None: ["text"])
     label_column: str | None = None  # its label column (None: "label")
+    device: str = "cpu"
 
     def validate(self) -> MuxEvalConfig:
         if self.dev_file is not None:
@@ -552,6 +553,7 @@ class MuxEvalConfig:
         require(self.split in ("dev", "validation"), f"--split must be dev or validation, got {self.split!r}")
         check_int("--shuffles", self.shuffles, 1)
         check_seed("--seed", self.seed)
+        check_device("--device", self.device)
         return self
 
 
@@ -578,7 +580,7 @@ class MuxEvalReport:
 def evaluate_checkpoint(cfg: MuxEvalConfig, progress: bool = True) -> MuxEvalReport:
     """Accuracy (and F1) of a checkpoint over ``cfg.shuffles`` random groupings, and its teacher's."""
     cfg.validate()
-    model = load_classifier(cfg.checkpoint)
+    model = load_classifier(cfg.checkpoint).place(cfg.device)
     if cfg.dev_file is not None:
         data = load_user_file(
             cfg.dev_file,
@@ -648,9 +650,7 @@ def benchmark_checkpoint(cfg: MuxBenchConfig, progress: bool = True) -> BenchRes
     """Time the teacher path and the multiplexed path on the first ``cfg.samples`` dev inputs."""
     cfg.validate()
     if cfg.checkpoint is not None:
-        mux = MultiplexedClassifier.from_pretrained(cfg.checkpoint)
-        mux.body.to(cfg.device)
-        mux.to(cfg.device)
+        mux = MultiplexedClassifier.from_pretrained(cfg.checkpoint).place(cfg.device)
     else:
         backbone = load_backbone(cfg.model).to(cfg.device)
         mux = MultiplexedClassifier(
