@@ -173,6 +173,12 @@ def test_small_data_recipe_more_epochs_and_early_stopping(tiny_backbone):
     hist = train_mux(model, cache(16), cache(8), MuxTrainConfig(epochs=40, batch_size=8, patience=2), progress=False)
     assert len(hist["history"]) < 40  # random labels: the validation accuracy stops improving
     assert len(hist["history"]) - hist["best_epoch"] == 2
+    # early stopping waits for min_steps: 2 steps an epoch, 20 steps = all 10 planned epochs run
+    model = MultiplexedClassifier(MuxConfig(n=2, readout="mean"), tiny_backbone, LinearProbeHead(d, 2))
+    cfg = MuxTrainConfig(epochs=1, batch_size=8, patience=1, min_steps=20)
+    assert cfg.planned_epochs(16) == 10 and not cfg.stops_early(5, 1, 19) and cfg.stops_early(5, 1, 20)
+    hist = train_mux(model, cache(16), cache(8), cfg, progress=False)
+    assert len(hist["history"]) == 10
 
 
 def test_sweep_cli_over_two_glue_tasks(tmp_path, tiny_backbone, capsys):

@@ -77,7 +77,10 @@ FinetuneEpochsOpt = Annotated[int, typer.Option(help="Epochs of --teacher finetu
 FinetuneLrOpt = Annotated[float, typer.Option(help="AdamW learning rate of the backbone under --teacher finetune.")]
 PatienceOpt = Annotated[
     int | None,
-    typer.Option(help="Stop after this many epochs without a better validation accuracy (0: off; default 3)."),
+    typer.Option(
+        help="Stop after this many epochs without a better validation accuracy, once --min-steps are done "
+        "(0: off; default 3)."
+    ),
 ]
 MinStepsOpt = Annotated[
     int | None,

@@ -49,7 +49,7 @@ class MuxTrainConfig:
     tau: float = 0.05
     seed: int = 0
     save_every: int = 200  # steps between resumable checkpoints
-    patience: int = 0  # stop after this many epochs without a better validation accuracy (0: never)
+    patience: int = 0  # epochs without a better validation accuracy before stopping, after min_steps (0: never)
     min_steps: int = 0  # small data: raise the epochs until this many optimizer steps (at most MAX_EPOCHS)
 
     def validate(self) -> MuxTrainConfig:
@@ -65,6 +65,15 @@ class MuxTrainConfig:
         check_int("--patience", self.patience, 0)
         check_int("--min-steps", self.min_steps, 0)
         return self
+
+    def stops_early(self, epoch: int, best_epoch: int, global_step: int) -> bool:
+        """Early stopping before ``epoch`` (0-based): ``patience`` epochs without a better validation
+        accuracy, but never before ``min_steps`` optimizer steps. Small-data runs often sit on a
+        chance-level plateau for a while before they learn (seen at N = 4 on 500 SST-2 examples:
+        stopped after 112 of 600 steps at chance), so the patience counts only after the minimum budget."""
+        if not self.patience or global_step < self.min_steps:
+            return False
+        return epoch - max(best_epoch, 0) >= self.patience
 
     def planned_epochs(self, num_examples: int) -> int:
         """Epochs over ``num_examples``: ``epochs``, raised for small data until ``min_steps`` optimizer
@@ -200,8 +209,8 @@ def _train(
 
     epochs = cfg.planned_epochs(len(train))
     for epoch in range(state["epoch"], epochs):
-        if cfg.patience and epoch - max(state["best_epoch"], 0) >= cfg.patience:
-            break  # early stopping: `patience` epochs without a better validation accuracy
+        if cfg.stops_early(epoch, state["best_epoch"], state["global_step"]):
+            break
         batches = epoch_batches(len(train), cfg.batch_size, cfg.seed, epoch)
         model.train()
         bar = tqdm(
