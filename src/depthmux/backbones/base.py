@@ -51,9 +51,7 @@ class EncodedBatch:
         return EncodedBatch(self.input_ids[index], self.attention_mask[index], tt)
 
     def to(self, device: torch.device | str) -> EncodedBatch:
-        """The same batch on ``device`` (itself when it is there already)."""
-        if self.input_ids.device == torch.device(device):
-            return self
+        """The same batch on ``device``."""
         tt = None if self.token_type_ids is None else self.token_type_ids.to(device)
         return EncodedBatch(self.input_ids.to(device), self.attention_mask.to(device), tt)
 

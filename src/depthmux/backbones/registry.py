@@ -91,7 +91,10 @@ def backbone_family(model: str | os.PathLike | None) -> tuple[str, BackboneFamil
 
 
 def load_backbone(
-    model: str | os.PathLike | None = None, readout: str | None = None, prompt: str | None = None
+    model: str | os.PathLike | None = None,
+    readout: str | None = None,
+    prompt: str | None = None,
+    device: str = "cpu",
 ) -> FrozenBackbone:
     """Load a frozen backbone by name or folder (``None`` or "minilm": the packaged MiniLM;
     "smollm2": the packaged SmolLM2-135M).
@@ -103,6 +106,7 @@ def load_backbone(
             token for decoder-only models, the answer position for T5) or one the family supports;
             an encoder read-out ("cls", "mean") given for a decoder model is one line.
         prompt: a template applied to every text before tokenisation (see ``FrozenBackbone.prompt``).
+        device: where the weights go ("cpu", "cuda", ...); its batches follow (``FrozenBackbone.tokenize``).
     """
     model_type, family = backbone_family(model)
     modes = family.backbone_class.readout_modes
@@ -111,4 +115,5 @@ def load_backbone(
             f"{model if model is not None else DEFAULT_MODEL} is a {model_type} model ({family.kind}): "
             f"readout {readout!r} is not one of its read-outs ({', '.join(modes)})"
         )
-    return family.backbone_class.from_pretrained(DEFAULT_MODEL if model is None else model, readout, prompt)
+    backbone = family.backbone_class.from_pretrained(DEFAULT_MODEL if model is None else model, readout, prompt)
+    return backbone.to(device)

@@ -340,11 +340,11 @@ def _finetuned_backbone(
     whose teacher is saved reuses the folder (the head comes from ``teacher/``)."""
     folder = out / "teacher-backbone"
     if cfg.resume and folder.is_dir() and (out / "teacher").is_dir():
-        return load_backbone(str(folder), backbone.readout_mode).to(cfg.device), None, None
+        return load_backbone(str(folder), backbone.readout_mode, device=cfg.device), None, None
     console.print(f"fine-tuning the teacher ({backbone.name}) on {len(data['train'])} {cfg.dataset} examples")
     head, info = finetune_teacher(backbone, data["train"], data["validation"], cfg.finetune, cfg.max_length, progress)
     save_finetuned_backbone(backbone, folder)
-    return load_backbone(str(folder), backbone.readout_mode).to(cfg.device), head, info
+    return load_backbone(str(folder), backbone.readout_mode, device=cfg.device), head, info
 
 
 def _teacher(
@@ -502,7 +502,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> list[ResultR
 def _run_grid(cfg: ExperimentConfig, run: RunFolder, progress: bool) -> list[ResultRow]:
     out = run.root
     seed_everything(cfg.train.seed)
-    backbone = load_backbone(cfg.model, cfg.readout).to(cfg.device)
+    backbone = load_backbone(cfg.model, cfg.readout, device=cfg.device)
     check_grid(backbone, cfg.ns, cfg.prefill_layers, cfg.mixers)
     if cfg.teacher == "verbalizer":
         backbone.output_embeddings()  # an encoder has no LM head: one line before any work
@@ -652,7 +652,7 @@ def benchmark_checkpoint(cfg: MuxBenchConfig, progress: bool = True) -> BenchRes
     if cfg.checkpoint is not None:
         mux = MultiplexedClassifier.from_pretrained(cfg.checkpoint).place(cfg.device)
     else:
-        backbone = load_backbone(cfg.model).to(cfg.device)
+        backbone = load_backbone(cfg.model, device=cfg.device)
         mux = MultiplexedClassifier(
             MuxConfig(
                 n=cfg.n,

@@ -120,7 +120,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[ResultRow]:
             raise DepthmuxError(f"{run.root} holds something other than a sweep: choose a new --out")
         run.clean_stale_tmp()
         seed_everything(exp.train.seed)
-        backbone = load_backbone(exp.model, exp.readout).to(exp.device)
+        backbone = load_backbone(exp.model, exp.readout, device=exp.device)
         check_grid(backbone, exp.ns, exp.prefill_layers, exp.mixers)
         run.write_json("sweep", asdict(cfg))
         rows: list[ResultRow] = []
