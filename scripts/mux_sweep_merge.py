@@ -8,6 +8,10 @@ Reads every ``teacher.json`` and ``cell.json`` below the folders (finished cells
 time limit has no ``cell.json``), aggregates them with the library's own :func:`aggregate` (mean ± std over
 training seeds, then the spread over groupings), attaches the benchmark of the same (N, l), and writes
 ``PREFIX.md``, ``PREFIX.json`` and ``PREFIX-<teacher>.png`` (the Pareto plot).
+
+Folders may come from different devices (a sweep's ``sweep.json`` records it): each cell's Δ is taken against
+the teacher of its own folder (``teacher_accuracy`` in its ``cell.json``), every distinct teacher run is listed
+under the table, and each cell is listed with the device it trained on.
 """
 
 from __future__ import annotations
@@ -33,17 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.bench:
         b = BenchResult(**json.loads(path.read_text()))
         benches[(b.n, b.prefill_layers)] = b
-    teachers, cells = {}, []
+    teachers, teacher_runs, cells, devices = {}, {}, [], {}
     for folder in args.folders:
         if not folder.is_dir():
             print(f"error: {folder} is not a folder", file=sys.stderr)
             return 2
+        device = _folder_device(folder)
         for path in sorted(folder.rglob("teacher.json")):
             row = row_from_dict(json.loads(path.read_text()))
-            teachers.setdefault((row.dataset, row.teacher, row.train_examples), row)
+            key = (row.dataset, row.teacher, row.train_examples)
+            teachers.setdefault(key, row)
+            run = (round(row.accuracy.accuracy_mean, 6), device)
+            teacher_runs.setdefault(key, {}).setdefault(run, []).append(folder)
         for path in sorted(folder.rglob("cell.json")):
             row = row_from_dict(json.loads(path.read_text()))
             cells.append(replace(row, bench=row.bench or benches.get((row.n, row.prefill_layers))))
+            devices[id(cells[-1])] = device
     if not cells:
         print("error: no finished cell (cell.json) below the folders", file=sys.stderr)
         return 2
@@ -53,8 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         mine.sort(key=lambda c: (c.n, c.prefill_layers, c.mixer, c.lambda_info, c.seed))
         points = aggregate([trow, *mine])
         payload["aggregated"][teacher] = [asdict(p) | {"gap": p.gap} for p in points]
-        seeds = ", ".join(f"N={c.n} l={c.prefill_layers} s{c.seed}: {100 * c.accuracy.accuracy_mean:.2f}" for c in mine)
+        seeds = ", ".join(
+            f"N={c.n} l={c.prefill_layers} s{c.seed}: {100 * c.accuracy.accuracy_mean:.2f} ({devices[id(c)]})"
+            for c in mine
+        )
         text += [f"### {dataset}, teacher: {teacher}", "", sweep_markdown(points), f"Cells: {seeds}", ""]
+        runs = teacher_runs[(dataset, teacher, size)]
+        if len(runs) > 1:
+            listed = "; ".join(f"{100 * acc:.2f} on {dev} ({len(fs)} folders)" for (acc, dev), fs in runs.items())
+            text += [f"Teacher runs differ: {listed}. The N = 1 row shows the first; each Δ uses its cell's own.", ""]
         plot_pareto(points, args.out.with_name(f"{args.out.name}-{teacher}.png"), f"RevMUX on {dataset}, {teacher}")
     if benches:
         text += ["Speed (`depthmux mux bench`, random adapters, teacher and multiplexed path interleaved):", ""]
@@ -69,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     print("\n".join(text))
     return 0
+
+
+def _folder_device(folder: Path) -> str:
+    """The device a sweep folder ran on, from its ``sweep.json`` ("?" when it does not say)."""
+    path = folder / "sweep.json"
+    if not path.is_file():
+        return "?"
+    return str(json.loads(path.read_text()).get("experiment", {}).get("device") or "?")
 
 
 if __name__ == "__main__":
