@@ -134,7 +134,7 @@ def test_resume_with_truncated_config_is_one_line(tmp_path, corpus, capsys):
 
 
 def test_train_loop_config_cuts_a_default_warmup_to_short_runs(tmp_path):
-    from depthmux.cli.lm import train_loop_config
+    from depthmux.cli.loop_options import train_loop_config
 
     cfg = train_loop_config(tmp_path, resume=False, steps=5, warmup=20, batch_size=2)
     assert (cfg.steps, cfg.warmup_steps, cfg.out_dir) == (5, 5, str(tmp_path))

@@ -11,7 +11,27 @@ from pathlib import Path
 
 import typer
 
-from depthmux.cli.lm import quiet_transformers, train_loop_config
+from depthmux.cli.loop_options import (
+    BatchSizeOpt,
+    BlockSizeOpt,
+    CheckpointEveryOpt,
+    CorpusOpt,
+    DecayFractionOpt,
+    EvalEveryOpt,
+    GradClipOpt,
+    HoldoutOpt,
+    LrOpt,
+    MaxEvalBlocksOpt,
+    MaxTrainBlocksOpt,
+    ProgressOpt,
+    ResumeOpt,
+    RunOutOpt,
+    StepsOpt,
+    WarmupOpt,
+    WeightDecayOpt,
+    loop_specs,
+    quiet_transformers,
+)
 
 app = typer.Typer(
     help="Early exit (FREE): train a shallow exit on a pretrained LLaMA (SmolLM2 by default) with the FREE "
@@ -23,7 +43,7 @@ app = typer.Typer(
 
 @app.command()
 def train(
-    out: Path = typer.Option(..., "--out", help="Run folder: log.jsonl, checkpoints/, model/."),
+    out: RunOutOpt,
     source: str = typer.Option(
         "smollm2", "--from", help="smollm2 (packaged SmolLM2-135M) or a LLaMA model folder (its tokenizer is used)."
     ),
@@ -31,65 +51,37 @@ def train(
         None, "--exit-layer", help="L_s, layers of the shallow exit, 1..L-1 (default: a quarter of the layers)."
     ),
     alpha: float = typer.Option(0.5, help="Weight of MSE(h_shallow, h_deep) in the FREE loss (SPEC 2)."),
-    corpus: str = typer.Option(
-        "shakespeare", help="shakespeare[:play] | kjv[:book] | PATH (.txt, .jsonl or a folder)."
-    ),
-    steps: int = typer.Option(500, help="Optimizer steps."),
-    lr: float = typer.Option(2e-4, help="Peak learning rate (AdamW)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Blocks per step (per process)."),
-    block_size: int = typer.Option(256, "--block-size", help="Tokens per block T."),
-    warmup: int = typer.Option(20, help="Linear warmup steps (WSD schedule)."),
-    decay_fraction: float = typer.Option(0.2, help="Share of steps in the final decay (WSD)."),
-    weight_decay: float = typer.Option(0.1, help="AdamW weight decay (matrices only)."),
-    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip (0 = off)."),
-    holdout: float = typer.Option(0.1, help="Held-out share of documents (seeded split)."),
-    max_train_blocks: int | None = typer.Option(None, help="Use at most this many training blocks."),
-    max_eval_blocks: int | None = typer.Option(64, help="Evaluate on at most this many held-out blocks."),
-    checkpoint_every: int | None = typer.Option(
-        None, help="Checkpoint every K steps (0 = only at the end; default: every 10% of the steps, at most 50)."
-    ),
-    eval_every: int = typer.Option(0, help="Evaluate every K steps (0 = only at the end)."),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue the run in --out from its last checkpoint with its stored settings (exactly reproducible).",
-    ),
+    corpus: CorpusOpt = "shakespeare",
+    steps: StepsOpt = 500,
+    lr: LrOpt = 2e-4,
+    batch_size: BatchSizeOpt = 8,
+    block_size: BlockSizeOpt = 256,
+    warmup: WarmupOpt = 20,
+    decay_fraction: DecayFractionOpt = 0.2,
+    weight_decay: WeightDecayOpt = 0.1,
+    grad_clip: GradClipOpt = 1.0,
+    holdout: HoldoutOpt = 0.1,
+    max_train_blocks: MaxTrainBlocksOpt = None,
+    max_eval_blocks: MaxEvalBlocksOpt = 64,
+    checkpoint_every: CheckpointEveryOpt = None,
+    eval_every: EvalEveryOpt = 0,
+    resume: ResumeOpt = False,
     seed: int = typer.Option(0, help="Seed for the split, packing order and batches."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: ProgressOpt = True,
 ) -> None:
     """Train the shallow exit (and the deep model) with the FREE loss, starting from a pretrained LLaMA."""
     from depthmux.recipes.early_exit import EEModelSpec, run_ee_train
-    from depthmux.recipes.lm import LMDataSpec
 
     quiet_transformers()
     model_spec = EEModelSpec(source=source, exit_layer=exit_layer, alpha=alpha)
     if not resume:
         model_spec.validate()
-    cfg = train_loop_config(
-        out,
-        resume=resume,
-        steps=steps,
-        warmup=warmup,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        decay_fraction=decay_fraction,
-        grad_clip=grad_clip,
-        checkpoint_every=checkpoint_every,
-        eval_every=eval_every,
-        seed=seed,
-        progress=progress,
-    )
-    data_spec = LMDataSpec(
-        corpus=corpus,
-        block_size=block_size,
-        holdout=holdout,
-        seed=seed,
-        max_train_blocks=max_train_blocks,
-        max_eval_blocks=max_eval_blocks,
-    )
-    if not resume:
-        data_spec.validate()
+    cfg, data_spec = loop_specs(
+        out, resume=resume, seed=seed, steps=steps, warmup=warmup, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, decay_fraction=decay_fraction, grad_clip=grad_clip,
+        checkpoint_every=checkpoint_every, eval_every=eval_every, progress=progress, corpus=corpus,
+        block_size=block_size, holdout=holdout, max_train_blocks=max_train_blocks, max_eval_blocks=max_eval_blocks,
+    )  # fmt: skip
     res = run_ee_train(model_spec, data_spec, cfg)
     msg = f"step {res.step}: train loss {res.train_loss:.4f}, {res.train_flops:.3e} training FLOPs"
     if res.eval:

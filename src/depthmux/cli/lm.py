@@ -15,6 +15,27 @@ from pathlib import Path
 
 import typer
 
+from depthmux.cli.loop_options import (
+    BatchSizeOpt,
+    BlockSizeOpt,
+    CheckpointEveryOpt,
+    CorpusOpt,
+    DecayFractionOpt,
+    EvalEveryOpt,
+    GradClipOpt,
+    HoldoutOpt,
+    LrOpt,
+    MaxEvalBlocksOpt,
+    MaxTrainBlocksOpt,
+    ProgressOpt,
+    ResumeOpt,
+    RunOutOpt,
+    StepsOpt,
+    WarmupOpt,
+    WeightDecayOpt,
+    loop_specs,
+    quiet_transformers,
+)
 from depthmux.errors import DepthmuxError
 
 app = typer.Typer(
@@ -25,35 +46,13 @@ app = typer.Typer(
 )
 
 
-def quiet_transformers() -> None:
-    """No per-shard progress bars from transformers' save/load (our own bar shows training)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
-def train_loop_config(out: Path, *, resume: bool, steps, warmup, **fields):
-    """The generic LM loop's settings from the options `lm train` and `ee train` share. Unless resuming
-    (the run's stored settings are used then), they are validated here and a warmup longer than
-    ``--steps`` (the default with a short run) is cut to ``--steps``."""
-    from depthmux.training.lm import LMTrainConfig
-
-    cfg = LMTrainConfig(out_dir=str(out), resume=resume, steps=steps, warmup_steps=warmup, **fields)
-    if not resume:
-        cfg.validate()
-        cfg.warmup_steps = min(cfg.warmup_steps, cfg.steps)
-    return cfg
-
-
 _SHARING = "none (vanilla) | cycle | sequence | middle_cycle | middle_sequence"
 
 
 @app.command()
 def train(
-    out: Path = typer.Option(..., "--out", help="Run folder: log.jsonl, checkpoints/, model/."),
-    corpus: str = typer.Option(
-        "shakespeare", help="shakespeare[:play] | kjv[:book] | PATH (.txt, .jsonl or a folder)."
-    ),
+    out: RunOutOpt,
+    corpus: CorpusOpt = "shakespeare",
     tokenizer: str = typer.Option(
         "smollm2",
         help="smollm2 | bpe:N (byte-level BPE trained on the training split) | "
@@ -78,32 +77,26 @@ def train(
     ),
     init: str = typer.Option("stepwise", help="Conversion init: stepwise | average | lower (SPEC 3)."),
     lora_rank: int = typer.Option(0, "--lora-rank", help="Per-loop LoRA relaxation rank (0 = off, SPEC 3)."),
-    steps: int = typer.Option(1000, help="Optimizer steps."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Blocks per step (per process)."),
-    block_size: int = typer.Option(256, "--block-size", help="Tokens per block T."),
-    warmup: int = typer.Option(20, help="Linear warmup steps (WSD schedule)."),
-    decay_fraction: float = typer.Option(0.2, help="Share of steps in the final decay (WSD)."),
-    weight_decay: float = typer.Option(0.1, help="AdamW weight decay (matrices only)."),
-    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip (0 = off)."),
-    holdout: float = typer.Option(0.1, help="Held-out share of documents (seeded split)."),
-    max_train_blocks: int | None = typer.Option(None, help="Use at most this many training blocks."),
-    max_eval_blocks: int | None = typer.Option(64, help="Evaluate on at most this many held-out blocks."),
-    checkpoint_every: int | None = typer.Option(
-        None, help="Checkpoint every K steps (0 = only at the end; default: every 10% of the steps, at most 50)."
-    ),
-    eval_every: int = typer.Option(0, help="Evaluate every K steps (0 = only at the end)."),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue the run in --out from its last checkpoint with its stored settings (exactly reproducible).",
-    ),
+    steps: StepsOpt = 1000,
+    lr: LrOpt = 1e-3,
+    batch_size: BatchSizeOpt = 8,
+    block_size: BlockSizeOpt = 256,
+    warmup: WarmupOpt = 20,
+    decay_fraction: DecayFractionOpt = 0.2,
+    weight_decay: WeightDecayOpt = 0.1,
+    grad_clip: GradClipOpt = 1.0,
+    holdout: HoldoutOpt = 0.1,
+    max_train_blocks: MaxTrainBlocksOpt = None,
+    max_eval_blocks: MaxEvalBlocksOpt = 64,
+    checkpoint_every: CheckpointEveryOpt = None,
+    eval_every: EvalEveryOpt = 0,
+    resume: ResumeOpt = False,
     seed: int = typer.Option(0, help="Seed for init, split, packing order and batches."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: ProgressOpt = True,
 ) -> None:
     """Train a vanilla / recursive / MoR decoder on packed documents (AdamW, WSD, clipping)."""
     from depthmux.lm import pretrained_model_dir
-    from depthmux.recipes.lm import LMDataSpec, LMModelSpec, run_lm_train
+    from depthmux.recipes.lm import LMModelSpec, run_lm_train
 
     quiet_transformers()
 
@@ -125,34 +118,15 @@ def train(
     )
     if not resume:
         model_spec.validate()
-    cfg = train_loop_config(
-        out,
-        resume=resume,
-        steps=steps,
-        warmup=warmup,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        decay_fraction=decay_fraction,
-        grad_clip=grad_clip,
-        checkpoint_every=checkpoint_every,
-        eval_every=eval_every,
-        seed=seed,
-        progress=progress,
-    )
     if not resume and from_pretrained:  # the pretrained model's own tokenizer
         tokenizer = "smollm2" if from_pretrained == "smollm2" else str(pretrained_model_dir(from_pretrained))
-    data_spec = LMDataSpec(
-        corpus=corpus,
-        tokenizer=tokenizer,
-        block_size=block_size,
-        holdout=holdout,
-        seed=seed,
-        max_train_blocks=max_train_blocks,
+    cfg, data_spec = loop_specs(
+        out, resume=resume, seed=seed, steps=steps, warmup=warmup, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, decay_fraction=decay_fraction, grad_clip=grad_clip,
+        checkpoint_every=checkpoint_every, eval_every=eval_every, progress=progress, corpus=corpus,
+        tokenizer=tokenizer, block_size=block_size, holdout=holdout, max_train_blocks=max_train_blocks,
         max_eval_blocks=max_eval_blocks,
-    )
-    if not resume:
-        data_spec.validate()
+    )  # fmt: skip
     res = run_lm_train(model_spec, data_spec, cfg)
     msg = f"step {res.step}: train loss {res.train_loss:.4f}, {res.train_flops:.3e} training FLOPs"
     if res.eval:
