@@ -11,27 +11,8 @@ from pathlib import Path
 
 import typer
 
-from depthmux.cli.loop_options import (
-    BatchSizeOpt,
-    BlockSizeOpt,
-    CheckpointEveryOpt,
-    CorpusOpt,
-    DecayFractionOpt,
-    EvalEveryOpt,
-    GradClipOpt,
-    HoldoutOpt,
-    LrOpt,
-    MaxEvalBlocksOpt,
-    MaxTrainBlocksOpt,
-    ProgressOpt,
-    ResumeOpt,
-    RunOutOpt,
-    StepsOpt,
-    WarmupOpt,
-    WeightDecayOpt,
-    loop_specs,
-    quiet_transformers,
-)
+from depthmux.cli import loop_options as opt
+from depthmux.cli.loop_options import loop_specs, quiet_transformers
 
 app = typer.Typer(
     help="Early exit (FREE): train a shallow exit on a pretrained LLaMA (SmolLM2 by default) with the FREE "
@@ -43,7 +24,7 @@ app = typer.Typer(
 
 @app.command()
 def train(
-    out: RunOutOpt,
+    out: opt.RunOutOpt,
     source: str = typer.Option(
         "smollm2", "--from", help="smollm2 (packaged SmolLM2-135M) or a LLaMA model folder (its tokenizer is used)."
     ),
@@ -51,23 +32,23 @@ def train(
         None, "--exit-layer", help="L_s, layers of the shallow exit, 1..L-1 (default: a quarter of the layers)."
     ),
     alpha: float = typer.Option(0.5, help="Weight of MSE(h_shallow, h_deep) in the FREE loss (SPEC 2)."),
-    corpus: CorpusOpt = "shakespeare",
-    steps: StepsOpt = 500,
-    lr: LrOpt = 2e-4,
-    batch_size: BatchSizeOpt = 8,
-    block_size: BlockSizeOpt = 256,
-    warmup: WarmupOpt = 20,
-    decay_fraction: DecayFractionOpt = 0.2,
-    weight_decay: WeightDecayOpt = 0.1,
-    grad_clip: GradClipOpt = 1.0,
-    holdout: HoldoutOpt = 0.1,
-    max_train_blocks: MaxTrainBlocksOpt = None,
-    max_eval_blocks: MaxEvalBlocksOpt = 64,
-    checkpoint_every: CheckpointEveryOpt = None,
-    eval_every: EvalEveryOpt = 0,
-    resume: ResumeOpt = False,
+    corpus: opt.CorpusOpt = "shakespeare",
+    steps: opt.StepsOpt = 500,
+    lr: opt.LrOpt = 2e-4,
+    batch_size: opt.BatchSizeOpt = 8,
+    block_size: opt.BlockSizeOpt = 256,
+    warmup: opt.WarmupOpt = 20,
+    decay_fraction: opt.DecayFractionOpt = 0.2,
+    weight_decay: opt.WeightDecayOpt = 0.1,
+    grad_clip: opt.GradClipOpt = 1.0,
+    holdout: opt.HoldoutOpt = 0.1,
+    max_train_blocks: opt.MaxTrainBlocksOpt = None,
+    max_eval_blocks: opt.MaxEvalBlocksOpt = 64,
+    checkpoint_every: opt.CheckpointEveryOpt = None,
+    eval_every: opt.EvalEveryOpt = 0,
+    resume: opt.ResumeOpt = False,
     seed: int = typer.Option(0, help="Seed for the split, packing order and batches."),
-    progress: ProgressOpt = True,
+    progress: opt.ProgressOpt = True,
 ) -> None:
     """Train the shallow exit (and the deep model) with the FREE loss, starting from a pretrained LLaMA."""
     from depthmux.recipes.early_exit import EEModelSpec, run_ee_train

@@ -15,27 +15,8 @@ from pathlib import Path
 
 import typer
 
-from depthmux.cli.loop_options import (
-    BatchSizeOpt,
-    BlockSizeOpt,
-    CheckpointEveryOpt,
-    CorpusOpt,
-    DecayFractionOpt,
-    EvalEveryOpt,
-    GradClipOpt,
-    HoldoutOpt,
-    LrOpt,
-    MaxEvalBlocksOpt,
-    MaxTrainBlocksOpt,
-    ProgressOpt,
-    ResumeOpt,
-    RunOutOpt,
-    StepsOpt,
-    WarmupOpt,
-    WeightDecayOpt,
-    loop_specs,
-    quiet_transformers,
-)
+from depthmux.cli import loop_options as opt
+from depthmux.cli.loop_options import loop_specs, quiet_transformers
 from depthmux.errors import DepthmuxError
 
 app = typer.Typer(
@@ -51,8 +32,8 @@ _SHARING = "none (vanilla) | cycle | sequence | middle_cycle | middle_sequence"
 
 @app.command()
 def train(
-    out: RunOutOpt,
-    corpus: CorpusOpt = "shakespeare",
+    out: opt.RunOutOpt,
+    corpus: opt.CorpusOpt = "shakespeare",
     tokenizer: str = typer.Option(
         "smollm2",
         help="smollm2 | bpe:N (byte-level BPE trained on the training split) | "
@@ -77,22 +58,22 @@ def train(
     ),
     init: str = typer.Option("stepwise", help="Conversion init: stepwise | average | lower (SPEC 3)."),
     lora_rank: int = typer.Option(0, "--lora-rank", help="Per-loop LoRA relaxation rank (0 = off, SPEC 3)."),
-    steps: StepsOpt = 1000,
-    lr: LrOpt = 1e-3,
-    batch_size: BatchSizeOpt = 8,
-    block_size: BlockSizeOpt = 256,
-    warmup: WarmupOpt = 20,
-    decay_fraction: DecayFractionOpt = 0.2,
-    weight_decay: WeightDecayOpt = 0.1,
-    grad_clip: GradClipOpt = 1.0,
-    holdout: HoldoutOpt = 0.1,
-    max_train_blocks: MaxTrainBlocksOpt = None,
-    max_eval_blocks: MaxEvalBlocksOpt = 64,
-    checkpoint_every: CheckpointEveryOpt = None,
-    eval_every: EvalEveryOpt = 0,
-    resume: ResumeOpt = False,
+    steps: opt.StepsOpt = 1000,
+    lr: opt.LrOpt = 1e-3,
+    batch_size: opt.BatchSizeOpt = 8,
+    block_size: opt.BlockSizeOpt = 256,
+    warmup: opt.WarmupOpt = 20,
+    decay_fraction: opt.DecayFractionOpt = 0.2,
+    weight_decay: opt.WeightDecayOpt = 0.1,
+    grad_clip: opt.GradClipOpt = 1.0,
+    holdout: opt.HoldoutOpt = 0.1,
+    max_train_blocks: opt.MaxTrainBlocksOpt = None,
+    max_eval_blocks: opt.MaxEvalBlocksOpt = 64,
+    checkpoint_every: opt.CheckpointEveryOpt = None,
+    eval_every: opt.EvalEveryOpt = 0,
+    resume: opt.ResumeOpt = False,
     seed: int = typer.Option(0, help="Seed for init, split, packing order and batches."),
-    progress: ProgressOpt = True,
+    progress: opt.ProgressOpt = True,
 ) -> None:
     """Train a vanilla / recursive / MoR decoder on packed documents (AdamW, WSD, clipping)."""
     from depthmux.lm import pretrained_model_dir
