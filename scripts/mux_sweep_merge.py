@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.bench:
         b = BenchResult(**json.loads(path.read_text()))
         benches[(b.n, b.prefill_layers)] = b
-    teachers, teacher_runs, cells, devices = {}, {}, [], {}
+    teachers, teacher_runs, cells, device_of = {}, {}, [], {}
     for folder in args.folders:
         if not folder.is_dir():
             print(f"error: {folder} is not a folder", file=sys.stderr)
@@ -47,12 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             row = row_from_dict(json.loads(path.read_text()))
             key = (row.dataset, row.teacher, row.train_examples)
             teachers.setdefault(key, row)
-            run = (round(row.accuracy.accuracy_mean, 6), device)
-            teacher_runs.setdefault(key, {}).setdefault(run, []).append(folder)
+            teacher_runs.setdefault(key, Counter())[(round(row.accuracy.accuracy_mean, 6), device)] += 1
         for path in sorted(folder.rglob("cell.json")):
             row = row_from_dict(json.loads(path.read_text()))
             cells.append(replace(row, bench=row.bench or benches.get((row.n, row.prefill_layers))))
-            devices[id(cells[-1])] = device
+            device_of[_cell_key(row)] = device
     if not cells:
         print("error: no finished cell (cell.json) below the folders", file=sys.stderr)
         return 2
@@ -63,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         points = aggregate([trow, *mine])
         payload["aggregated"][teacher] = [asdict(p) | {"gap": p.gap} for p in points]
         seeds = ", ".join(
-            f"N={c.n} l={c.prefill_layers} s{c.seed}: {100 * c.accuracy.accuracy_mean:.2f} ({devices[id(c)]})"
+            f"N={c.n} l={c.prefill_layers} s{c.seed}: {100 * c.accuracy.accuracy_mean:.2f} ({device_of[_cell_key(c)]})"
             for c in mine
         )
         text += [f"### {dataset}, teacher: {teacher}", "", sweep_markdown(points), f"Cells: {seeds}", ""]
         runs = teacher_runs[(dataset, teacher, size)]
         if len(runs) > 1:
-            listed = "; ".join(f"{100 * acc:.2f} on {dev} ({len(fs)} folders)" for (acc, dev), fs in runs.items())
+            listed = "; ".join(f"{100 * acc:.2f} on {dev} ({k} folders)" for (acc, dev), k in runs.items())
             text += [f"Teacher runs differ: {listed}. The N = 1 row shows the first; each Δ uses its cell's own.", ""]
         plot_pareto(points, args.out.with_name(f"{args.out.name}-{teacher}.png"), f"RevMUX on {dataset}, {teacher}")
     if benches:
@@ -85,6 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     print("\n".join(text))
     return 0
+
+
+def _cell_key(row) -> tuple:
+    """What tells one finished cell from another across the merged folders."""
+    return (
+        row.dataset,
+        row.teacher,
+        row.train_examples,
+        row.n,
+        row.prefill_layers,
+        row.mixer,
+        row.lambda_info,
+        row.seed,
+    )
 
 
 def _folder_device(folder: Path) -> str:
