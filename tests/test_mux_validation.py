@@ -118,7 +118,8 @@ def test_config_validate_checks_the_python_api_too():
 )
 def test_resume_with_other_settings_refuses_naming_the_mismatch(tmp_path, change, named, no_work):
     stored = ExperimentConfig(out_dir=str(tmp_path))
-    RunFolder(tmp_path).write_json("experiment", asdict(stored))
+    with RunFolder(tmp_path).lock() as run:  # a run's folder: its marker, then its settings
+        run.write_json("experiment", asdict(stored))
     given = ExperimentConfig(**{**stored.__dict__, **change, "resume": True})
     with pytest.raises(DepthmuxError, match=r"--resume: .* was started with a different ") as err:
         run_experiment(given)

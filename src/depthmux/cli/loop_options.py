@@ -13,7 +13,27 @@ from typing import Annotated
 
 import typer
 
-RunOutOpt = Annotated[Path, typer.Option("--out", help="Run folder: log.jsonl, checkpoints/, model/.")]
+
+def out_folder(text: str) -> Path:
+    """The ``--out`` parser of every command that writes a run folder (``lm``/``ee``/``mux train``, ``mux run``,
+    ``mux sweep``): :func:`depthmux.utils.run_folder.out_path` (an empty value is refused)."""
+    from depthmux.errors import DepthmuxError
+    from depthmux.utils.run_folder import out_path
+
+    try:
+        return out_path(text)
+    except DepthmuxError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+RunOutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        parser=out_folder,
+        help="Run folder: log.jsonl, checkpoints/, model/. New, empty, or a depthmux run (resumed with --resume).",
+    ),
+]
 CorpusOpt = Annotated[str, typer.Option(help="shakespeare[:play] | kjv[:book] | PATH (.txt, .jsonl or a folder).")]
 StepsOpt = Annotated[int, typer.Option(help="Optimizer steps.")]
 LrOpt = Annotated[float, typer.Option(help="Peak learning rate (AdamW).")]

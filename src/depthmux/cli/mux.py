@@ -23,6 +23,7 @@ import torch
 import typer
 from rich.console import Console
 
+from depthmux.cli.loop_options import out_folder
 from depthmux.errors import DepthmuxError, require
 
 app = typer.Typer(
@@ -195,7 +196,12 @@ def train(
     min_steps: MinStepsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling, initialisation and data order.")] = 0,
     out: Annotated[
-        Path | None, typer.Option(help="Run folder for checkpoints and results (default: runs/mux-<data set>).")
+        Path | None,
+        typer.Option(
+            parser=out_folder,
+            help="Run folder for checkpoints and results (default: runs/mux-<data set>): new, empty, or a depthmux "
+            "run (continued with --resume); a folder holding other files is refused.",
+        ),
     ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out from its last checkpoints (refused if its settings differ).")
@@ -240,7 +246,9 @@ def train(
 
 @app.command()
 def run(
-    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/quickstart"),
+    out: Annotated[
+        Path, typer.Option(parser=out_folder, help="Run folder: new, empty, or a previous `mux run` (continued).")
+    ] = Path("runs/quickstart"),
     threads: ThreadsOpt = None,
 ) -> None:
     """The main job with no flags: RevMUX N=2, l=1 on frozen MiniLM, embedded tweets (negative vs
@@ -410,9 +418,12 @@ def sweep(
     bench_samples: Annotated[int, typer.Option(help="Dev inputs timed per repetition.")] = 512,
     repetitions: Annotated[int, typer.Option(help="Interleaved benchmark repetitions.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the data sample and the teacher (cells use --seeds).")] = 0,
-    out: Annotated[Path, typer.Option(help="Sweep folder; rerun the same command to continue it.")] = Path(
-        "runs/sweep"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            parser=out_folder, help="Sweep folder (new, empty, or a sweep); rerun the same command to continue it."
+        ),
+    ] = Path("runs/sweep"),
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:

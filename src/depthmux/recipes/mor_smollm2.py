@@ -32,7 +32,7 @@ from depthmux.recipes.lm import LMDataSpec, prepare_lm_data
 from depthmux.recursion import convert_llama_to_recursive
 from depthmux.training.lm import LMTrainConfig, train_lm
 from depthmux.utils.checks import check_float, check_int, check_seed
-from depthmux.utils.run_folder import RunFolder
+from depthmux.utils.run_folder import RunFolder, check_out_folder
 
 DEFAULT_MOR_DIR = "runs/smollm2-mor"
 """Where :func:`run_mor_smollm2` saves the model by default (an ignored folder of the checkout)."""
@@ -80,6 +80,7 @@ def run_mor_smollm2(spec: MoRSmolLM2Spec, log=print) -> dict[str, Any]:
     ``<out>/results.json``); the model is in ``<out>/model``."""
     spec.validate()
     out = Path(spec.out_dir)
+    check_out_folder(out)  # the output-folder rule, before the baseline's evaluation
     if RunFolder(out).holds_run():
         raise DepthmuxError(f"{out} already holds a run: remove it or choose another --out")
     base = smollm2_path()

@@ -12,6 +12,25 @@ with one line), removes what interrupted saves left (:meth:`RunFolder.clean_stal
 resume takes the newest checkpoint that loads (:meth:`RunFolder.latest_checkpoint`; a corrupt
 newer one is skipped with a warning) and cuts the log back to that checkpoint's step
 (:meth:`RunFolder.truncate_log`), so the history equals an uninterrupted run's.
+
+Whose folder it is (the output-folder rule, one place for every command that writes a run folder:
+``mux train/run/sweep``, ``lm train``, ``ee train``). A run writes the marker ``<root>/.depthmux-run``
+as it takes the lock. An output folder is accepted only if it is
+
+- new (it is created), or empty (an empty ``.lock`` left by an older version counts as empty);
+- a depthmux run folder: it holds the marker;
+- a run folder of an older version (before the marker): one of our configs (``train_config.json``
+  with a ``"train"`` object, ``experiment.json`` or ``sweep.json`` with the keys those runs write)
+  AND the trace of a started run next to it: ``log.jsonl``, a ``checkpoints/`` folder holding only
+  ``step-NNNNNN`` folders (and our hidden temporary entries), or a saved ``teacher/`` (a mux
+  experiment) or ``<dataset>-train<size>/teacher*`` (a sweep). Such a folder gets the marker on its
+  next run. An older run that stopped before any of these is refused like a user's folder (delete it
+  or choose another ``--out``): a config file alone is not proof enough to clean a folder.
+
+Anything else is refused with one line (:meth:`RunFolder.check_writable`, :func:`check_out_folder`)
+before anything is created, probed or cleaned in it, so nothing of a user's is ever touched. An empty
+``--out ''`` is refused by :func:`out_path` (the CLIs' ``--out`` parser): it would name the current
+directory.
 """
 
 from __future__ import annotations
@@ -35,8 +54,80 @@ from depthmux.utils.checkpoint import atomic_directory, atomic_write_text, recov
 T = TypeVar("T")
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+MARKER = ".depthmux-run"
+"""The file a run writes at the top of its folder when it starts (see the module docstring)."""
+MARKER_TEXT = "a depthmux run folder: depthmux writes and cleans here (checkpoints, logs, results)\n"
+LEGACY_CONFIGS = {
+    "train_config.json": ("train",),
+    "experiment.json": ("task", "ns", "prefill_layers", "mixers", "train"),
+    "sweep.json": ("experiment", "lambdas", "seeds"),
+}
+"""Older run folders (no marker): the config file of each kind of run and the keys it always holds."""
+REFUSED = "holds files that are not a depthmux run; choose a new or empty --out"
 LOAD_ERRORS = (DepthmuxError, OSError, ValueError, KeyError, RuntimeError, SafetensorError)
 """What a corrupt checkpoint raises while loading (missing files, bad JSON, bad tensors, shape mismatch)."""
+
+
+def out_path(text: str | os.PathLike) -> Path:
+    """A command's ``--out`` value as a path; an empty one is refused (``Path("")`` is the current
+    directory, so ``--out ''`` would write there). The CLIs use it as the option's parser."""
+    if str(text).strip() == "":
+        raise DepthmuxError("an empty --out names the current directory; give the run folder's path")
+    return Path(text)
+
+
+def _legacy_run(root: Path) -> bool:
+    """Whether ``root`` (no marker) has the structure of a run folder of an older depthmux."""
+    config = next((name for name in LEGACY_CONFIGS if (root / name).is_file()), None)
+    if config is None:
+        return False
+    try:
+        obj = json.loads((root / config).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(obj, dict) or not all(k in obj for k in LEGACY_CONFIGS[config]):
+        return False
+    if (root / "log.jsonl").is_file() or (root / "teacher").is_dir():
+        return True
+    ckpts = root / "checkpoints"
+    if ckpts.is_dir() and not ckpts.is_symlink():
+        entries = list(ckpts.iterdir())
+        ours = [p for p in entries if (STEP_DIR.match(p.name) and p.is_dir()) or p.name.startswith(".")]
+        if entries and len(ours) == len(entries) and any(STEP_DIR.match(p.name) for p in entries):
+            return True
+    return config == "sweep.json" and any(root.glob("*-train*/teacher*"))
+
+
+def check_out_folder(root: str | os.PathLike) -> None:
+    """The output-folder rule (module docstring): one line unless ``root`` is new, empty, a depthmux
+    run folder (its marker) or an older version's run folder. Reads only: nothing is created, probed
+    or cleaned here."""
+    root = Path(root)
+    if not root.exists() and not root.is_symlink():
+        return
+    if not root.is_dir():
+        raise DepthmuxError(f"--out {root} is not a folder (a file is there); choose a new or empty --out")
+    try:
+        entries = list(root.iterdir())
+    except OSError as e:
+        raise DepthmuxError(f"cannot read the folder {root}: {e.strerror or e}") from None
+    lock = root / ".lock"
+    leftovers = [p for p in entries if not (p == lock and p.is_file() and not p.is_symlink() and _size(p) == 0)]
+    if not leftovers:
+        return
+    marker = root / MARKER
+    if marker.is_file() and not marker.is_symlink():
+        return
+    if _legacy_run(root):
+        return
+    raise DepthmuxError(f"{root} {REFUSED}")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 class RunFolder:
@@ -60,7 +151,8 @@ class RunFolder:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[RunFolder]:
-        """Hold ``<root>/.lock`` exclusively for the ``with`` block (released on exit or process death)."""
+        """Hold ``<root>/.lock`` exclusively for the ``with`` block (released on exit or process death);
+        the folder must pass :meth:`check_writable` first, and gets the run marker."""
         self.check_writable()
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -74,6 +166,8 @@ class RunFolder:
         try:
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
+            if not (self.root / MARKER).is_file():
+                atomic_write_text(self.root / MARKER, MARKER_TEXT)
             yield self
         finally:
             os.ftruncate(fd, 0)
@@ -81,7 +175,9 @@ class RunFolder:
             os.close(fd)
 
     def check_writable(self) -> None:
-        """Create the folder and check a file can be written there, before any expensive work."""
+        """Refuse a folder that is not ours (:func:`check_out_folder`), then create it and check a file
+        can be written there, before any expensive work."""
+        check_out_folder(self.root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".write-test-{os.getpid()}.tmp"
