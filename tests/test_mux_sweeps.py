@@ -16,6 +16,7 @@ from depthmux.multiplexing.evaluation import GroupedScore
 from depthmux.recipes.mux import ExperimentConfig, MuxTrainConfig
 from depthmux.recipes.mux_sweeps import SweepConfig, SweepPoint, aggregate, pareto_front, run_sweep
 from depthmux.recipes.reports import ResultRow
+from depthmux.utils.run_folder import MARKER
 
 POS, NEG = ["good", "great", "fun"], ["bad", "awful", "dull"]
 FILL = ["the", "movie", "plot", "a", "was", "really", "and", "story"]
@@ -112,6 +113,9 @@ def test_sweep_refuses_other_settings_and_foreign_folders(sweep_setup):
     (root / "experiment").mkdir()
     (root / "experiment" / "experiment.json").write_text("{}")
     cfg.out_dir = str(root / "experiment")
+    with pytest.raises(DepthmuxError, match="holds files that are not a depthmux run"):  # no marker: not ours
+        run_sweep(cfg, progress=False)
+    (root / "experiment" / MARKER).write_text("")  # another depthmux run's folder
     with pytest.raises(DepthmuxError, match="holds something other than a sweep"):
         run_sweep(cfg, progress=False)
 
@@ -120,7 +124,7 @@ def test_sweep_cli_bad_lists_are_one_line(capsys):
     for argv, message in [
         (["--lambda", "0,x"], "--lambda must be comma-separated numbers"),
         (["--seeds", "0,0"], "--seeds repeats a value"),
-        (["--lambda", "-1"], "--lambda must be a finite number in [0.0, inf)"),
+        (["--lambda", "-1"], "--lambda must be a finite number in [0.0, 100.0]"),
         (["--max-train", "-5"], "--max-train sizes must be >= 1"),
     ]:
         with pytest.raises(SystemExit) as code:

@@ -32,7 +32,13 @@ app = typer.Typer(
 )
 out_console = Console(width=None if sys.stdout.isatty() else 120)
 
-TaskOpt = Annotated[str, typer.Option(help="sst2 | mrpc | rte | qnli (GLUE, needs --data-dir) or tweets (embedded).")]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="sst2 | mrpc | rte | qnli (GLUE, needs --data-dir) or tweets (embedded, the default); "
+        "not with --train/--dev."
+    ),
+]
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(help="Folder with GLUE TSVs (SST-2/, MRPC/, ...); default $DEPTHMUX_GLUE_DIR or ../shared/data/glue."),
@@ -85,8 +91,20 @@ PatienceOpt = Annotated[
 ]
 MinStepsOpt = Annotated[
     int | None,
-    typer.Option(help="Small data: raise the epochs (up to 50) until this many optimizer steps (0: off; default 600)."),
+    typer.Option(
+        help="Small data: raise the epochs (up to 50) until this many optimizer steps (0: off; default 600, "
+        "or 0 when --epochs is given); a raise is said in one line before training."
+    ),
 ]
+EpochsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Training epochs over the (sub-sampled) train split. Default 3, raised on small data by --min-steps; "
+        "an explicit --epochs is trained as given (unless --min-steps is given too)."
+    ),
+]
+LambdaInfoOpt = Annotated[float, typer.Option(help="λ, weight of the InfoNCE term (SPEC 1.3), in [0, 100].")]
+TauOpt = Annotated[float, typer.Option(help="InfoNCE temperature τ, in [0.001, 10].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
@@ -118,9 +136,14 @@ def _columns(values: list[str] | None) -> list[str] | None:
 
 
 def _data_options(task, data_dir, train_file, dev_file, val_file, text_column, label_column, val_split) -> dict:
-    """The data settings of an :class:`~depthmux.recipes.mux.ExperimentConfig`, from the shared options."""
+    """The data settings of an :class:`~depthmux.recipes.mux.ExperimentConfig`, from the shared options;
+    ``task`` is None when ``--task`` was not given (then the embedded tweets, unless files are given)."""
+    require(
+        task is None or not (train_file or dev_file or val_file),
+        f"give --task {task} or --train/--dev files, not both (the files would replace the task)",
+    )
     return dict(
-        task=task,
+        task=task or "tweets",
         data_dir=str(data_dir) if data_dir else None,
         train_file=str(train_file) if train_file else None,
         dev_file=str(dev_file) if dev_file else None,
@@ -131,12 +154,18 @@ def _data_options(task, data_dir, train_file, dev_file, val_file, text_column, l
     )
 
 
-def _small_data_recipe(patience: int | None, min_steps: int | None) -> dict:
-    """``--patience``/``--min-steps``, unset ones from :data:`depthmux.recipes.mux.SMALL_DATA_RECIPE`."""
-    from depthmux.recipes.mux import SMALL_DATA_RECIPE
+def _small_data_recipe(epochs: int | None, patience: int | None, min_steps: int | None) -> dict:
+    """``--epochs``/``--patience``/``--min-steps``, unset ones from
+    :data:`depthmux.recipes.mux.SMALL_DATA_RECIPE`. An explicit ``--epochs`` is trained as given: the
+    ``--min-steps`` default (which raises the epochs on small data) then does not apply; an explicit
+    ``--min-steps`` still does."""
+    from depthmux.recipes.mux import DEFAULT_EPOCHS, SMALL_DATA_RECIPE
 
     given = {"patience": patience, "min_steps": min_steps}
-    return {k: SMALL_DATA_RECIPE[k] if v is None else v for k, v in given.items()}
+    recipe = {k: SMALL_DATA_RECIPE[k] if v is None else v for k, v in given.items()}
+    if epochs is not None and min_steps is None:
+        recipe["min_steps"] = 0
+    return {"epochs": DEFAULT_EPOCHS if epochs is None else epochs, **recipe}
 
 
 def _threads(threads: int | None) -> None:
@@ -161,7 +190,7 @@ def _run_experiment(cfg, threads: int | None, as_json: bool) -> None:
 
 @app.command()
 def train(
-    task: TaskOpt = "tweets",
+    task: TaskOpt = None,
     data_dir: DataDirOpt = None,
     train_file: TrainFileOpt = None,
     dev_file: DevFileOpt = None,
@@ -182,11 +211,11 @@ def train(
     mixer: Annotated[
         str, typer.Option(help="reversible | vanilla | datamux | ora (comma-separated for several).")
     ] = "reversible",
-    epochs: Annotated[int, typer.Option(help="Training epochs over the (sub-sampled) train split.")] = 3,
+    epochs: EpochsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Training batch size (inputs, not groups).")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate for the adapters.")] = 1e-3,
-    lambda_info: Annotated[float, typer.Option(help="λ, weight of the InfoNCE term (SPEC 1.3).")] = 0.25,
-    tau: Annotated[float, typer.Option(help="InfoNCE temperature τ.")] = 0.05,
+    lambda_info: LambdaInfoOpt = 0.25,
+    tau: TauOpt = 0.05,
     max_train: Annotated[int, typer.Option(help="Sub-sample the train split to this many examples (0: all).")] = 8000,
     shuffles: Annotated[int, typer.Option(help="Random groupings of the dev set for mean ± std (SPEC 1.4).")] = 10,
     bench: Annotated[bool, typer.Option(help="Also measure teacher vs multiplexed samples/s.")] = True,
@@ -231,13 +260,12 @@ def train(
         resume=resume,
         device=device,
         train=MuxTrainConfig(
-            epochs=epochs,
             batch_size=batch_size,
             lr=lr,
             lambda_info=lambda_info,
             tau=tau,
             seed=seed,
-            **_small_data_recipe(patience, min_steps),
+            **_small_data_recipe(epochs, patience, min_steps),
         ),
     )
     cfg.out_dir = str(out) if out is not None else f"runs/mux-{cfg.dataset}"
@@ -331,7 +359,9 @@ def bench(
     n: Annotated[int, typer.Option(help="Inputs per pass (without --checkpoint).")] = 2,
     prefill_layers: Annotated[int, typer.Option(help="l (without --checkpoint).")] = 0,
     mixer: Annotated[str, typer.Option(help="Mixer (without --checkpoint).")] = "reversible",
-    task: TaskOpt = "tweets",
+    task: Annotated[
+        str, typer.Option(help="sst2 | mrpc | rte | qnli (GLUE, needs --data-dir) or tweets (embedded).")
+    ] = "tweets",
     data_dir: DataDirOpt = None,
     samples: Annotated[int, typer.Option(help="Dev inputs timed per repetition.")] = 512,
     batch_size: Annotated[int, typer.Option(help="Inputs per batch, the same for both paths.")] = 64,
@@ -380,13 +410,19 @@ def bench(
         f"  speedup {r.speedup:.2f}x (min {r.speedup_min:.2f}, max {r.speedup_max:.2f}); ceiling "
         f"L/(l+(L-l)/N) = {r.ceiling:.2f}x; {100 * r.fraction_of_ceiling:.0f}% of ceiling"
     )
+    if r.busy():
+        out_console.print(f"  warning: {r.busy()}")
 
 
 @app.command()
 def sweep(
     task: Annotated[
-        str, typer.Option(help="Built-in task(s), comma-separated (sst2,mrpc,rte,qnli need --data-dir), or tweets.")
-    ] = "tweets",
+        str | None,
+        typer.Option(
+            help="Built-in task(s), comma-separated (sst2,mrpc,rte,qnli need --data-dir), or tweets (the default); "
+            "not with --train/--dev."
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     train_file: TrainFileOpt = None,
     dev_file: DevFileOpt = None,
@@ -408,7 +444,7 @@ def sweep(
     max_train: Annotated[
         str, typer.Option(help="Train-set sizes, comma-separated (0: all); several give a learning curve.")
     ] = "8000",
-    epochs: Annotated[int, typer.Option(help="Epochs per cell (raised for small data by --min-steps).")] = 3,
+    epochs: EpochsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Training batch size (inputs, not groups).")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate for the adapters.")] = 1e-3,
     patience: PatienceOpt = None,
@@ -434,9 +470,18 @@ def sweep(
     from depthmux.recipes.mux_sweeps import SweepConfig, aggregate, run_sweep, sweep_markdown
 
     _threads(threads)
-    tasks = [t.strip() for t in task.split(",") if t.strip()] or [task]
+    tasks = [t.strip() for t in (task or "tweets").split(",") if t.strip()] or [task]
     experiment = ExperimentConfig(
-        **_data_options(tasks[0], data_dir, train_file, dev_file, val_file, text_column, label_column, val_split),
+        **_data_options(
+            None if task is None else tasks[0],
+            data_dir,
+            train_file,
+            dev_file,
+            val_file,
+            text_column,
+            label_column,
+            val_split,
+        ),
         teacher=teacher,
         finetune=FinetuneConfig(epochs=finetune_epochs, lr=finetune_lr, seed=seed),
         model=model,
@@ -449,7 +494,7 @@ def sweep(
         bench_repetitions=repetitions,
         device=device,
         train=MuxTrainConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, **_small_data_recipe(patience, min_steps)
+            batch_size=batch_size, lr=lr, seed=seed, **_small_data_recipe(epochs, patience, min_steps)
         ),
     )
     cfg = SweepConfig(

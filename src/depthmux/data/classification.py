@@ -243,6 +243,16 @@ def _load_tweets(split: str) -> ClassificationDataset:
     )
 
 
+def task_label_names(name: str) -> list[list[str]]:
+    """The label names of a built-in task, by index: as :func:`load_task` names them, then (GLUE) as the
+    files write them when that differs (SST-2: ``["negative", "positive"]``, ``["0", "1"]``)."""
+    name = task_name(name)
+    if name == TWEETS:
+        return [["negative", "positive"]]
+    readable, written = _READABLE_LABELS.get(name), list(TASKS[name].label_names)
+    return [readable, written] if readable else [written]
+
+
 def task_name(name: str) -> str:
     """The canonical task name (``"SST-2"`` -> ``"sst2"``); one line if unknown."""
     canonical = name.lower().replace("-", "") if isinstance(name, str) else name

@@ -9,13 +9,20 @@
   the label column's values as written (sorted numerically when they are all integers);
 * the data set is named after the train file's stem (``reviews.csv`` -> ``reviews``).
 
-Every problem is one line naming the file (and row): an unknown extension, an empty file, a
-missing column, a blank text, a missing label, a label that appears in dev (or validation) but
-never in train.
+Every problem is one line naming the file (and row): a folder or a missing file, an unknown
+extension, an empty file, a missing column, a blank text, a missing label, a label that appears in
+dev (or validation) but never in train.
+
+CSV and TSV files hold one row per line: a quoted field that runs on past its line, or a quote
+that never closes cleanly, is refused naming the line where it opens (:func:`check_quotes`). An
+unbalanced quote otherwise merges the rows up to the next quote into one text, without a word; a
+text that really spans lines cannot be told apart from that, so it belongs in a JSON lines file.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 import tempfile
@@ -78,9 +85,9 @@ class UserDataSpec:
         )
         check_float("--val-split", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
         check_seed("split seed", self.seed)
-        for path in (self.train_file, self.dev_file, self.val_file):
+        for option, path in (("--train", self.train_file), ("--dev", self.dev_file), ("--val", self.val_file)):
             if path is not None:
-                file_format(path)
+                check_data_file(path, option)
         return self
 
     @property
@@ -99,6 +106,39 @@ def file_format(path: str | os.PathLike) -> tuple[str, dict]:
     return FORMATS[suffix]
 
 
+def check_data_file(path: str | os.PathLike, option: str = "data file") -> tuple[str, dict]:
+    """:func:`file_format` of an existing file: one line for a folder, a missing path or an unknown
+    extension (checked up front, before any work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DepthmuxError(f"{option} {path} is a directory, not a data file: name a file inside it")
+    fmt = file_format(path)
+    if not path.is_file():
+        raise DepthmuxError(f"data file not found: {path}")
+    return fmt
+
+
+def check_quotes(path: str | os.PathLike, delimiter: str) -> None:
+    """One line naming the line where a quoted field of a CSV/TSV file opens, when it runs on past that
+    line or never closes cleanly (module docstring). A file that is not UTF-8 is left to the reader."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    line = 1  # where the next record starts
+    try:
+        for _ in reader:
+            if reader.line_num > line:
+                raise DepthmuxError(
+                    f"{path}: line {line}: a quoted field runs on to line {reader.line_num} (an unbalanced quote "
+                    "merges rows); close the quote, or use JSON lines for texts with line breaks"
+                )
+            line = reader.line_num + 1
+    except csv.Error as e:
+        raise DepthmuxError(f"{path}: line {line}: unbalanced quote ({e}); close or remove it") from None
+
+
 def read_table(path: str | os.PathLike, columns: list[str]) -> dict[str, list]:
     """The named columns of a data file as Python lists, read by ``datasets`` from the local file.
 
@@ -108,12 +148,12 @@ def read_table(path: str | os.PathLike, columns: list[str]) -> dict[str, list]:
     import datasets
 
     path = Path(path)
-    builder, kwargs = file_format(path)
-    if not path.is_file():
-        raise DepthmuxError(f"data file not found: {path}")
+    builder, kwargs = check_data_file(path)
     size = path.stat().st_size
     if size == 0 or (builder != "parquet" and size <= 4096 and is_blank(path.read_bytes().decode("utf-8", "replace"))):
         raise DepthmuxError(f"{path}: file is empty")
+    if builder == "csv":
+        check_quotes(path, kwargs.get("sep", ","))
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our one line says it
     with tempfile.TemporaryDirectory(prefix="depthmux-data-") as cache:

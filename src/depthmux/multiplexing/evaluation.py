@@ -3,11 +3,14 @@
 Accuracy is computed from the feature cache through each classifier's ``logits_from_cache``,
 which is the same computation as its ``forward`` on the raw inputs (same grouping, padding and
 masks; tested to < 1e-5), so a reported accuracy is the accuracy of the path a user runs. The
-benchmark times that real path, tokenisation excluded.
+benchmark times that real path, tokenisation excluded, and records what says whether the machine was
+busy (:meth:`BenchResult.busy`): the 1-minute load average against the cores, and the spread of the
+per-repetition speedups.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -147,9 +150,43 @@ class BenchResult:
     repetitions: int
     threads: int
     device: str = "cpu"  # where it was timed: "cpu" or the GPU's name
+    load_avg: float | None = None  # the highest 1-minute load average seen while timing (None: unknown)
+    cores: int | None = None  # the cores this process may run on
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def busy(self) -> str | None:
+        """A one-line warning when the figure was taken on a busy machine: a 1-minute load average above
+        the core count (CPU runs), or per-repetition speedups spread over more than
+        :data:`WIDE_SPREAD` of their median; None otherwise."""
+        reasons = []
+        if self.device == "cpu" and self.load_avg is not None and self.cores and self.load_avg > self.cores:
+            reasons.append(f"load {self.load_avg:.1f} on {self.cores} cores")
+        if self.speedup > 0 and (self.speedup_max - self.speedup_min) > WIDE_SPREAD * self.speedup:
+            reasons.append(f"repetitions spread {self.speedup_min:.2f}-{self.speedup_max:.2f}x")
+        if not reasons:
+            return None
+        return f"busy machine ({', '.join(reasons)}): this speedup is unreliable; rerun when the machine is idle"
+
+
+#: Per-repetition speedups spread (max - min) over more than this share of their median: other work
+#: shared the cores while timing (on an idle 2-core machine the spread stays within a few percent).
+WIDE_SPREAD = 0.2
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _time(fn, batches: list[EncodedBatch]) -> float:
@@ -188,9 +225,12 @@ def benchmark(
     mux.eval()
     _time(teacher, batches[:2]), _time(mux, batches[:2])  # warm-up
     t_times, m_times = [], []
+    loads = [_load()]
     for _ in tqdm(range(repetitions), desc="bench", leave=False, disable=not progress):
         t_times.append(_time(teacher, batches))
         m_times.append(_time(mux, batches))
+        loads.append(_load())
+    loads = [x for x in loads if x is not None]
     ratios = [t / m for t, m in zip(t_times, m_times, strict=True)]
     cfg = mux.config
     ceiling = speedup_ceiling(body.num_layers, cfg.prefill_layers, cfg.n)
@@ -211,4 +251,6 @@ def benchmark(
         repetitions,
         torch.get_num_threads(),
         device_name(body.device),
+        max(loads) if loads else None,
+        _cores(),
     )

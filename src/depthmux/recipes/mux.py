@@ -42,9 +42,10 @@ from depthmux.data import (
     load_task,
     load_user_file,
     load_user_splits,
+    task_label_names,
     task_name,
 )
-from depthmux.data.user_files import DEFAULT_VAL_FRACTION, file_format, read_texts
+from depthmux.data.user_files import DEFAULT_VAL_FRACTION, check_data_file, read_texts
 from depthmux.errors import DepthmuxError, require
 from depthmux.multiplexing.evaluation import BenchResult, GroupedScore, benchmark, evaluate_grouped
 from depthmux.multiplexing.features import FeatureCache, build_feature_cache
@@ -73,6 +74,13 @@ def _check_int_list(name: str, values, minimum: int) -> None:
     require(isinstance(values, list) and len(values) >= 1, f"{name} must list at least one value, got {values!r}")
     for v in values:
         check_int(name, v, minimum)
+    _check_no_repeats(name, values)
+
+
+def _check_no_repeats(name: str, values: list) -> None:
+    """A grid axis naming a value twice would train the same cell into the same folder twice."""
+    repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+    require(not repeated, f"{name} repeats {', '.join(map(str, repeated))}: give each value once")
 
 
 @dataclass
@@ -139,6 +147,10 @@ class ExperimentConfig:
         """One line for the first invalid setting (CLI option names); returns self."""
         spec = self.user_data()
         if spec is not None:
+            require(
+                self.task == "tweets",
+                f"give --task {self.task} or --train/--dev files, not both (the files would replace the task)",
+            )
             spec.validate()
         else:
             task_name(self.task)
@@ -158,6 +170,7 @@ class ExperimentConfig:
         require(isinstance(self.mixers, list) and len(self.mixers) >= 1, "--mixer must name at least one mixer")
         for m in self.mixers:
             require(m in MIXERS, f"unknown mixer {m!r}: choose one of {list(MIXERS)}")
+        _check_no_repeats("--mixer", self.mixers)
         require(
             self.max_train is None or (isinstance(self.max_train, int) and self.max_train >= 1),
             f"--max-train must be >= 1 (or 0 for the whole train split), got {self.max_train!r}",
@@ -225,6 +238,9 @@ EXPERIMENT_KEYS = (
 #: 6400 examples at batch 32 the 3 epochs already take more) and early stopping after ``patience``
 #: epochs without a better validation accuracy.
 SMALL_DATA_RECIPE = {"min_steps": 600, "patience": 3}
+#: ``--epochs`` when not given (then :data:`SMALL_DATA_RECIPE`'s ``min_steps`` may raise it; an explicit
+#: ``--epochs`` is trained as given unless ``--min-steps`` is given too).
+DEFAULT_EPOCHS = MuxTrainConfig().epochs
 
 #: The main job (``depthmux mux run`` / ``make run``): N = 2, l = 1 on the embedded tweets, sized to
 #: finish within 15 minutes on a 2-core CPU, install included.
@@ -542,7 +558,7 @@ class MuxEvalConfig:
         if self.dev_file is not None:
             require(self.task is None, "give --task or --dev FILE, not both")
             require(self.split == "dev", "--split chooses a task's split; a --dev FILE is evaluated whole")
-            file_format(self.dev_file)
+            check_data_file(self.dev_file, "--dev")
         else:
             require(
                 self.text_columns is None and self.label_column is None,
@@ -577,6 +593,18 @@ class MuxEvalReport:
         }
 
 
+def _check_task_labels(checkpoint: str, label_names: list[str], task: str) -> None:
+    """A checkpoint is scored on a task only if its labels are the task's, in order (by name as
+    :func:`load_task` gives them, or as the task's files write them): else its predictions mean
+    something else, and the accuracy would be meaningless."""
+    names = task_label_names(task)
+    require(
+        list(label_names) in names,
+        f"{checkpoint} predicts the labels {list(label_names)}, but {task_name(task)} has the labels {names[0]}: "
+        "evaluate it on data with its own labels (--dev FILE)",
+    )
+
+
 def evaluate_checkpoint(cfg: MuxEvalConfig, progress: bool = True) -> MuxEvalReport:
     """Accuracy (and F1) of a checkpoint over ``cfg.shuffles`` random groupings, and its teacher's."""
     cfg.validate()
@@ -595,6 +623,8 @@ def evaluate_checkpoint(cfg: MuxEvalConfig, progress: bool = True) -> MuxEvalRep
             f"{cfg.checkpoint} was trained on the user's data set {task!r}: evaluate it with --dev FILE "
             "(and its --text-column/--label-column)",
         )
+        if task_name(task) != model.config.task:  # another task than the checkpoint's own
+            _check_task_labels(cfg.checkpoint, model.config.label_names, task)
         data = load_task(task, cfg.split, cfg.data_dir)
     cache = build_feature_cache(model.body, data, model.cache_layers)
     if isinstance(model, TeacherClassifier):
@@ -633,7 +663,7 @@ class MuxBenchConfig:
     def validate(self) -> MuxBenchConfig:
         task_name(self.task)
         if self.texts_file is not None:
-            file_format(self.texts_file)
+            check_data_file(self.texts_file, "--dev")
         else:
             require(self.text_columns is None, "--text-column names the column(s) of a --dev FILE")
         check_int("--n", self.n, 2)

@@ -44,6 +44,7 @@ from depthmux.recipes.mux import (
     stored_keys,
 )
 from depthmux.recipes.reports import ResultRow, row_from_dict, row_line
+from depthmux.training.mux import LAMBDA_RANGE
 from depthmux.utils.checkpoint import atomic_write_text, read_json
 from depthmux.utils.checks import check_float, check_seed
 from depthmux.utils.run_folder import RunFolder
@@ -82,7 +83,7 @@ class SweepConfig:
             require(len(set(self.tasks)) == len(self.tasks), f"--task repeats a task: {self.tasks}")
         require(isinstance(self.lambdas, list) and self.lambdas, "--lambda must list at least one value")
         for lam in self.lambdas:
-            check_float("--lambda", lam, 0.0)
+            check_float("--lambda", lam, *LAMBDA_RANGE)
         require(isinstance(self.seeds, list) and self.seeds, "--seeds must list at least one seed")
         for s in self.seeds:
             check_seed("--seeds", s)

@@ -90,9 +90,16 @@ def class_counts(rows: list[ResultRow], label_names: list[str] | None = None) ->
 def row_line(r: ResultRow) -> str:
     """One line per finished configuration, for the progress log."""
     speed = f", speedup {r.bench.speedup:.2f}x (ceiling {r.bench.ceiling:.2f}x)" if r.bench else ""
+    if r.bench and r.bench.busy():
+        speed += f" [warning: {r.bench.busy()}]"
     return (
         f"N={r.n} l={r.prefill_layers} {r.mixer}: accuracy {r.accuracy} (teacher {100 * r.teacher_accuracy:.2f}){speed}"
     )
+
+
+def _busy_warnings(rows: list[ResultRow]) -> list[str]:
+    """:meth:`BenchResult.busy` of each timed configuration that has one."""
+    return [f"N={r.n} l={r.prefill_layers} {r.mixer}: {r.bench.busy()}" for r in rows if r.bench and r.bench.busy()]
 
 
 def _teacher_kind(rows: list[ResultRow]) -> str:
@@ -106,7 +113,11 @@ def results_table(rows: list[ResultRow], task: str, label_names: list[str] | Non
     t = Table(
         title=f"RevMUX on {task}: teacher (N=1, {_teacher_kind(rows)}) vs multiplexed, dev accuracy over random "
         "groupings",
-        caption=f"dev examples per class: {class_counts(rows, label_names)}" if f1 else None,
+        caption="\n".join(
+            ([f"dev examples per class: {class_counts(rows, label_names)}"] if f1 else [])
+            + [f"warning: {w}" for w in _busy_warnings(rows)]
+        )
+        or None,
     )
     columns = ["N", "l", "mixer", "accuracy % (mean ± std)"]
     columns += [f"{f1} F1 %"] if f1 else []
@@ -139,6 +150,7 @@ def results_markdown(rows: list[ResultRow], task: str, label_names: list[str] | 
     )
     intro = f"RevMUX on {task}, teacher: {_teacher_kind(rows)}"
     intro += f"; dev examples per class: {class_counts(rows, label_names)}" if f1 else ""
+    intro += "".join(f"\n\nwarning: {w}" for w in _busy_warnings(rows))
     lines = [intro, "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         b = r.bench

@@ -11,6 +11,9 @@ The run folder (:class:`depthmux.utils.run_folder.RunFolder`, the layout ``lm tr
     best/                       the adapters that scored best on the validation split (never the
                                 reported split, SPEC 1.4)
 
+A step whose loss is not finite, or finite but over :data:`EXPLODED_FACTOR` times the run's first step
+loss, stops the run with one line before the optimizer takes it; ``best/`` is then not written.
+
 Data order depends only on (seed, epoch) and the epoch's running sums are checkpointed, so a run
 resumed at any step ends exactly where an uninterrupted run would, its log included.
 """
@@ -18,6 +21,7 @@ resumed at any step ends exactly where an uninterrupted run would, its log inclu
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +41,15 @@ from depthmux.utils.seed import capture_rng_state, restore_rng_state
 
 #: The most epochs ``min_steps`` may ask for (the paper's 50 for BERT/T5, SPEC 1.3).
 MAX_EPOCHS = 50
+#: ``--tau`` range: cosine / τ stays within ±1000 (τ below it gives logits and a loss of 1e28 that no
+#: optimizer step undoes); above 10 the InfoNCE term is flat (nothing to learn from it).
+TAU_RANGE = (1e-3, 10.0)
+#: ``--lambda-info`` range: the paper's λ is 0.25 (SPEC 1.3); past 100 the task loss is a rounding
+#: error next to the InfoNCE term (λ = 1e30 trained a below-chance model).
+LAMBDA_RANGE = (0.0, 100.0)
+#: A step whose loss is above this many times the run's first step loss stops the run, as a
+#: non-finite loss does (finite but exploding: a too high --lr); nothing is saved as best.
+EXPLODED_FACTOR = 100.0
 
 
 @dataclass
@@ -58,8 +71,8 @@ class MuxTrainConfig:
         check_int("--batch-size", self.batch_size, 1)
         check_float("--lr", self.lr, 0.0, low_open=True)
         check_float("weight decay", self.weight_decay, 0.0)
-        check_float("--lambda-info", self.lambda_info, 0.0)
-        check_float("--tau", self.tau, 0.0, low_open=True)
+        check_float("--lambda-info", self.lambda_info, *LAMBDA_RANGE)
+        check_float("--tau", self.tau, *TAU_RANGE)
         check_seed("--seed", self.seed)
         check_int("save_every", self.save_every, 0)
         check_int("--patience", self.patience, 0)
@@ -118,6 +131,19 @@ def _check_finite(named: dict[str, torch.Tensor], what: str) -> None:
         raise DepthmuxError(f"non-finite adapter weights ({bad[0]}) {what}: nothing saved; lower --lr")
 
 
+def _check_loss(loss: float, first: float | None, epoch: int, step: int) -> None:
+    """Stop a run whose loss is not finite, or finite but above :data:`EXPLODED_FACTOR` times its first
+    step loss (``first``; None on the first step): one line, nothing saved as best."""
+    where = f"at epoch {epoch + 1} step {step + 1}"
+    if not math.isfinite(loss):
+        raise DepthmuxError(f"loss is {loss} {where}: stopped, nothing saved as best; lower --lr or raise --tau")
+    if first is not None and first > 0 and loss > EXPLODED_FACTOR * first:
+        raise DepthmuxError(
+            f"loss exploded to {loss:.4g} {where}, over {EXPLODED_FACTOR:g}x its first value {first:.4g}: "
+            "stopped, nothing saved as best; lower --lr"
+        )
+
+
 def train_mux(
     model: MultiplexedClassifier,
     train: FeatureCache,
@@ -164,7 +190,15 @@ def _train(
 ) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val": -1.0, "best_epoch": -1, "history": []}
+    state = {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "global_step": 0,
+        "best_val": -1.0,
+        "best_epoch": -1,
+        "history": [],
+        "first_loss": None,  # the run's first step loss: the reference of the exploding-loss stop
+    }
     sums = {"loss": 0.0, "ce": 0.0, "info": 0.0, "acc": 0.0, "count": 0}
     best_sd = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
     if run is not None:
@@ -180,6 +214,7 @@ def _train(
             load_optimizer_tensors(opt, tensors.get("optimizer", {}), saved["optimizer"])
             restore_rng_state(tensors["rng"], saved["rng"])
             best_sd, state, sums = tensors["best"], saved["position"], saved["sums"]
+            state.setdefault("first_loss", None)  # a checkpoint of an older version
         if not resume:
             run.write_json("train_config", {"train": asdict(cfg), "model": asdict(model.config)})
         run.truncate_log(lambda r: r.get("epoch", 0) <= state["epoch"])  # the history up to the checkpoint
@@ -208,6 +243,13 @@ def _train(
         run.save_checkpoint(state["global_step"], write)
 
     epochs = cfg.planned_epochs(len(train))
+    if progress and epochs > cfg.epochs and state["global_step"] == 0:
+        tqdm.write(
+            f"  N={model.config.n} l={model.config.prefill_layers} {model.config.mixer}: {epochs} epochs, raised "
+            f"from --epochs {cfg.epochs} by --min-steps {cfg.min_steps} on {len(train)} examples "
+            "(give --epochs alone to train exactly that many)",
+            file=sys.stderr,
+        )
     for epoch in range(state["epoch"], epochs):
         if cfg.stops_early(epoch, state["best_epoch"], state["global_step"]):
             break
@@ -225,11 +267,9 @@ def _train(
             logits, recovered = model.forward_from_prefill(hidden, mask)
             labels = train.labels[idx].to(logits.device)
             loss, parts = revmux_loss(logits, labels, recovered, train.teacher[idx], cfg.lambda_info, cfg.tau)
-            if not torch.isfinite(loss):
-                raise DepthmuxError(
-                    f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1}: stopped, nothing "
-                    "saved as best; lower --lr or raise --tau"
-                )
+            _check_loss(loss.item(), state["first_loss"], epoch, step)
+            if state["first_loss"] is None:
+                state["first_loss"] = loss.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
