@@ -263,6 +263,27 @@ CASES: list[tuple[str, list[str]]] = [
     ("convert-recursive-source", ["lm", "convert", "--out", "{out}", "--from", "{lm_model}"]),
     ("convert-out-is-file", [*LM_CONVERT[:2], "--out", "{out_file}", *LM_CONVERT[4:]]),
     ("convert-out-is-user-folder", [*LM_CONVERT[:2], "--out", "{user_dir}", *LM_CONVERT[4:]]),
+    # --- issue 20/21 (mux, output folders)
+    ("mux-out-user-folder", [*MUX_TRAIN[:2], "--out", "{user_dir}", *MUX_TRAIN[4:]]),
+    ("mux-out-empty-string", [*MUX_TRAIN[:2], "--out", "", *MUX_TRAIN[4:]]),
+    ("run-out-user-folder", ["mux", "run", "--out", "{user_dir}"]),
+    ("run-out-empty-string", ["mux", "run", "--out", ""]),
+    ("sweep-out-user-folder", ["mux", "sweep", "--out", "{user_dir}", "--no-bench", "--max-train", "64", "--seeds", "0",
+                               "--n", "2", "--shuffles", "1"]),
+    ("sweep-out-empty-string", ["mux", "sweep", "--out", "", "--no-bench", "--max-train", "64", "--seeds", "0",
+                                "--n", "2", "--shuffles", "1"]),
+    ("lm-out-user-folder", [*LM_TRAIN[:2], "--out", "{user_dir}", *LM_TRAIN[4:]]),
+    ("lm-out-empty-string", [*LM_TRAIN[:2], "--out", "", *LM_TRAIN[4:]]),
+    ("mux-task-and-files", [*MUX_TRAIN, "--task", "rte", "--train", "{csv_train}", "--dev", "{csv_dev}"]),
+    ("mux-csv-unbalanced-quote", [*MUX_TRAIN, "--train", "{csv_quote}", "--dev", "{csv_dev}"]),
+    ("mux-n-repeated", [*MUX_TRAIN, "--n", "2,2"]),
+    ("mux-l-repeated", [*MUX_TRAIN, "--prefill-layers", "0,1,0"]),
+    ("mux-mixer-repeated", [*MUX_TRAIN, "--mixer", "reversible,reversible"]),
+    ("mux-tau-tiny", [*MUX_TRAIN, "--tau", "1e-30"]),
+    ("mux-lambda-huge", [*MUX_TRAIN, "--lambda-info", "1e30"]),
+    ("sweep-lambda-huge", ["mux", "sweep", "--out", "{out}", "--no-bench", "--max-train", "64", "--seeds", "0",
+                           "--n", "2", "--shuffles", "1", "--lambda", "0.25,1e30"]),
+    ("eval-task-with-other-labels", [*MUX_EVAL[:2], "{ck_three_class}", "--task", "sst2", "--data-dir", "{glue_good}"]),
 ]
 # fmt: on
 
@@ -359,6 +380,14 @@ def bad(tmp_path_factory):
     (p["lm_run_truncated"] / "train_config.json").write_text('{"model": {"sharing": "cyc')
     (p["lm_run_truncated"] / "log.jsonl").write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "lo')
 
+    # issue 20/21 (mux): the user's own files, good and with a stray quote that merges rows
+    p["glue_good"] = _write_glue(root, "glue_good", header + GOOD_ROWS.encode())
+    rows = [f"a fine sentence number {i},{i % 2}\n" for i in range(40)]
+    stray = [*rows[:10], '"a stray quote,1\n', *rows[10:20], '"closing" it,0\n', *rows[20:]]  # rows 11-21 merge
+    for name, lines in {"csv_train": rows, "csv_dev": rows, "csv_quote": stray}.items():
+        p[name] = root / f"{name}.csv"
+        p[name].write_text("text,label\n" + "".join(lines))
+
     yield {k: str(v) for k, v in p.items()}
     if os.geteuid() != 0:
         p["read_only"].chmod(0o755)
@@ -395,7 +424,19 @@ def mux_checkpoints(tmp_path_factory, bad):
 
     p["ck_bad_tensors"] = _variant(ck, root / "ck-bad-tensors", truncate_tensors)
     p["ck_no_head"] = _variant(ck, root / "ck-no-head", lambda s, d: (d / "head.safetensors").unlink())
+    p["ck_three_class"] = _three_class_checkpoint(root / "ck-three-class")
     return {k: str(v) for k, v in p.items()}
+
+
+def _three_class_checkpoint(path: Path) -> Path:
+    """A RevMUX checkpoint of a model trained on the user's three-class CSV (random adapters)."""
+    from depthmux.backbones import load_backbone
+    from depthmux.multiplexing import LinearProbeHead, MultiplexedClassifier, MuxConfig
+
+    backbone = load_backbone("minilm")
+    config = MuxConfig(n=2, task="moods", label_names=["happy", "neutral", "sad"], readout=backbone.readout_mode)
+    MultiplexedClassifier(config, backbone, LinearProbeHead(backbone.hidden_size, 3)).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="module")
