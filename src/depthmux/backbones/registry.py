@@ -72,7 +72,7 @@ def supported_model_types() -> list[str]:
 def backbone_family(model: str | os.PathLike | None) -> tuple[str, BackboneFamily]:
     """``(model_type, family)`` of a model folder, read from its config.json; one line if unsupported."""
     path = resolve_model_path(model)
-    model_type = check_model_folder(path).get("model_type")
+    model_type = check_model_folder(path, weights=False).get("model_type")
     supported = ", ".join(supported_model_types())
     if not isinstance(model_type, str):
         raise DepthmuxError(

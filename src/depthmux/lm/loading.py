@@ -54,7 +54,7 @@ def pretrained_model_dir(name: str) -> Path:
 def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> CausalLM:
     """Load the causal LM at ``path`` (see :func:`resolve_model_dir`), in eval mode."""
     d = resolve_model_dir(path)
-    model_type = check_model_folder(d).get("model_type")  # every loader below runs it too: one line per defect
+    model_type = check_model_folder(d, weights=False).get("model_type")  # each loader below checks the whole folder
     if model_type == RecursiveConfig.model_type:
         return load_recursive_model(d, dtype=dtype).eval()
     if model_type == EarlyExitConfig.model_type:

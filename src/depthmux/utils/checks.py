@@ -178,11 +178,12 @@ def check_safetensors_file(path) -> None:
         raise DepthmuxError(f"{path} is corrupt: {data - end} bytes after its last tensor")
 
 
-def check_model_folder(path) -> dict:
+def check_model_folder(path, weights: bool = True) -> dict:
     """The one check every model loader runs before transformers or safetensors read a folder: ``path``
     is a folder with a valid ``config.json`` (:func:`check_model_config`) and weights, every
     ``*.safetensors`` file whole (:func:`check_safetensors_file`). Returns the parsed config; anything
-    wrong is one line naming the file and what is wrong with it."""
+    wrong is one line naming the file and what is wrong with it. ``weights=False`` checks the config
+    only (to read the model type before the loader that checks the whole folder is chosen)."""
     from depthmux.utils.checkpoint import read_json
 
     path = Path(path)
@@ -195,6 +196,8 @@ def check_model_folder(path) -> dict:
         config = check_model_config(read_json(config_file, str(path)), config_file)
     except OSError as e:
         raise DepthmuxError(f"cannot read {config_file}: {e.strerror or e}") from None
+    if not weights:
+        return config
     tensors = sorted(path.glob("*.safetensors"))
     if not tensors and not any(path.glob("*.bin")):
         raise DepthmuxError(f"{path} has no weights (model.safetensors or pytorch_model.bin)")
