@@ -42,7 +42,7 @@ from depthmux.recipes.lm import (
     stored_run_specs,
 )
 from depthmux.training.lm import LMTrainConfig, LMTrainResult, train_lm
-from depthmux.utils.checks import check_device, check_float, check_int, check_model_folder
+from depthmux.utils.checks import check_device, check_float, check_int, check_model_folder, check_output_file
 from depthmux.utils.run_folder import RunFolder
 
 __all__ = [
@@ -230,6 +230,10 @@ class EEBenchConfig:
         check_int("--max-new-tokens", self.max_new_tokens, 1)
         check_int("--rounds", self.rounds, 1)
         check_device("--device", self.device)
+        if self.plot is not None:
+            from matplotlib.backend_bases import FigureCanvasBase
+
+            check_output_file("--plot", self.plot, set(FigureCanvasBase.get_supported_filetypes()))
         return self
 
 

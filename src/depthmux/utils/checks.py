@@ -3,13 +3,16 @@
 * numeric settings, shared by every config's ``validate()``, naming the option, the allowed range and
   the value given (so ``nan``, ``inf``, ``0`` or a negative number never reaches a training loop);
 * :func:`check_model_folder`: the one check every model loader runs on a model folder (its
-  ``config.json`` and its weight files), naming the file and what is wrong with it.
+  ``config.json`` and its weight files), naming the file and what is wrong with it;
+* :func:`check_output_file`, :func:`check_writable_parent`: an output path, before the work it will hold.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 from depthmux.errors import DepthmuxError, require
@@ -207,3 +210,34 @@ def check_model_folder(path, weights: bool = True) -> dict:
         except OSError as e:
             raise DepthmuxError(f"cannot read {file}: {e.strerror or e}") from None
     return config
+
+
+# ---------------------------------------------------------------------------------------------
+# output paths: checked before the work whose result they will hold
+
+
+def check_writable_parent(option: str, path) -> None:
+    """One line unless the folder that will hold ``path`` exists (or can be made) and takes a new file:
+    a temporary probe file is written there and removed."""
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".depthmux-write-test-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DepthmuxError(f"{option} {path}: cannot write in {parent} ({e.strerror or e})") from None
+
+
+def check_output_file(option: str, path, extensions=None) -> None:
+    """One line unless ``path`` can become an output file: not a folder, one of ``extensions`` (lower
+    case, without the dot; None: any), in a folder that takes a new file (:func:`check_writable_parent`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DepthmuxError(f"{option} {path} is a folder: give a file name")
+    if extensions is not None and path.suffix.lower().lstrip(".") not in extensions:
+        raise DepthmuxError(
+            f"{option} {path}: unknown file type {path.suffix or '(no extension)'}; use one of "
+            + ", ".join(f".{e}" for e in sorted(extensions))
+        )
+    check_writable_parent(option, path)
