@@ -78,7 +78,7 @@ def test_from_llama_is_exact_and_the_shallow_exit_reads_layer_Ls(tiny_llama_fact
 def test_from_llama_checks_the_exit_layer_first(tiny_llama_factory, tmp_path):
     with pytest.raises(DepthmuxError, match=r"in 1\.\.1 \(the model has 2 layers\), got 2"):
         from_llama(tiny_llama_factory(), exit_layer=2)
-    with pytest.raises(DepthmuxError, match=r"no model folder with a config\.json"):
+    with pytest.raises(DepthmuxError, match=r"no model folder at"):
         from_llama(tmp_path / "missing", exit_layer=1)
 
 

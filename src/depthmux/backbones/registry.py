@@ -19,7 +19,7 @@ from depthmux.backbones.encoder import DebertaV2Backbone, HFEncoderBackbone, Mod
 from depthmux.backbones.loading import DEFAULT_MODEL, resolve_model_path
 from depthmux.backbones.seq2seq import HFSeq2SeqBackbone
 from depthmux.errors import DepthmuxError
-from depthmux.utils.checkpoint import read_json
+from depthmux.utils.checks import check_model_folder
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,7 @@ def supported_model_types() -> list[str]:
 def backbone_family(model: str | os.PathLike | None) -> tuple[str, BackboneFamily]:
     """``(model_type, family)`` of a model folder, read from its config.json; one line if unsupported."""
     path = resolve_model_path(model)
-    config = read_json(path / "config.json", f"model folder {path}")
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    model_type = check_model_folder(path, weights=False).get("model_type")
     supported = ", ".join(supported_model_types())
     if not isinstance(model_type, str):
         raise DepthmuxError(

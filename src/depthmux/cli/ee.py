@@ -24,6 +24,7 @@ app = typer.Typer(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     out: opt.RunOutOpt,
     source: str = typer.Option(
         "smollm2", "--from", help="smollm2 (packaged SmolLM2-135M) or a LLaMA model folder (its tokenizer is used)."
@@ -63,6 +64,9 @@ def train(
         checkpoint_every=checkpoint_every, eval_every=eval_every, progress=progress, corpus=corpus,
         block_size=block_size, holdout=holdout, max_train_blocks=max_train_blocks, max_eval_blocks=max_eval_blocks,
     )  # fmt: skip
+    if resume:
+        sections = {"train": cfg, "data": data_spec, "ee_model": model_spec}
+        opt.refuse_changed_settings(ctx, out, sections, stored_as={"ee_model.exit_layer": "exit.exit_layer"})
     res = run_ee_train(model_spec, data_spec, cfg)
     msg = f"step {res.step}: train loss {res.train_loss:.4f}, {res.train_flops:.3e} training FLOPs"
     if res.eval:

@@ -32,6 +32,7 @@ _SHARING = "none (vanilla) | cycle | sequence | middle_cycle | middle_sequence"
 
 @app.command()
 def train(
+    ctx: typer.Context,
     out: opt.RunOutOpt,
     corpus: opt.CorpusOpt = "shakespeare",
     tokenizer: str = typer.Option(
@@ -108,6 +109,8 @@ def train(
         tokenizer=tokenizer, block_size=block_size, holdout=holdout, max_train_blocks=max_train_blocks,
         max_eval_blocks=max_eval_blocks,
     )  # fmt: skip
+    if resume:
+        opt.refuse_changed_settings(ctx, out, {"train": cfg, "data": data_spec, "model_spec": model_spec})
     res = run_lm_train(model_spec, data_spec, cfg)
     msg = f"step {res.step}: train loss {res.train_loss:.4f}, {res.train_flops:.3e} training FLOPs"
     if res.eval:
@@ -197,6 +200,28 @@ def _stop_token_ids(stops: list[str], tokenizer) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def _prompt_lines(file: Path) -> list[str]:
+    """The non-blank lines of a UTF-8 text file; a folder, a missing file, another encoding or binary
+    content is one line naming the file."""
+    if file.is_dir():
+        raise DepthmuxError(f"--file {file} is a folder: give a text file with one prompt per line")
+    if not file.is_file():
+        raise DepthmuxError(f"--file {file}: no such file")
+    try:
+        raw = file.read_bytes()
+    except OSError as e:
+        raise DepthmuxError(f"--file {file}: cannot read it ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DepthmuxError(
+            f"--file {file} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): save it as UTF-8"
+        ) from None
+    if "\x00" in text:
+        raise DepthmuxError(f"--file {file} holds NUL bytes (offset {text.index(chr(0))}): not a text file")
+    return [line for line in text.splitlines() if line.strip()]
+
+
 @app.command()
 def generate(
     prompts: list[str] | None = typer.Argument(None, help="Prompts (each one request)."),
@@ -219,9 +244,7 @@ def generate(
     quiet_transformers()
     texts = list(prompts or [])
     if file is not None:
-        if not file.is_file():
-            raise DepthmuxError(f"--file {file}: no such file")
-        texts += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts += _prompt_lines(file)
     if not texts:
         raise DepthmuxError("no prompts: give them as arguments or with --file")
     if any(not t.strip() for t in texts):

@@ -55,7 +55,8 @@ ResumeOpt = Annotated[
     bool,
     typer.Option(
         "--resume",
-        help="Continue the run in --out from its last checkpoint with its stored settings (exactly reproducible).",
+        help="Continue the run in --out from its last checkpoint with its stored settings (exactly reproducible); "
+        "an option given again with another value than the stored one is refused, naming it.",
     ),
 ]
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
@@ -69,14 +70,15 @@ def quiet_transformers() -> None:
 
 
 def train_loop_config(out: Path, *, resume: bool, steps, warmup, **fields):
-    """The generic LM loop's settings. Unless resuming (the run's stored settings are used then), they
-    are validated here and a warmup longer than ``--steps`` (the default with a short run) is cut to
-    ``--steps``."""
+    """The generic LM loop's settings. A warmup longer than ``--steps`` (the default with a short run) is
+    cut to ``--steps``. Unless resuming (the run's stored settings are used then, see
+    :func:`refuse_changed_settings`), they are validated here."""
     from depthmux.training.lm import LMTrainConfig
 
     cfg = LMTrainConfig(out_dir=str(out), resume=resume, steps=steps, warmup_steps=warmup, **fields)
     if not resume:
         cfg.validate()
+    if isinstance(cfg.warmup_steps, int) and isinstance(cfg.steps, int):
         cfg.warmup_steps = min(cfg.warmup_steps, cfg.steps)
     return cfg
 
@@ -96,3 +98,52 @@ def loop_specs(out: Path, *, resume: bool, seed: int, **options):
     if not resume:
         data_spec.validate()
     return cfg, data_spec
+
+
+#: parameters that are not settings of the run (never compared on --resume)
+_NOT_SETTINGS = frozenset({"out", "resume", "progress"})
+#: parameters stored under another field name
+_FIELD_OF = {"warmup": "warmup_steps"}
+
+
+def given_options(ctx: typer.Context) -> set[str]:
+    """The parameters of the command that the user gave on the command line (not left at their default)."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}  # typer's own click: compare names
+    return {name for name, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+def setting_keys(names, sections: dict[str, object], stored_as: dict[str, str] | None = None) -> dict[str, object]:
+    """``{dotted key in train_config.json: value}`` for the parameters ``names``: each is the field of
+    the same name (``--warmup``: ``warmup_steps``) of the first spec in ``sections`` (``{key: spec}``,
+    as ``train_config.json`` stores them) that has it; ``stored_as`` moves a key (``{"ee_model.exit_layer":
+    "exit.exit_layer"}``: the value the run resolved). A parameter that is no setting is an error here."""
+    from dataclasses import asdict
+
+    keys: dict[str, object] = {}
+    for name in sorted(set(names) - _NOT_SETTINGS):
+        field = _FIELD_OF.get(name, name)
+        section = next((sec for sec, spec in sections.items() if field in asdict(spec)), None)
+        if section is None:
+            raise KeyError(f"option {name!r} is stored in none of {', '.join(sections)}")
+        key = f"{section}.{field}"
+        keys[(stored_as or {}).get(key, key)] = asdict(sections[section])[field]
+    return keys
+
+
+def refuse_changed_settings(
+    ctx: typer.Context, out: Path, sections: dict[str, object], stored_as: dict[str, str] | None = None
+) -> None:
+    """For ``--resume``: every option given on the command line must equal the run's stored setting, or
+    the resume is refused with one line naming each difference. Options left out are not compared: a
+    resume continues with the stored settings (``--resume`` alone is enough)."""
+    from depthmux.utils.run_folder import RunFolder
+
+    run = RunFolder(out)
+    if not run.has_json("train_config"):
+        return  # the recipe says, in one line, that there is nothing to resume
+    given = setting_keys(given_options(ctx), sections, stored_as)
+    nested: dict = {}
+    for key, value in given.items():
+        head, _, field = key.rpartition(".")
+        nested.setdefault(head, {})[field] = value
+    run.check_matches("train_config", nested, keys=list(given))

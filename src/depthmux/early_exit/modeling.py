@@ -45,7 +45,7 @@ from depthmux.recursion import (
     TokenContext,
     convert_llama_to_recursive,
 )
-from depthmux.utils.checkpoint import read_json
+from depthmux.utils.checks import check_model_folder
 
 IGNORE_INDEX = -100
 
@@ -240,10 +240,7 @@ def _source_num_layers(source: Any) -> int:
     if isinstance(source, nn.Module):
         return int(source.config.num_hidden_layers)
     path = Path(source)
-    if not (path / "config.json").is_file():
-        raise DepthmuxError(f"no model folder with a config.json at {path}")
-    cfg = read_json(path / "config.json", str(path))
-    layers = cfg.get("num_hidden_layers") if isinstance(cfg, dict) else None
+    layers = check_model_folder(path).get("num_hidden_layers")
     if not isinstance(layers, int):
         raise DepthmuxError(f"{path / 'config.json'} has no integer num_hidden_layers")
     return layers
@@ -290,19 +287,12 @@ def load_early_exit_model(path: str | os.PathLike, **kwargs) -> EarlyExitForCaus
     """``EarlyExitForCausalLM.from_pretrained(path)`` with one-line :class:`DepthmuxError` on bad folders,
     including a model saved without a shallow exit (any other ``model_type``)."""
     path = Path(path)
-    if not path.is_dir():
-        raise DepthmuxError(f"no model folder at {path}")
-    if not (path / "config.json").is_file():
-        raise DepthmuxError(f"{path} has no config.json")
-    cfg = read_json(path / "config.json", str(path))
-    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
+    model_type = check_model_folder(path).get("model_type")
     if model_type != EarlyExitConfig.model_type:
         raise DepthmuxError(
             f"{path} holds a {model_type!r} model without an early-exit head: train one with "
             f"'depthmux ee train' (model type {EarlyExitConfig.model_type!r})"
         )
-    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
-        raise DepthmuxError(f"{path} has no weight files (*.safetensors)")
     try:
         return EarlyExitForCausalLM.from_pretrained(path, **kwargs)
     except DepthmuxError:

@@ -22,7 +22,8 @@ from depthmux.errors import DepthmuxError
 from depthmux.lm.hf_adapter import LLAMA_FAMILY, HFCausalLMAdapter
 from depthmux.lm.protocol import CausalLM
 from depthmux.recursion import RecursiveConfig, load_recursive_model
-from depthmux.utils.checkpoint import existing_directory, read_json
+from depthmux.utils.checkpoint import existing_directory
+from depthmux.utils.checks import check_model_folder
 from depthmux.utils.run_folder import RunFolder
 
 
@@ -53,8 +54,7 @@ def pretrained_model_dir(name: str) -> Path:
 def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> CausalLM:
     """Load the causal LM at ``path`` (see :func:`resolve_model_dir`), in eval mode."""
     d = resolve_model_dir(path)
-    cfg = read_json(d / "config.json", f"cannot load a model from {d}")
-    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
+    model_type = check_model_folder(d, weights=False).get("model_type")  # each loader below checks the whole folder
     if model_type == RecursiveConfig.model_type:
         return load_recursive_model(d, dtype=dtype).eval()
     if model_type == EarlyExitConfig.model_type:
@@ -72,13 +72,8 @@ def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Caus
 
 
 def load_saved_tokenizer(model_dir: str | os.PathLike):
-    """The tokenizer saved in ``model_dir`` (``tokenizer.json`` / ``tokenizer_config.json``), or None."""
-    model_dir = Path(model_dir)
-    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        return None
-    from transformers import AutoTokenizer
+    """The tokenizer saved in ``model_dir``, or None when it holds no vocabulary file
+    (:data:`depthmux.backbones.loading.TOKENIZER_VOCAB_FILES`)."""
+    from depthmux.backbones.loading import has_tokenizer, load_hf_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError) as e:
-        raise DepthmuxError(f"cannot load the tokenizer saved in {model_dir}: {str(e).splitlines()[0]}") from None
+    return load_hf_tokenizer(model_dir) if has_tokenizer(model_dir) else None

@@ -42,8 +42,7 @@ from depthmux.recipes.lm import (
     stored_run_specs,
 )
 from depthmux.training.lm import LMTrainConfig, LMTrainResult, train_lm
-from depthmux.utils.checkpoint import read_json
-from depthmux.utils.checks import check_device, check_float, check_int
+from depthmux.utils.checks import check_device, check_float, check_int, check_model_folder, check_output_file
 from depthmux.utils.run_folder import RunFolder
 
 __all__ = [
@@ -90,8 +89,7 @@ def build_ee_model(spec: EEModelSpec) -> EarlyExitForCausalLM:
     """The early-exit model of ``spec`` with the source's weights (float32, train mode)."""
     spec.validate()
     path = pretrained_model_dir(spec.source)
-    cfg = read_json(path / "config.json", f"cannot read the model config in {path}")
-    num_layers = cfg.get("num_hidden_layers") if isinstance(cfg, dict) else None
+    num_layers = check_model_folder(path).get("num_hidden_layers")
     if not isinstance(num_layers, int):
         raise DepthmuxError(f"{path / 'config.json'} has no integer num_hidden_layers")
     exit_layer = spec.exit_layer if spec.exit_layer is not None else default_exit_layer(num_layers)
@@ -232,6 +230,10 @@ class EEBenchConfig:
         check_int("--max-new-tokens", self.max_new_tokens, 1)
         check_int("--rounds", self.rounds, 1)
         check_device("--device", self.device)
+        if self.plot is not None:
+            from matplotlib.backend_bases import FigureCanvasBase
+
+            check_output_file("--plot", self.plot, set(FigureCanvasBase.get_supported_filetypes()))
         return self
 
 

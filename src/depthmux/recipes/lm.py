@@ -34,7 +34,7 @@ from depthmux.recursion import (
     convert_llama_to_recursive,
 )
 from depthmux.training.lm import LMTrainConfig, LMTrainResult, train_lm
-from depthmux.utils.checks import check_float, check_int, check_seed
+from depthmux.utils.checks import check_float, check_int, check_seed, check_writable_parent
 
 __all__ = [
     "LMDataSpec",
@@ -210,10 +210,17 @@ def build_lm_model(spec: LMModelSpec, vocab_size: int | None = None, eos_token_i
 
 def prepare_lm_data(spec: LMDataSpec, tokenizer=None):
     """Load, split (by document, seeded), tokenize and pack. Returns ``(tokenizer, train, eval)``
-    (both :class:`~depthmux.data.text.PackedBlocks` ``[N, T]``; eval None without held-out
-    documents). A given ``tokenizer`` replaces ``spec.tokenizer``."""
+    (both :class:`~depthmux.data.text.PackedBlocks` ``[N, T]``; eval None with ``holdout`` 0). A
+    single-document corpus with ``holdout`` > 0 is refused (one side of the split would be empty). A
+    given ``tokenizer`` replaces ``spec.tokenizer``."""
     spec.validate()
     docs = load_corpus(spec.corpus)
+    if len(docs) == 1 and spec.holdout > 0:  # the split cannot give both sides a document
+        raise DepthmuxError(
+            f"corpus '{spec.corpus}' is a single document, so a held-out split (--holdout {spec.holdout}) has "
+            "nothing to hold out: give at least two documents (separated by a blank line), or --holdout 0 "
+            "to train without a held-out evaluation"
+        )
     train_docs, eval_docs = split_documents(docs, spec.holdout, spec.seed)
     if tokenizer is None:
         if str(spec.tokenizer).startswith("bpe:"):
@@ -349,12 +356,17 @@ def run_lm_eval(
     model_dir = resolve_model_dir(model)
     data_spec = (data_spec or eval_data_spec(model)).validate()
     lm = load_lm(model_dir)  # first: an unsupported model fails before any tokenizer or data work
+    is_expert = isinstance(lm, RecursiveForCausalLM) and lm.config.mor_router == "expert"
+    if routing is not None and not is_expert:
+        router = lm.config.mor_router if isinstance(lm, RecursiveForCausalLM) else None
+        raise DepthmuxError(
+            f"--routing {routing} chooses how expert-choice MoR routers pick tokens, but {model_dir} has "
+            + ("no routers" if router is None else f"{router}-choice routers")
+            + ": leave --routing out"
+        )
     _, _, held = prepare_lm_data(data_spec, tokenizer=load_saved_tokenizer(model_dir))
     if held is None:
         raise DepthmuxError("no held-out documents: use a holdout fraction > 0 and at least two documents")
-    is_expert = isinstance(lm, RecursiveForCausalLM) and lm.config.mor_router == "expert"
-    if routing is not None and not isinstance(lm, RecursiveForCausalLM):
-        raise DepthmuxError(f"--routing {routing} needs a Mixture-of-Recursions model")
     result = evaluate_lm(lm, held, batch_size, max_batches, routing=routing or ("causal" if is_expert else None))
     if is_expert and routing is None:
         result["topk"] = evaluate_lm(lm, held, batch_size, max_batches, routing="topk")
@@ -381,7 +393,8 @@ def run_lm_convert(
         raise DepthmuxError(f"--out {out} is {what}: choose a new folder for the converted model")
     spec = LMModelSpec(
         from_pretrained=source, convert=True, recursions=recursions, sharing=sharing, init=init, lora_rank=lora_rank
-    )
+    ).validate()
+    check_writable_parent("--out", out)  # the model is written next to it first, then renamed
     model = build_lm_model(spec)
     tokenizer = load_saved_tokenizer(pretrained_model_dir(source))
     with atomic_directory(out) as tmp:

@@ -30,7 +30,7 @@ import torch
 from depthmux.errors import DepthmuxError
 from depthmux.recursion.config import RecursiveConfig
 from depthmux.recursion.modeling import RecursiveForCausalLM
-from depthmux.utils.checkpoint import read_json
+from depthmux.utils.checks import check_model_folder
 
 INIT_METHODS = ("stepwise", "average", "lower")
 EXACT_SVD_MAX_DIM = 4096  # exact truncated SVD up to this min(out, in)
@@ -48,8 +48,7 @@ def _load_llama(model_or_path: Any):
     if isinstance(model_or_path, torch.nn.Module):
         return model_or_path
     path = Path(model_or_path)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise DepthmuxError(f"no model folder with a config.json at {path}")
+    check_model_folder(path)
     from transformers import AutoModelForCausalLM
 
     try:
@@ -269,17 +268,9 @@ def convert_llama_to_recursive(
 def load_recursive_model(path: str | os.PathLike, **kwargs) -> RecursiveForCausalLM:
     """``RecursiveForCausalLM.from_pretrained(path)`` with one-line :class:`DepthmuxError` on bad folders."""
     path = Path(path)
-    if not path.is_dir():
-        raise DepthmuxError(f"no model folder at {path}")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise DepthmuxError(f"{path} has no config.json")
-    cfg = read_json(cfg_file, str(path))
-    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
+    model_type = check_model_folder(path).get("model_type")
     if model_type != RecursiveConfig.model_type:
         raise DepthmuxError(f"{path} holds a {model_type!r} model, not {RecursiveConfig.model_type!r}")
-    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
-        raise DepthmuxError(f"{path} has no weight files (*.safetensors)")
     try:
         return RecursiveForCausalLM.from_pretrained(path, **kwargs)
     except DepthmuxError:
