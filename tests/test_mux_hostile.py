@@ -224,3 +224,19 @@ def test_the_speed_line_warns_on_a_busy_machine():
     assert "speedup 1.50x (ceiling 1.71x) [warning: busy machine (load 3.4 on 2 cores)" in row_line(row)
     assert "warning: N=2 l=1 reversible: busy machine" in results_markdown([row], "tweets")
     assert "warning" not in row_line(ResultRow(2, 1, "reversible", score, 0.81, _bench(), "x"))
+
+
+def test_the_main_job_times_on_one_thread_and_restores_the_setting(tiny_run):
+    from depthmux.multiplexing.evaluation import benchmark
+    from depthmux.recipes.mux import QUICKSTART
+
+    assert QUICKSTART.bench_threads == 1 and QUICKSTART.bench_repetitions == 10
+    model, _ = tiny_run
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = benchmark(model.teacher(), model, _toy(8, 2).texts, 4, 2, progress=False, threads=1)
+        assert result.threads == 1 and torch.get_num_threads() == 2
+        assert result.cores >= 1 and result.repetitions == 2
+    finally:
+        torch.set_num_threads(before)

@@ -280,11 +280,15 @@ def run(
     threads: ThreadsOpt = None,
 ) -> None:
     """The main job with no flags: RevMUX N=2, l=1 on frozen MiniLM, embedded tweets (negative vs
-    positive); prints teacher vs multiplexed accuracy and speed. Run again, it resumes (reusing what
-    was trained)."""
+    positive); prints teacher vs multiplexed accuracy and speed (timed on one thread, 10 repetitions,
+    unless --threads is given; a busy machine is said next to the figure). Run again, it resumes
+    (reusing what was trained)."""
     from depthmux.recipes.mux import quickstart_config
 
-    _run_experiment(quickstart_config(str(out)), threads, as_json=False)
+    cfg = quickstart_config(str(out))
+    if threads is not None:
+        cfg.bench_threads = threads
+    _run_experiment(cfg, threads, as_json=False)
 
 
 @app.command("eval")

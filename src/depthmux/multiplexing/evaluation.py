@@ -210,14 +210,26 @@ def benchmark(
     batch_size: int = 64,
     repetitions: int = 5,
     progress: bool = True,
+    threads: int | None = None,
 ) -> BenchResult:
     """Samples/s of the teacher path and the multiplexed path on the same tokenised batches, in
     one process, interleaved repetitions (SPEC 1.5). Both include embeddings; the multiplexed
-    path includes prefill, f_down, mux, demux, f_up and the head. Tokenisation is excluded."""
+    path includes prefill, f_down, mux, demux, f_up and the head. Tokenisation is excluded.
+    ``threads``: torch CPU threads while timing (None: the process's setting; restored after)."""
     require(
         len(texts) >= 1 and repetitions >= 1,
         f"the benchmark needs >= 1 sample and >= 1 repetition, got {len(texts)} and {repetitions}",
     )
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _benchmark(teacher, mux, texts, batch_size, repetitions, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _benchmark(teacher, mux, texts: list, batch_size: int, repetitions: int, progress: bool) -> BenchResult:
     body = mux.body
     batch_size = whole_groups(batch_size, mux.config.n)
     batches = [body.tokenize(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
