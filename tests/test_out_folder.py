@@ -129,6 +129,10 @@ def test_which_folders_are_accepted(tmp_path):
     marked = user_folder(tmp_path / "marked")
     (marked / rf.MARKER).write_text("x")
     rf.check_out_folder(marked)  # a run's folder may hold anything (results, a model, temporary files)
+    cell = marked / "tweets-train500" / "n2-l1-reversible"  # a sweep's cell, stopped before its log
+    cell.mkdir(parents=True)
+    (cell / "train_config.json").write_text("{}")
+    rf.check_out_folder(cell)
     # older versions (no marker): our config AND the trace of a started run
     logged = _legacy(tmp_path / "legacy-log", "train_config.json", {"train": {"lr": 1e-3}})
     (logged / "log.jsonl").write_text('{"step": 1}\n')

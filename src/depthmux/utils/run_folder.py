@@ -18,7 +18,8 @@ Whose folder it is (the output-folder rule, one place for every command that wri
 as it takes the lock. An output folder is accepted only if it is
 
 - new (it is created), or empty (an empty ``.lock`` left by an older version counts as empty);
-- a depthmux run folder: it holds the marker;
+- a depthmux run folder: it holds the marker, or sits one or two levels inside a folder that does
+  (the cells of a mux experiment or sweep: what a run of ours holds is ours);
 - a run folder of an older version (before the marker): one of our configs (``train_config.json``
   with a ``"train"`` object, ``experiment.json`` or ``sweep.json`` with the keys those runs write)
   AND the trace of a started run next to it: ``log.jsonl``, a ``checkpoints/`` folder holding only
@@ -115,12 +116,16 @@ def check_out_folder(root: str | os.PathLike) -> None:
     leftovers = [p for p in entries if not (p == lock and p.is_file() and not p.is_symlink() and _size(p) == 0)]
     if not leftovers:
         return
-    marker = root / MARKER
-    if marker.is_file() and not marker.is_symlink():
+    if any(_marked(d) for d in (root, root.parent, root.parent.parent)):
         return
     if _legacy_run(root):
         return
     raise DepthmuxError(f"{root} {REFUSED}")
+
+
+def _marked(folder: Path) -> bool:
+    marker = folder / MARKER
+    return marker.is_file() and not marker.is_symlink()
 
 
 def _size(path: Path) -> int:
