@@ -105,6 +105,13 @@ EpochsOpt = Annotated[
 ]
 LambdaInfoOpt = Annotated[float, typer.Option(help="λ, weight of the InfoNCE term (SPEC 1.3), in [0, 100].")]
 TauOpt = Annotated[float, typer.Option(help="InfoNCE temperature τ, in [0.001, 10].")]
+LrOpt = Annotated[
+    float,
+    typer.Option(
+        help="AdamW learning rate for the adapters. A loss that is not finite, or over 100x its first value, stops "
+        "the run (nothing saved as best)."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
@@ -213,7 +220,7 @@ def train(
     ] = "reversible",
     epochs: EpochsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Training batch size (inputs, not groups).")] = 32,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate for the adapters.")] = 1e-3,
+    lr: LrOpt = 1e-3,
     lambda_info: LambdaInfoOpt = 0.25,
     tau: TauOpt = 0.05,
     max_train: Annotated[int, typer.Option(help="Sub-sample the train split to this many examples (0: all).")] = 8000,
@@ -450,7 +457,7 @@ def sweep(
     ] = "8000",
     epochs: EpochsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Training batch size (inputs, not groups).")] = 32,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate for the adapters.")] = 1e-3,
+    lr: LrOpt = 1e-3,
     patience: PatienceOpt = None,
     min_steps: MinStepsOpt = None,
     shuffles: Annotated[int, typer.Option(help="Random groupings of the dev set for mean ± std (SPEC 1.4).")] = 10,
