@@ -46,7 +46,7 @@ def test_five_class_csv_end_to_end_through_the_cli(user_files, capsys):
     root = user_files
     argv = ["mux", "train", "--model", str(root / "bert"), "--train", str(root / "news.csv"),
             "--dev", str(root / "news_dev.csv"), "--text-column", "headline", "--label-column", "topic",
-            "--val-split", "0.2", "--n", "2", "--epochs", "2", "--batch-size", "16", "--shuffles", "2",
+            "--val-split", "0.2", "--n", "2", "--batch-size", "16", "--shuffles", "2",
             "--no-bench", "--out", str(root / "run")]  # fmt: skip
     main(argv)
     printed = capsys.readouterr().out
@@ -62,7 +62,8 @@ def test_five_class_csv_end_to_end_through_the_cli(user_files, capsys):
     markdown = (root / "run" / "results.md").read_text()
     assert "teacher: probe" in markdown and "macro F1 %" in markdown and "food 5" in markdown
 
-    # the default recipe on small data: --epochs 2 raised toward 600 steps (4 an epoch), early stopping after 3
+    # the default recipe on small data (no --epochs): 3 epochs raised toward 600 steps (4 an epoch), early
+    # stopping after 3
     train_config = json.loads((root / "run" / "n2-l0-reversible" / "train_config.json").read_text())["train"]
     assert (train_config["min_steps"], train_config["patience"]) == (600, 3)
     log = (root / "run" / "n2-l0-reversible" / "log.jsonl").read_text().splitlines()
