@@ -50,6 +50,7 @@ class Case:
     rlimit_as: int | None = None
     note: str = ""
     message: str | None = None  # an expected error's line must match this regex (else: unclear)
+    upfront: bool = False  # an expected error must come before any output on stdout (before the work)
     uses: tuple[str, ...] = ()  # fixtures an API case needs beyond those in its name
 
     def describe(self) -> str:
@@ -1068,7 +1069,8 @@ def run_process_case(case: Case, ctx: Context) -> dict:
     cmd = _command(case)
     out_f, err_f = ctx.dir / ".stdout", ctx.dir / ".stderr"
     deadline = time.time() + case.timeout
-    if case.mode in ("kill", "interrupt"):
+    first = None
+    if case.mode in ("kill", "interrupt", "concurrent"):
         with open(ctx.dir / ".first.stdout", "wb") as fo, open(ctx.dir / ".first.stderr", "wb") as fe:
             proc = subprocess.Popen(
                 [*cmd, *ctx.argv()],
@@ -1082,7 +1084,7 @@ def run_process_case(case: Case, ctx: Context) -> dict:
             trigger = ctx.fmt(case.wait_for)
             while proc.poll() is None and time.time() < deadline and not list(Path("/").glob(trigger.lstrip("/"))):
                 time.sleep(0.1)
-            if proc.poll() is not None and case.mode == "kill":
+            if proc.poll() is not None and case.mode in ("kill", "concurrent"):
                 return {
                     "code": proc.returncode,
                     "stdout": "",
@@ -1106,8 +1108,11 @@ def run_process_case(case: Case, ctx: Context) -> dict:
                     "stdout": _text(ctx.dir / ".first.stdout"),
                     "stderr": _text(ctx.dir / ".first.stderr"),
                 }
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            if case.mode == "concurrent":  # the second command runs while the first still does
+                first = proc
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         argv = ctx.argv(case.resume)
     else:
         argv = ctx.argv()
@@ -1127,6 +1132,11 @@ def run_process_case(case: Case, ctx: Context) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return {"hang": True, "stdout": _text(out_f), "stderr": _text(err_f)}
+        finally:
+            if first is not None:
+                if first.poll() is None:
+                    os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
     if code < 0:
         return {"code": code, "stdout": _text(out_f), "stderr": _text(err_f), "exc": f"killed by signal {-code}"}
     return {"code": code, "stdout": _text(out_f), "stderr": _text(err_f)}

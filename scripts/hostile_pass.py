@@ -146,6 +146,8 @@ def classify(case: hc.Case, r: dict) -> tuple[str, str]:
         return "traceback", f"exit 130 (interrupted) unexpectedly: {first}"
     if case.expect == "error":
         if code == 2:
+            if case.upfront and r.get("stdout", "").strip():
+                return "unclear", f"late error, after the work ran (stdout: {r['stdout'].strip()[:60]!r}...): {first}"
             if case.message and not re.search(case.message, first, re.I):
                 return "unclear", f"misleading: the message does not match /{case.message}/: {first}"
             return "clear-error", first
@@ -334,6 +336,27 @@ class Worker:
 # ---------------------------------------------------------------------------------------------
 
 
+def uncovered_commands(cases: list[hc.Case]) -> list[str]:
+    """Commands of the depthmux under test (its Typer tree) that no case invokes."""
+    import typer
+
+    from depthmux.cli import app
+
+    def walk(cmd, prefix):
+        if hasattr(cmd, "commands"):  # a group (Typer's own copy of click's Group)
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*prefix, name])
+        else:
+            yield " ".join(prefix)
+
+    try:
+        commands = list(walk(typer.main.get_command(app), []))
+    except Exception as e:  # a Typer without this API: say so rather than fail the pass
+        return [f"(could not list the commands: {e})"]
+    used = {" ".join(c.argv[:k]) for c in cases if c.argv for k in (1, 2)}
+    return [c for c in commands if c not in used]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, help="work folder (fixtures and per-case folders); default: a new temp folder")
@@ -425,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(results)} invocations in {wall / 60:.1f} min (fixtures {t_fix:.0f} s):")
     print("  " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     bad = [n for n, r in results.items() if r["cls"] not in GOOD]
+    uncovered = uncovered_commands(hc.all_cases())
+    if uncovered:
+        print("  commands of this depthmux with no case in the table: " + ", ".join(uncovered))
     if args.json:
         import depthmux
 
@@ -435,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             "fixture_seconds": round(t_fix, 1),
             "totals": totals,
             "failing": sorted(bad),
+            "uncovered_commands": uncovered,
             "cases": {
                 c.name: {
                     "expect": c.expect,

@@ -1089,6 +1089,8 @@ def lm_other_cases() -> list[Case]:
         cost=3,
     )
     for n in c:
+        if n.name.startswith("lm-bench-decode-") and n.expect == "error":
+            n.upfront = True  # every option checked before the benchmark (issue 20)
         if n.name in ("lm-bench-decode-kv-budget-mib-0p0001", "lm-bench-decode-kv-budget-mib-inf"):
             n.note = "issue 20: refused only after the whole benchmark ran / traceback"
     return c

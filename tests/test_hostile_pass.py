@@ -107,3 +107,8 @@ def test_a_few_cases_end_to_end(tmp_path):
         "api-sp-ok": "correct",
     }, proc.stdout
     assert proc.returncode == 0 and sum(data["totals"].values()) == len(only)
+
+
+def test_every_command_of_the_cli_has_a_case():
+    assert "lm generate" in hp.uncovered_commands([])  # the check sees a command no case invokes
+    assert hp.uncovered_commands(hc.all_cases()) == []
