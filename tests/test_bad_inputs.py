@@ -39,6 +39,21 @@ LM_TRAIN = ["lm", "train", "--out", "{out}", "--corpus", "{corpus}", "--tokenize
             "--layers", "4", "--heads", "4", "--steps", "2", "--batch-size", "2", "--block-size", "16", "--no-progress"]
 LM_EVAL = ["lm", "eval", "--model", "{lm_run}"]
 LM_CONVERT = ["lm", "convert", "--out", "{out}", "--from", "{llama}", "--recursions", "2"]
+EE_TRAIN = ["ee", "train", "--out", "{out}", "--corpus", "{corpus}", "--steps", "1", "--batch-size", "2",
+            "--block-size", "16", "--no-progress"]
+EE_BENCH = ["ee", "bench", "--model", "{mf_ee_run}", "--prompts", "2", "--prompt-tokens", "4", "--max-new-tokens", "2",
+            "--batch-sizes", "1"]
+#: defects of a model folder (issue 20/21), each made by :func:`model_folders` for a tiny BERT and a tiny LLaMA
+BROKEN = ("truncated", "garbage", "heads_zero", "vocab_string", "hidden_not_divisible")
+
+
+def broken(name: str, family: str, argv: list[str], defects=BROKEN) -> list[tuple[str, list[str]]]:
+    """One case per defect: ``argv`` with ``{MODEL}`` naming the ``family`` folder with that defect. (The
+    loaders of ``lm convert``/``ee train --from`` and of early-exit models already answered these in one
+    line before issue 20/21, without naming the file: tests/test_model_folders.py covers them.)"""
+    return [
+        (f"{name}-{d.replace('_', '-')}", [a.replace("{MODEL}", f"{{mf_{family}_{d}}}") for a in argv]) for d in defects
+    ]
 
 CASES: list[tuple[str, list[str]]] = [
     # --- the command line itself
@@ -284,6 +299,36 @@ CASES: list[tuple[str, list[str]]] = [
     ("sweep-lambda-huge", ["mux", "sweep", "--out", "{out}", "--no-bench", "--max-train", "64", "--seeds", "0",
                            "--n", "2", "--shuffles", "1", "--lambda", "0.25,1e30"]),
     ("eval-task-with-other-labels", [*MUX_EVAL[:2], "{ck_three_class}", "--task", "sst2", "--data-dir", "{glue_good}"]),
+    # --- issue 20/21 (lm, ee, model folders)
+    *broken("mux-train-bert", "bert", [*MUX_TRAIN, "--model", "{MODEL}"], BROKEN[:4]),
+    ("mux-train-bert-no-tokenizer", [*MUX_TRAIN, "--model", "{mf_bert_no_tokenizer}"]),
+    ("mux-train-llama-truncated", [*MUX_TRAIN, "--model", "{mf_llama_truncated}"]),
+    ("mux-train-llama-heads-zero", [*MUX_TRAIN, "--model", "{mf_llama_heads_zero}"]),
+    ("mux-bench-bert-truncated", [*MUX_BENCH, "--model", "{mf_bert_truncated}"]),
+    ("mux-bench-bert-heads-zero", [*MUX_BENCH, "--model", "{mf_bert_heads_zero}"]),
+    ("mux-eval-backbone-truncated", ["mux", "eval", "{mf_ck_backbone_truncated}"]),
+    *broken("lm-generate-llama", "llama", ["lm", "generate", "--model", "{MODEL}", "hello"]),
+    *broken("lm-eval-llama", "llama", ["lm", "eval", "--model", "{MODEL}", "--corpus", "{corpus}"]),
+    *broken("lm-train-from-llama", "llama", [*LM_TRAIN, "--from-pretrained", "{MODEL}"]),
+    *broken("ee-eval-llama", "llama", ["ee", "eval", "--model", "{MODEL}", "--corpus", "{corpus}"]),
+    *broken("ee-bench-llama", "llama", ["ee", "bench", "--model", "{MODEL}", "--corpus", "{corpus}"]),
+    ("lm-generate-file-latin1", ["lm", "generate", "--model", "{llama}", "--file", "{mf_prompts_latin1}"]),
+    ("lm-generate-file-binary", ["lm", "generate", "--model", "{llama}", "--file", "{mf_prompts_binary}"]),
+    ("lm-resume-changed-settings", ["lm", "train", "--out", "{lm_run}", "--resume", "--steps", "8", "--lr", "0.5",
+                                    "--no-progress"]),
+    ("ee-resume-changed-settings", ["ee", "train", "--out", "{mf_ee_run}", "--resume", "--alpha", "2", "--exit-layer",
+                                    "3", "--no-progress"]),
+    ("lm-train-one-document", [*LM_TRAIN, "--corpus", "{mf_corpus_one_doc}"]),
+    ("lm-eval-routing-on-vanilla", ["lm", "eval", "--model", "{mf_vanilla}", "--corpus", "{corpus}", "--routing",
+                                    "topk"]),
+    ("lm-eval-routing-on-token-router", ["lm", "eval", "--model", "{mf_token_router}", "--corpus", "{corpus}",
+                                         "--routing", "causal"]),
+    ("convert-out-read-only", [*LM_CONVERT[:2], "--out", "{read_only}/run", *LM_CONVERT[4:]]),
+    ("convert-out-under-a-file", [*LM_CONVERT[:2], "--out", "{file}/run", *LM_CONVERT[4:]]),
+    ("ee-bench-plot-folder", [*EE_BENCH, "--plot", "{emptydir}"]),
+    ("ee-bench-plot-unknown-extension", [*EE_BENCH, "--plot", "{out}/speedup.bogus"]),
+    ("ee-bench-plot-read-only", [*EE_BENCH, "--plot", "{read_only}/speedup.png"]),
+    ("ee-bench-plot-under-a-file", [*EE_BENCH, "--plot", "{file}/speedup.png"]),
 ]
 # fmt: on
 
@@ -448,6 +493,72 @@ def lm_run(tmp_path_factory, bad):
     return {"lm_run": str(out)}
 
 
+def _break(src: Path, dest: Path, defect: str) -> Path:
+    """A copy of the model folder ``src`` with one of the :data:`BROKEN` defects."""
+    shutil.copytree(src, dest)
+    weights, config = dest / "model.safetensors", dest / "config.json"
+    if defect == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif defect == "garbage":
+        weights.write_bytes(bytes(range(256)) * 64)
+    else:
+        values = {"heads_zero": {"num_attention_heads": 0}, "vocab_string": {"vocab_size": "64"}}
+        values["hidden_not_divisible"] = {"hidden_size": 30}
+        config.write_text(json.dumps({**json.loads(config.read_text()), **values[defect]}))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory, bad, mux_checkpoints):
+    """``{mf_...}``: broken model folders (every :data:`BROKEN` defect of a tiny BERT with the MiniLM tokenizer
+    and of a tiny LLaMA), a BERT without tokenizer files, a mux checkpoint whose backbone is truncated, a
+    finished 1-step ``ee train`` run, vanilla and token-router recursive
+    models, prompt files in latin-1 and binary, and a one-document corpus."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from conftest import build_tiny_llama, build_tiny_recursive
+    from depthmux.assets import minilm_path
+    from depthmux.data.text import load_corpus, train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("model-folders")
+    p: dict[str, Path] = {}
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(root / "bert")
+    tok.save_pretrained(root / "bert")
+    bpe = train_bpe_tokenizer(load_corpus(bad["corpus"]), 300)
+    build_tiny_llama(vocab_size=len(bpe), num_hidden_layers=4, eos_token_id=bpe.eos_token_id).save_pretrained(
+        root / "llama"
+    )
+    bpe.save_pretrained(root / "llama")
+    for family in ("bert", "llama"):
+        for defect in BROKEN:
+            p[f"mf_{family}_{defect}"] = _break(root / family, root / f"{family}-{defect}", defect)
+    p["mf_bert_no_tokenizer"] = root / "bert-no-tokenizer"
+    p["mf_bert_no_tokenizer"].mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(root / "bert" / name, p["mf_bert_no_tokenizer"] / name)
+    p["mf_ck_backbone_truncated"] = _variant(
+        Path(mux_checkpoints["ck"]), root / "ck-backbone-truncated",
+        lambda s, _: s["config"].update(backbone=str(p["mf_bert_truncated"])),
+    )  # fmt: skip
+    run = p["mf_ee_run"] = root / "ee-run"
+    main([a.format(out=run, **bad) for a in EE_TRAIN] + ["--from", str(root / "llama")])
+    p["mf_vanilla"] = root / "vanilla"
+    build_tiny_recursive(sharing="none", num_recursions=1).save_pretrained(p["mf_vanilla"])
+    p["mf_token_router"] = root / "token-router"
+    build_tiny_recursive(mor_router="token").save_pretrained(p["mf_token_router"])
+    p["mf_prompts_latin1"] = root / "prompts-latin1.txt"
+    p["mf_prompts_latin1"].write_bytes(b"un caf\xe9 au lait\n")
+    p["mf_prompts_binary"] = root / "prompts.bin"
+    p["mf_prompts_binary"].write_bytes(bytes(range(256)) * 4)
+    p["mf_corpus_one_doc"] = root / "one-document.txt"
+    p["mf_corpus_one_doc"].write_text("a single paragraph: " + "word " * 400)
+    return {k: str(v) for k, v in p.items()}
+
+
 def _intact(path: Path) -> bool:
     return path.is_file() and path.read_text() == "precious\n"
 
@@ -474,6 +585,8 @@ def test_bad_invocation(name, argv, bad, request, tmp_path, monkeypatch, capsys)
         paths.update(request.getfixturevalue("mux_checkpoints"))
     if any("{lm_run}" in a for a in argv):
         paths.update(request.getfixturevalue("lm_run"))
+    if any("{mf_" in a for a in argv):
+        paths.update(request.getfixturevalue("model_folders"))
     request.getfixturevalue("tripwire")
     monkeypatch.setenv("DEPTHMUX_CACHE", str(cache_dir()))  # keep the converted-asset cache of the checkout
     monkeypatch.chdir(tmp_path)  # anything written by mistake to a default path stays in the sandbox

@@ -141,5 +141,8 @@ def test_train_loop_config_cuts_a_default_warmup_to_short_runs(tmp_path):
     assert train_loop_config(tmp_path, resume=False, steps=50, warmup=20).warmup_steps == 20
     with pytest.raises(DepthmuxError, match="--warmup"):
         train_loop_config(tmp_path, resume=False, steps=5, warmup=-1)
-    # resuming: the run's stored settings win, nothing is validated or changed here
-    assert train_loop_config(tmp_path, resume=True, steps=5, warmup=20).warmup_steps == 20
+    # resuming: nothing is validated here (the stored settings are used; a given option that differs from
+    # them is refused later), and the cut applies as it did when the run started, so the same command line
+    # compares equal
+    assert train_loop_config(tmp_path, resume=True, steps=5, warmup=20).warmup_steps == 5
+    assert train_loop_config(tmp_path, resume=True, steps=5, warmup=-1).warmup_steps == -1

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from depthmux.data.text import load_corpus, load_tokenizer, pack_documents, split_documents, train_bpe_tokenizer
-from depthmux.errors import DepthmuxError
+from depthmux.errors import DepthmuxError, require
 from depthmux.lm import CausalLM, evaluate_lm, load_lm, load_saved_tokenizer, pretrained_model_dir, resolve_model_dir
 from depthmux.lm.hf_adapter import as_causal_lm
 from depthmux.recursion import (
@@ -34,7 +34,7 @@ from depthmux.recursion import (
     convert_llama_to_recursive,
 )
 from depthmux.training.lm import LMTrainConfig, LMTrainResult, train_lm
-from depthmux.utils.checks import check_float, check_int, check_seed, check_writable_parent
+from depthmux.utils.checks import check_float, check_int, check_model_folder, check_seed, check_writable_parent
 
 __all__ = [
     "LMDataSpec",
@@ -209,18 +209,16 @@ def build_lm_model(spec: LMModelSpec, vocab_size: int | None = None, eos_token_i
 
 
 def prepare_lm_data(spec: LMDataSpec, tokenizer=None):
-    """Load, split (by document, seeded), tokenize and pack. Returns ``(tokenizer, train, eval)``
-    (both :class:`~depthmux.data.text.PackedBlocks` ``[N, T]``; eval None with ``holdout`` 0). A
-    single-document corpus with ``holdout`` > 0 is refused (one side of the split would be empty). A
-    given ``tokenizer`` replaces ``spec.tokenizer``."""
+    """Load, split (by document, seeded), tokenize and pack. Returns ``(tokenizer, train, eval)`` (both
+    :class:`~depthmux.data.text.PackedBlocks` ``[N, T]``; eval None with ``holdout`` 0; a single document
+    with ``holdout`` > 0 is refused). A given ``tokenizer`` replaces ``spec.tokenizer``."""
     spec.validate()
     docs = load_corpus(spec.corpus)
-    if len(docs) == 1 and spec.holdout > 0:  # the split cannot give both sides a document
-        raise DepthmuxError(
-            f"corpus '{spec.corpus}' is a single document, so a held-out split (--holdout {spec.holdout}) has "
-            "nothing to hold out: give at least two documents (separated by a blank line), or --holdout 0 "
-            "to train without a held-out evaluation"
-        )
+    require(
+        len(docs) > 1 or spec.holdout == 0,  # the split cannot give both sides a document
+        f"corpus '{spec.corpus}' is a single document: nothing to hold out for --holdout {spec.holdout}; give at "
+        "least two documents (separated by a blank line), or --holdout 0 to train without a held-out evaluation",
+    )
     train_docs, eval_docs = split_documents(docs, spec.holdout, spec.seed)
     if tokenizer is None:
         if str(spec.tokenizer).startswith("bpe:"):
@@ -285,6 +283,8 @@ def run_lm_train(model_spec: LMModelSpec, data_spec: LMDataSpec, config: LMTrain
     if not config.resume:
         run.check_writable()
     newest = latest_model_and_tokenizer(run) if config.resume else None
+    if newest is None and model_spec.from_pretrained:  # before its tokenizer reads the folder's config
+        check_model_folder(pretrained_model_dir(model_spec.from_pretrained))
     if newest is not None:
         model, tok = newest
         tokenizer, train, held = prepare_lm_data(data_spec, tokenizer=tok)
@@ -357,13 +357,9 @@ def run_lm_eval(
     data_spec = (data_spec or eval_data_spec(model)).validate()
     lm = load_lm(model_dir)  # first: an unsupported model fails before any tokenizer or data work
     is_expert = isinstance(lm, RecursiveForCausalLM) and lm.config.mor_router == "expert"
-    if routing is not None and not is_expert:
-        router = lm.config.mor_router if isinstance(lm, RecursiveForCausalLM) else None
-        raise DepthmuxError(
-            f"--routing {routing} chooses how expert-choice MoR routers pick tokens, but {model_dir} has "
-            + ("no routers" if router is None else f"{router}-choice routers")
-            + ": leave --routing out"
-        )
+    router = lm.config.mor_router if isinstance(lm, RecursiveForCausalLM) else None
+    routers = "no routers" if router is None else f"{router}-choice routers"
+    require(routing is None or is_expert, f"--routing is for expert-choice MoR models; {model_dir} has {routers}")
     _, _, held = prepare_lm_data(data_spec, tokenizer=load_saved_tokenizer(model_dir))
     if held is None:
         raise DepthmuxError("no held-out documents: use a holdout fraction > 0 and at least two documents")
