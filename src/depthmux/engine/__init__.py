@@ -45,7 +45,7 @@ Deviation from the brief: ``finish_reason`` may also be "kv_budget" (see above).
 """
 
 from depthmux.engine.async_llm import AsyncLLM
-from depthmux.engine.core import EngineCore
+from depthmux.engine.core import UNLIMITED_KV_BYTES, EngineCore
 from depthmux.engine.kv_manager import MAIN, KVManager, KVSpec, PagedCache, PagedLayerKV, StreamBinding
 from depthmux.engine.llm import LLM, as_recursive_model
 from depthmux.engine.output import CoreOutput, OutputProcessor, RequestOutput
@@ -59,6 +59,7 @@ from depthmux.engine.scheduler import (
     SchedulerDecision,
     StepResult,
     WorkItem,
+    admitted_count,
 )
 from depthmux.engine.stats import EngineStats
 
@@ -67,6 +68,7 @@ __all__ = [
     "LLM",
     "MAIN",
     "TEMPERATURE_FLOOR",
+    "UNLIMITED_KV_BYTES",
     "AsyncLLM",
     "CoreOutput",
     "EngineCore",
@@ -86,6 +88,7 @@ __all__ = [
     "StepResult",
     "StreamBinding",
     "WorkItem",
+    "admitted_count",
     "as_recursive_model",
     "sample_next_tokens",
     "sampling_probs",

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from depthmux.engine.kv_manager import KVManager, KVSpec
 from depthmux.engine.output import CoreOutput
 from depthmux.engine.runner import ModelRunner
-from depthmux.engine.sampling import SamplingParams, check_seed
+from depthmux.engine.sampling import SamplingParams, check_engine_seed
 from depthmux.engine.scheduler import Request, Scheduler
 from depthmux.engine.stats import EngineStats
 from depthmux.errors import DepthmuxError
@@ -52,7 +52,7 @@ class EngineCore:
         seed: int = 0,
         runner_factory: RunnerFactory | None = None,
     ):
-        check_seed("seed", seed)
+        check_engine_seed("seed", seed)
         self.model = model
         cfg = model.config
         self.max_len = int(cfg.max_position_embeddings)

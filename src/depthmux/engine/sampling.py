@@ -26,8 +26,9 @@ SEED_LIMIT = 1 << 63
 """Seeds must lie in [0, 2^63) (torch generators take int64)."""
 
 
-def check_seed(name: str, seed) -> None:
-    """A seed is an integer in [0, 2^63); anything else is a one-line error."""
+def check_engine_seed(name: str, seed) -> None:
+    """A seed is an integer in [0, 2^63); anything else is a one-line error. (Training seeds use
+    :func:`depthmux.utils.checks.check_seed`, 32 bits; a sampling seed goes to a torch generator as is.)"""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         raise DepthmuxError(f"{name} must be an integer in [0, 2^63), got {seed!r}")
 
@@ -68,7 +69,7 @@ class SamplingParams:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p) or not 0.0 < p <= 1.0:
             raise DepthmuxError(f"top_p must be in (0, 1], got {p!r}")
         if self.seed is not None:
-            check_seed("seed", self.seed)
+            check_engine_seed("seed", self.seed)
         if isinstance(self.stop_token_ids, (str, bytes, int)) or not hasattr(self.stop_token_ids, "__iter__"):
             raise DepthmuxError(f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}")
         stops = tuple(self.stop_token_ids)

@@ -176,6 +176,23 @@ class StepResult:
     accepted: dict[str, list[int]] = field(default_factory=dict)
 
 
+def admitted_count(reservations: list[int], budget_bytes: int, max_num_seqs: int | None = None) -> int:
+    """How many requests the admission rule of :meth:`Scheduler.schedule` takes from a queue whose
+    reservations (bytes) repeat ``reservations`` without end: in order while the reserved total fits
+    ``budget_bytes`` (the first always), at most ``max_num_seqs``. Whole cycles are counted by division,
+    so a huge budget costs no more than a small one."""
+    cycle = sum(reservations)
+    full = max(0, budget_bytes // cycle - 1) if cycle > 0 else 0
+    n, total = full * len(reservations), full * cycle
+    i = 0
+    while max_num_seqs is None or n < max_num_seqs:
+        need = reservations[i % len(reservations)]
+        if n > 0 and total + need > budget_bytes:
+            break
+        n, total, i = n + 1, total + need, i + 1
+    return n if max_num_seqs is None else min(n, max_num_seqs)
+
+
 class Scheduler:
     """Requests, work items and admission under the KV budget (module docstring).
 
