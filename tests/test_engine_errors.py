@@ -82,3 +82,124 @@ def test_from_pretrained_serves_saved_recursive_and_llama_folders(tmp_path, tiny
         assert loaded.generate(prompt, params)[0].token_ids == LLM(model).generate(prompt, params)[0].token_ids
     # a converted LLaMA is served in its own dtype
     assert LLM(hf.to(torch.float64)).model.dtype == torch.float64
+
+
+# --- issue 20 (engine)
+# Each row failed on main before this branch (checked with PYTHONPATH=/work/main/src): a traceback
+# (overflow, int64 seeds, stop=5, --kv-budget-mib inf, --out a folder / unwritable), a refusal only
+# after the whole benchmark (--kv-budget-mib 0.0001), or a hang (--kv-budget-mib 1e7).
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-45, 1e-6])
+def test_tiny_temperatures_decode_greedily(llm, temperature):
+    greedy = llm.generate([1, 2, 3], SamplingParams(max_new_tokens=6, ignore_eos=True))[0].token_ids
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True, temperature=temperature, seed=3)
+    assert params.greedy and llm.generate([1, 2, 3], params)[0].token_ids == greedy
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: SamplingParams(seed=2**64), "seed"),
+        (lambda: SamplingParams(seed=2**63), "seed"),
+        (lambda: SamplingParams(seed=-1), "seed"),
+        (lambda: SamplingParams(stop=5), "stop must be a string or a list of strings"),
+        (lambda: SamplingParams(stop=[b"x"]), "stop must hold"),
+        (lambda: SamplingParams(stop=[""]), "stop must hold"),
+        (lambda: SamplingParams(stop_token_ids=5), "stop_token_ids"),
+    ],
+)
+def test_bad_seeds_and_stops(make, match):
+    with pytest.raises(DepthmuxError, match=match) as e:
+        make()
+    one_line(e)
+
+
+def test_engine_seed_outside_int64_is_refused(tiny_recursive_factory):
+    for seed in (2**64, 2**63, -5):
+        with pytest.raises(DepthmuxError, match="seed") as e:
+            LLM(tiny_recursive_factory(), seed=seed)
+        one_line(e)
+
+
+def test_admitted_sequences_of_a_huge_budget_is_computed_not_counted(tiny_recursive_factory):
+    import time
+
+    from depthmux.recipes.decode_bench import BenchRequest, admitted_sequences
+
+    model = tiny_recursive_factory(max_position_embeddings=64)
+    work = [BenchRequest([1] * 20, 10), BenchRequest([2] * 5, 30)]
+    t0 = time.monotonic()
+    n = admitted_sequences(model, work, int(1e7 * 2**20), 4)
+    assert time.monotonic() - t0 < 5  # looping once per admitted sequence would take minutes here
+    spec = LLM(model).kv.spec
+    per = [spec.reservation_bytes(30), spec.reservation_bytes(35)]
+    assert n in (2 * (int(1e7 * 2**20) // sum(per)), 2 * (int(1e7 * 2**20) // sum(per)) + 1)
+    assert admitted_sequences(model, work, 1, 4) == 1  # the first is always admitted (the budget check is earlier)
+
+
+def _cli(argv, capsys):
+    from depthmux.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    return e.value.code, err
+
+
+@pytest.fixture
+def bench_folders(tmp_path, tiny_llama_factory, tiny_recursive_factory):
+    vanilla = tiny_llama_factory(vocab_size=64, num_hidden_layers=4, max_position_embeddings=64).eval()
+    vanilla.save_pretrained(tmp_path / "vanilla")
+    mor = tiny_recursive_factory(
+        vocab_size=64, num_hidden_layers=4, num_recursions=2, mor_router="expert", max_position_embeddings=64
+    ).eval()
+    mor.save_pretrained(tmp_path / "mor")
+    return tmp_path
+
+
+BENCH = ["lm", "bench-decode", "--model", "{d}/vanilla", "--mor-model", "{d}/mor", "--num-requests", "4",
+         "--prompt-len", "3-8", "--output-len", "2-4", "--batch", "2", "--repeats", "1"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--kv-budget-mib", "inf"], "--kv-budget-mib must be a number"),
+        (["--kv-budget-mib", "nan"], "--kv-budget-mib must be a number"),
+        (["--kv-budget-mib", "1e30"], "--kv-budget-mib must be a number"),
+        (["--kv-budget-mib", "0.0001"], "cannot hold one request"),
+        (["--out", "{d}"], "is a folder"),
+        (["--out", "{d}/vanilla/config.json/r.json"], "--out"),
+    ],
+)
+def test_bench_decode_options_are_checked_before_the_benchmark(bench_folders, extra, match, capsys, monkeypatch):
+    from depthmux.recipes import decode_bench
+
+    ran = []
+    monkeypatch.setattr(decode_bench, "run_engine", lambda *a, **k: ran.append(1) or (_ for _ in ()).throw(SystemExit))
+    argv = [a.format(d=bench_folders) for a in [*BENCH, *extra]]
+    code, err = _cli(argv, capsys)
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and match in err, err
+    assert not ran  # refused before any engine run (warm-up included)
+
+
+def test_generate_cli_seed_outside_int64_and_a_tiny_temperature(tmp_path, tiny_llama_factory, capsys):
+    from depthmux.lm import load_saved_tokenizer, pretrained_model_dir
+
+    tok = load_saved_tokenizer(pretrained_model_dir("smollm2"))
+    tiny_llama_factory(vocab_size=len(tok)).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    base = ["lm", "generate", "Hello there", "--model", str(tmp_path / "m"), "--max-new-tokens", "4"]
+    code, err = _cli([*base, "--seed", str(2**64)], capsys)
+    assert code == 2 and err.startswith("error: ") and "seed" in err and "\n" not in err
+    from depthmux.cli import main
+
+    outs = []
+    for t in ("0", "1e-300", "1e-45"):
+        try:
+            main([*base, "--temperature", t])
+        except SystemExit as e:
+            assert e.code in (0, None), capsys.readouterr().err
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] == outs[2] and outs[0].strip()

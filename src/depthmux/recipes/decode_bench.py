@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import random
 import statistics
 import time
@@ -49,7 +50,14 @@ from typing import Any
 import torch
 
 from depthmux.data.text import load_corpus
-from depthmux.engine import LLM, KVManager, KVSpec, Request, SamplingParams, Scheduler, as_recursive_model
+from depthmux.engine import (
+    LLM,
+    UNLIMITED_KV_BYTES,
+    KVSpec,
+    SamplingParams,
+    admitted_count,
+    as_recursive_model,
+)
 from depthmux.errors import DepthmuxError
 from depthmux.lm import HFCausalLMAdapter, load_lm, load_saved_tokenizer, pretrained_model_dir
 from depthmux.recipes.mor_smollm2 import DEFAULT_MOR_DIR
@@ -86,9 +94,48 @@ class DecodeBenchSpec:
         for name, (lo, hi) in (("--prompt-len", self.prompt_len), ("--output-len", self.output_len)):
             check_int(name, lo, 1)
             check_int(name, hi, lo)
-        if not self.kv_budget_mib > 0:
-            raise DepthmuxError(f"--kv-budget-mib must be > 0, got {self.kv_budget_mib!r}")
+        b = self.kv_budget_mib
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= MAX_KV_BUDGET_MIB:
+            raise DepthmuxError(f"--kv-budget-mib must be a number in (0, {MAX_KV_BUDGET_MIB}], got {b!r}")
         return self
+
+    def check_budget_fits(self, specs: dict[str, KVSpec], workload: list[BenchRequest], max_len: int) -> None:
+        """The budget holds the workload's longest request alone for every KV kind (before any timing)."""
+        budget = int(self.kv_budget_mib * 2**20)
+        longest = min(max(len(r.prompt) + r.max_new_tokens for r in workload), max_len)
+        for name, spec in specs.items():
+            need = spec.reservation_bytes(longest)
+            if need > budget:
+                raise DepthmuxError(
+                    f"--kv-budget-mib {self.kv_budget_mib:g} cannot hold one request of {longest} tokens with "
+                    f"{name} KV (it needs {need / 2**20:.3g} MiB)"
+                )
+
+
+MAX_KV_BUDGET_MIB = UNLIMITED_KV_BYTES // 2**20
+"""The largest budget the engine accepts (16 TiB), in MiB."""
+
+
+def check_out_file(path: Path, option: str = "--out") -> None:
+    """``path`` can be written as a file: not a folder, its folder can be made, a file can be created there.
+    Checked before the work (the probe file is removed again; an existing file is left as it is)."""
+    if path.is_dir():
+        raise DepthmuxError(f"{option} {path} is a folder: give a file name")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DepthmuxError(f"{option} {path}: cannot make its folder ({e.strerror or e})") from None
+    if path.exists():
+        if not path.is_file() or not os.access(path, os.W_OK):
+            raise DepthmuxError(f"{option} {path} is not a writable file")
+        return
+    try:
+        with open(path, "x"):
+            pass
+        path.unlink()
+    except OSError as e:
+        raise DepthmuxError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
 
 
 @dataclass
@@ -247,28 +294,13 @@ def kv_memory(
 
 
 def admitted_sequences(model: RecursiveForCausalLM, workload: list[BenchRequest], budget_bytes: int, batch: int) -> int:
-    """How many sequences the scheduler admits at once under ``budget_bytes``: the workload's requests,
-    repeated in order until their reservations exceed the budget, are queued and one step is scheduled."""
-    kv = KVManager(KVSpec.from_config(model.config), budget_bytes)
-    sched = Scheduler(
-        kv, "depthwise", max_batch_items=batch, max_num_seqs=10**6, num_recursion_steps=model.model.num_recursion_steps
-    )
-    queued, i = 0, 0
-    while queued <= budget_bytes:
-        r = workload[i % len(workload)]
-        req = Request(
-            f"r{i}",
-            r.prompt,
-            SamplingParams(max_new_tokens=r.max_new_tokens),
-            frozenset(),
-            int(model.config.max_position_embeddings),
-            0,
-        )
-        sched.add_request(req)
-        queued += kv.spec.reservation_bytes(req.reserve_tokens)
-        i += 1
-    sched.schedule()
-    return len(sched.running)
+    """How many sequences the scheduler admits at once under ``budget_bytes`` when the workload's requests,
+    repeated in order, are all waiting: the scheduler's own admission rule (:func:`admitted_count`),
+    computed from the reservations without queueing one request per admitted sequence."""
+    spec = KVSpec.from_config(model.config)
+    max_len = int(model.config.max_position_embeddings)
+    reservations = [spec.reservation_bytes(min(len(r.prompt) + r.max_new_tokens, max_len)) for r in workload]
+    return admitted_count(reservations, budget_bytes)
 
 
 @contextlib.contextmanager
@@ -364,6 +396,14 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
         log(f"note: effective depths differ ({vanilla.config.num_hidden_layers} vs {mor_lm.config.num_hidden_layers})")
     vocab = min(vanilla.config.vocab_size, mor_lm.config.vocab_size)
     workload = make_workload(spec, tokenizer or mor_tok, vocab)
+    shared_cfg = copy.deepcopy(mor_lm.config)
+    shared_cfg.mor_kv = "share_first"
+    kv_specs = {"vanilla": vanilla.config, "recursion-wise": mor_lm.config, "shared": shared_cfg}
+    spec.check_budget_fits(
+        {k: KVSpec.from_config(c) for k, c in kv_specs.items()},
+        workload,
+        min(int(vanilla.config.max_position_embeddings), int(mor_lm.config.max_position_embeddings)),
+    )
     pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
     models = {"vanilla": (hf_vanilla, vanilla), "mor": (mor_lm, mor_lm)}
     log(
