@@ -105,3 +105,25 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def tiny_llama_folder(root: Path) -> Path:
+    """A random-initialised 2-layer LLaMA (d = 32, context 512) with the packaged SmolLM2 tokenizer (its
+    vocabulary and chat template), saved as a loadable folder."""
+    from transformers import AutoTokenizer
+
+    from conftest import build_tiny_llama
+    from depthmux.assets import smollm2_path
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path())
+    model = build_tiny_llama(
+        vocab_size=len(tok),
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        seed=0,
+    )
+    folder = root / "tiny-llama"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -83,3 +83,35 @@ def test_concurrent_single_inputs_share_full_groups(server, ckpts):
 def test_group_wait_is_recorded(server):
     assert server.metric("depthmux:classify_group_wait_seconds_count", model_name="n2") > 0
     assert server.metric("depthmux:classify_inputs_total", model_name="n2") > 0
+
+
+def test_bench_fixed_concurrency_on_classify(server):
+    from depthmux.serve import BenchConfig, run_bench
+
+    r = run_bench(
+        BenchConfig(
+            url=server.url, model="n2", endpoint="classify", concurrency=4, num_requests=12, inputs_per_request=3
+        )
+    )
+    assert r["requests"] == 12 and r["completed"] == 12 and r["errors_by_status"] == {}
+    assert r["inputs"] == 36 and r["inputs_per_s"] > 0
+    lat = r["e2e_latency_s"]
+    assert 0 < lat["median"] <= lat["p95"] <= lat["p99"]
+
+
+def test_bench_poisson_stops_by_itself_and_counts_errors(server):
+    from depthmux.serve import BenchConfig, run_bench
+
+    r = run_bench(
+        BenchConfig(url=server.url, model="missing", endpoint="classify", rate=50.0, num_requests=1000, duration_s=0.5)
+    )
+    assert 0 < r["requests"] < 1000  # the duration bound ended it
+    assert r["completed"] == 0 and r["errors_by_status"] == {"404": r["requests"]}
+
+
+def test_bench_summary_is_nearest_rank():
+    from depthmux.serve.bench import summary
+
+    s = summary([float(i) for i in range(1, 101)])
+    assert (s["median"], s["p95"], s["p99"]) == (50.5, 95.0, 99.0)
+    assert summary([]) is None

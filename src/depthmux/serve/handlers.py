@@ -267,12 +267,14 @@ class Serving:
         """Drive one engine request, keep ``choice`` current, put it on ``queue`` after each output."""
         name = self.model_name
         start = last = time.monotonic()
+        first = None
         hold = max((len(s) for s in choice.stops), default=1) - 1
         gen = self.llm.generate(choice.ids, choice.params, request_id=f"{uuid.uuid4().hex}-{choice.index}")
         try:
             async for out in gen:
                 now = time.monotonic()
-                if choice.tokens == 0 and out.token_ids:
+                if first is None and out.token_ids:
+                    first = now
                     self.metrics.ttft.labels(name).observe(now - start)
                 elif out.new_token_ids:
                     self.metrics.itl.labels(name).observe(now - last)
@@ -295,8 +297,8 @@ class Serving:
             await gen.aclose()
         end = time.monotonic()
         self.metrics.e2e.labels(name).observe(end - start)
-        if choice.tokens > 1:
-            self.metrics.tpot.labels(name).observe((end - start) / choice.tokens)
+        if choice.tokens > 1 and first is not None:
+            self.metrics.tpot.labels(name).observe((end - first) / (choice.tokens - 1))
         self.metrics.request_success.labels(name, choice.finish_reason or "abort").inc()
 
     async def _gather(self, choices, queue) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 PREFIX = "depthmux:"
@@ -55,6 +55,7 @@ class ServerMetrics:
     """Everything ``/metrics`` shows. ``engine_snapshot`` returns the engine's snapshot (or None without one)."""
 
     def __init__(self, model: str | None = None, engine_snapshot: Callable[[], dict | None] | None = None) -> None:
+        disable_created_metrics()  # no ``*_created`` samples (process-wide; vLLM does the same)
         self.registry = r = CollectorRegistry()
         if engine_snapshot is not None and model is not None:
             r.register(_EngineCollector(engine_snapshot, model))
