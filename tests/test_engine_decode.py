@@ -136,7 +136,7 @@ def test_cancel_mid_generation_frees_kv_and_leaves_the_others_unchanged(tiny_rec
     while llm.has_unfinished_requests():
         llm.step()
     out = llm.output(victim)
-    assert out.finished and out.finish_reason == "aborted"
+    assert out.finished and out.finish_reason == "abort"
     for rid, r in zip(ids, ref, strict=True):
         if rid != victim:
             assert llm.output(rid).token_ids == r.token_ids

@@ -150,8 +150,10 @@ def test_chunked_prefill_and_continuous_join_and_leave():
     assert [c.request_id for c in d.prefills] == ["late"] and [it.request_id for it in d.entering] == ["long"]
     res = StepResult(sampled={"late": 9, "long": 9}, exited=[d.entering[0].item_id])
     sched.update(d, res)
-    assert sched.requests["late"].finished and sched.requests["long"].finished  # both leave at once
-    assert sched.requests["late"].finish_reason == "length" and not sched.has_unfinished()
+    done = {r.request_id: r for r in sched.take_finished()}
+    assert done["late"].finished and done["long"].finished  # both leave at once
+    assert done["late"].finish_reason == "length" and not sched.has_unfinished()
+    assert not sched.requests and not sched.take_finished()  # nothing of a finished request stays
 
 
 def test_finish_and_cancel_free_kv():
@@ -169,8 +171,8 @@ def test_finish_and_cancel_free_kv():
     used = kv.bytes_in_use
     assert used == 2 * (kv.spec.block_bytes(MAIN) + 2 * kv.spec.block_bytes(0))
     sched.update(d, StepResult(sampled={"a": 4, "b": 5}))  # "a" emits its stop token
-    assert sched.requests["a"].finish_reason == "stop" and kv.bytes_in_use == used // 2
-    assert sched.abort_request("b") and sched.requests["b"].finish_reason == "aborted"
+    assert [r.finish_reason for r in sched.take_finished()] == ["stop"] and kv.bytes_in_use == used // 2
+    assert sched.abort_request("b") and [r.finish_reason for r in sched.take_finished()] == ["abort"]
     assert kv.bytes_in_use == 0 and kv.reserved_bytes == 0
     assert not sched.abort_request("b") and not sched.abort_request("nope")
 

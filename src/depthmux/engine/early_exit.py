@@ -51,8 +51,8 @@ from depthmux.early_exit import (
 from depthmux.engine.kv_manager import MAIN, KVManager
 from depthmux.engine.llm import LLM
 from depthmux.engine.runner import ModelRunner
-from depthmux.engine.sampling import SamplingParams, _nucleus, sample_next_tokens
-from depthmux.engine.scheduler import Request, SchedulerDecision, StepResult, WorkItem
+from depthmux.engine.sampling import SamplingParams, sample_next_tokens, sampling_probs
+from depthmux.engine.scheduler import SchedulerDecision, StepResult, WorkItem
 from depthmux.errors import DepthmuxError
 from depthmux.utils.checks import check_int
 
@@ -173,8 +173,8 @@ class EarlyExitRunner(ModelRunner):
     """The engine's runner with the early-exit decode step (module docstring); prefill is the engine's
     (the full model: deep KV for every prompt token, first token from the deep exit).
 
-    Args: as :class:`ModelRunner` (depth policy "lockstep"), plus ``policy`` and ``requests`` (the
-    scheduler's request table, read to cap drafts at a request's remaining tokens).
+    Args: as :class:`ModelRunner` (depth policy "lockstep"), plus ``policy``. Drafts are capped at a
+    request's remaining tokens, which each work item carries (``WorkItem.remaining``).
     """
 
     def __init__(
@@ -184,19 +184,17 @@ class EarlyExitRunner(ModelRunner):
         max_len: int,
         seed: int,
         policy: EarlyExitPolicy,
-        requests: dict[str, Request],
     ):
         super().__init__(model, kv, "lockstep", max_len, seed)
         self.ee = require_early_exit(model)
         self.policy = policy.validate()
-        self.requests = requests
         self.kept: dict[str, _Kept] = {}
         self.ee_stats = EarlyExitStats()
 
-    def execute(self, decision: SchedulerDecision) -> StepResult:
+    def forget(self, decision: SchedulerDecision) -> None:
         for rid in (*decision.released, *decision.preempted):
             self.kept.pop(rid, None)  # a preempted request is recomputed by a full prefill
-        return super().execute(decision)
+        super().forget(decision)
 
     def _decode_lockstep(self, items: list[WorkItem], params: dict[str, SamplingParams], result: StepResult) -> None:
         if self.policy.mode == "exit":
@@ -329,10 +327,8 @@ class EarlyExitRunner(ModelRunner):
         gens = [self._generator(r, p) or self.default_generator for r, p in zip(rids, ps, strict=True)]
         self.stats.decode_tokens += E
         budget = []
-        for it in items:
-            req = self.requests[it.request_id]
-            remaining = req.params.max_new_tokens - len(req.output_token_ids)
-            budget.append(max(0, min(self.policy.draft_tokens, remaining - 1, self.max_len - 1 - it.position)))
+        for it in items:  # the remaining-token budget travels in the work item
+            budget.append(max(0, min(self.policy.draft_tokens, it.remaining - 1, self.max_len - 1 - it.position)))
         current = [it.token_id for it in items]
         drafts: list[list[int]] = [[] for _ in range(E)]
         draft_probs: list[list[torch.Tensor]] = [[] for _ in range(E)]  # q of sampled rows' drafts [V]
@@ -346,7 +342,7 @@ class EarlyExitRunner(ModelRunner):
             tokens = logits.argmax(-1).tolist()
             for r, i in enumerate(rows):
                 if not ps[i].greedy:  # draft from the shallow exit's own sampling distribution q
-                    q = sampling_probs(logits[r], ps[i])
+                    q = sampling_probs(logits[r : r + 1], [ps[i]])[0]
                     draft_probs[i].append(q)
                     tokens[r] = int(torch.multinomial(q, 1, generator=gens[i]))
                 states[i].append(h[r])
@@ -366,23 +362,13 @@ class EarlyExitRunner(ModelRunner):
                     a += 1
                 nxt = greedy[i][a]
             else:
-                p = [sampling_probs(logits_d[i, j], ps[i]) for j in range(budget[i] + 1)]
+                p = list(sampling_probs(logits_d[i, : budget[i] + 1], [ps[i]] * (budget[i] + 1)))
                 a, nxt = speculative_accept(drafts[i], draft_probs[i], p, gens[i])
             st.accepted_tokens += a
             self.stats.generated_tokens += a + 1
             truncate_stream(self.kv, rids[i], MAIN, it.position + a + 1)  # rejected drafts leave the KV
             result.accepted[rids[i]] = drafts[i][:a]
             result.sampled[rids[i]] = nxt
-
-
-def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The distribution a sampled request draws from: ``softmax(logits / T)`` cut to its top-p nucleus and
-    renormalised. [V] -> [V] (float32)."""
-    probs = (logits.float() / params.temperature).softmax(-1)
-    if params.top_p < 1.0:
-        probs = _nucleus(probs[None], torch.tensor([params.top_p], device=probs.device))[0]
-        probs = probs / probs.sum()
-    return probs
 
 
 def speculative_accept(
@@ -418,9 +404,12 @@ class EarlyExitLLM(LLM):
         if engine_kwargs.get("depth_policy", "lockstep") != "lockstep":
             raise DepthmuxError("early-exit decoding runs every layer in one step: depth_policy must be 'lockstep'")
         engine_kwargs["depth_policy"] = "lockstep"
-        super().__init__(model, tokenizer, seed=seed, **engine_kwargs)
         self.policy = policy
-        self.runner = EarlyExitRunner(self.model, self.kv, self.max_len, seed, policy, self.scheduler.requests)
+
+        def factory(m, kv, max_len, s):
+            return EarlyExitRunner(m, kv, max_len, s, policy)
+
+        super().__init__(model, tokenizer, seed=seed, runner_factory=factory, **engine_kwargs)
 
     @property
     def early_exit_stats(self) -> EarlyExitStats:

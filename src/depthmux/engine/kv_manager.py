@@ -36,6 +36,8 @@ balanced router: ``(N_r - r) / N_r``; no router: 1; shared KV: one stream of fra
 block's KV is ``(N_r + 1) / (2 N_r)`` of vanilla for recursion-wise MoR with the default capacities
 and ``1 / N_r`` for recursive sharing; the scheduler reserves that many bytes per admitted
 request and admits correspondingly more sequences under a fixed budget.
+
+Length: the stream layout, the page pools and the paged layer views share one page layout.
 """
 
 from __future__ import annotations
@@ -375,6 +377,10 @@ class KVManager:
         self.bytes_in_use -= freed
         self.reserved.pop(request_id, None)
         return freed
+
+    def pages_in_use(self) -> int:
+        """Pages held by requests, all pools together."""
+        return sum(len(b) for b in self.blocks.values())
 
     def entries(self, request_id: str) -> dict[int, int]:
         """Stream -> entries held (MAIN = -1)."""

@@ -8,9 +8,12 @@
 
 Online use: ``rid = llm.add_request(prompt, params)``, then ``llm.step()`` until
 ``llm.has_unfinished_requests()`` is False (each step returns a :class:`RequestOutput` for every
-request that received a token), ``llm.abort_request(rid)`` to cancel (its KV is freed at once);
-``llm.stream(prompts, params)`` yields those step outputs. ``llm.stats`` holds the counters a
-benchmark reads (:class:`~depthmux.engine.stats.EngineStats`).
+request that received a token or ended), ``llm.abort_request(rid)`` to cancel (its KV is freed at
+once); ``llm.stream(prompts, params)`` yields those step outputs. A finished request's output is kept
+until read once with ``llm.output(rid)`` (``generate`` reads its own); nothing else of it stays.
+``llm.stats`` holds the counters a benchmark reads (:class:`~depthmux.engine.stats.EngineStats`, a
+copy). The asyncio facade is :class:`~depthmux.engine.async_llm.AsyncLLM`; both sit on one
+:class:`~depthmux.engine.core.EngineCore` with an :class:`~depthmux.engine.output.OutputProcessor`.
 
 Models: a :class:`~depthmux.recursion.RecursiveForCausalLM` (recursive, relaxed, MoR) as is; a
 transformers LLaMA model (or :class:`~depthmux.lm.HFCausalLMAdapter`) converted losslessly with
@@ -21,46 +24,18 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from depthmux.engine.kv_manager import KVManager, KVSpec
-from depthmux.engine.runner import ModelRunner
+from depthmux.engine.core import EngineCore
+from depthmux.engine.output import OutputProcessor, RequestOutput, prompt_token_ids
 from depthmux.engine.sampling import SamplingParams
-from depthmux.engine.scheduler import Request, Scheduler
 from depthmux.engine.stats import EngineStats
 from depthmux.errors import DepthmuxError
 from depthmux.lm import HFCausalLMAdapter, load_lm, load_saved_tokenizer, pretrained_model_dir
 from depthmux.recursion import RecursiveForCausalLM, convert_llama_to_recursive
-
-UNLIMITED_KV_BYTES = 1 << 44
-
-
-@dataclass
-class RequestOutput:
-    """A request's output so far.
-
-    Attributes:
-        request_id: its id.
-        prompt: the prompt text (None when given as token ids).
-        prompt_token_ids: the prompt's tokens.
-        token_ids: generated tokens so far (a stop token that ended it included).
-        new_token_ids: tokens generated in the step that produced this output.
-        text: ``token_ids`` decoded (None without a tokenizer).
-        finished: whether it is done.
-        finish_reason: "stop", "length", "aborted", "kv_budget" or None.
-    """
-
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    new_token_ids: list[int]
-    text: str | None
-    finished: bool
-    finish_reason: str | None
 
 
 def as_recursive_model(model) -> RecursiveForCausalLM:
@@ -80,56 +55,29 @@ def as_recursive_model(model) -> RecursiveForCausalLM:
     return converted.to(device=p.device, dtype=p.dtype)
 
 
-class LLM:
-    """Continuous-batching decode engine over one model (module docstring).
+class EngineFrontend:
+    """What both facades share: the model, the core, the output processor and request intake.
 
     Args:
         model: a RecursiveForCausalLM or a transformers LLaMA model (put it on its device first).
-        tokenizer: a transformers tokenizer, needed for string prompts and ``text`` (optional).
+        tokenizer: a transformers tokenizer, needed for string prompts, ``text`` and stop strings (optional).
         depth_policy: "depthwise" (continuous depth-wise batching) or "lockstep".
         max_batch_items: B, most decode items per shared-block call.
         max_prefill_tokens: most prefill tokens per step (longer prompts are chunked).
         max_num_seqs: most running requests.
         kv_budget_bytes: KV memory budget in bytes (None: unlimited).
         block_size: KV page size in tokens.
-        seed: seed of the generator shared by unseeded sampling requests.
+        seed: seed in [0, 2^63) of the generator shared by unseeded sampling requests.
+        runner_factory: a decode policy's runner (early exit, :mod:`depthmux.engine.early_exit`); None: the default.
     """
 
-    def __init__(
-        self,
-        model,
-        tokenizer=None,
-        *,
-        depth_policy: str = "depthwise",
-        max_batch_items: int = 64,
-        max_prefill_tokens: int = 512,
-        max_num_seqs: int = 256,
-        kv_budget_bytes: int | None = None,
-        block_size: int = 16,
-        seed: int = 0,
-    ):
+    def __init__(self, model, tokenizer=None, **engine_kwargs):
         self.model = as_recursive_model(model).eval()
         self.tokenizer = tokenizer
-        cfg = self.model.config
-        self.max_len = int(cfg.max_position_embeddings)
-        p = next(self.model.parameters())
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
-            raise DepthmuxError(f"block_size must be a positive integer, got {block_size!r}")
-        spec = KVSpec.from_config(cfg, dtype=p.dtype, block_size=block_size)
-        budget = UNLIMITED_KV_BYTES if kv_budget_bytes is None else kv_budget_bytes
-        self.kv = KVManager(spec, budget, device=p.device, dtype=p.dtype)
-        self.scheduler = Scheduler(
-            self.kv,
-            depth_policy,
-            max_batch_items,
-            max_prefill_tokens,
-            max_num_seqs,
-            self.model.model.num_recursion_steps,
-        )
-        self.runner = ModelRunner(self.model, self.kv, depth_policy, self.max_len, seed)
-        eos = cfg.eos_token_id
-        self.eos_token_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else list(eos))
-        self._prompts: dict[str, str | None] = {}
+        self.core = EngineCore(self.model, **engine_kwargs)
+        self.processor = OutputProcessor(tokenizer)
+        self.max_len = self.core.max_len
+        self.eos_token_ids = self.core.eos_token_ids
         self._ids = itertools.count()
 
     @classmethod
@@ -140,7 +88,7 @@ class LLM:
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         **engine_kwargs,
-    ) -> LLM:
+    ):
         """Load ``path`` ("smollm2", a model folder, a run or checkpoint folder) through
         :func:`depthmux.lm.load_lm` with its saved tokenizer, and build the engine."""
         model_dir = pretrained_model_dir(str(path))
@@ -149,83 +97,84 @@ class LLM:
             model = model.to(device)
         return cls(model, load_saved_tokenizer(model_dir), **engine_kwargs)
 
-    # -- requests ---------------------------------------------------------------------------
-    def _prompt_ids(self, prompt) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise DepthmuxError("string prompts need a tokenizer: pass tokenizer= or give token ids")
-            if not prompt:
-                raise DepthmuxError("empty prompt")
-            return prompt, list(self.tokenizer(prompt)["input_ids"])
-        if isinstance(prompt, torch.Tensor):
-            prompt = prompt.flatten().tolist()
-        if not isinstance(prompt, Sequence) or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            raise DepthmuxError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
-        return None, list(prompt)
+    @property
+    def kv(self):
+        return self.core.kv
 
-    def add_request(self, prompt, sampling_params: SamplingParams | None = None, request_id: str | None = None) -> str:
-        """Queue a request (string or token ids); returns its id. Bad input is a one-line DepthmuxError."""
+    @property
+    def scheduler(self):
+        return self.core.scheduler
+
+    @property
+    def runner(self):
+        return self.core.runner
+
+    @property
+    def stats(self) -> EngineStats:
+        """Counters of the runner and the scheduler (:class:`EngineStats`, a copy)."""
+        return self.core.stats
+
+    def _intake(self, prompt, sampling_params, request_id) -> str:
+        """Validate and tokenize a request, hand it to the core and the output processor; returns its id."""
         params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise DepthmuxError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
-        text, ids = self._prompt_ids(prompt)
-        if not ids:
-            raise DepthmuxError("empty prompt")
-        V = self.model.config.vocab_size
-        if min(ids) < 0 or max(ids) >= V:
-            raise DepthmuxError(f"prompt token ids must be in [0, {V}), got {min(ids)}..{max(ids)}")
-        if len(ids) > self.max_len:
-            raise DepthmuxError(f"prompt of {len(ids)} tokens is longer than the model's context of {self.max_len}")
+        if request_id is not None and (not isinstance(request_id, str) or not request_id):
+            raise DepthmuxError(f"request_id must be a non-empty string, got {request_id!r}")
+        text, ids = prompt_token_ids(prompt, self.tokenizer)
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
-        stops = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.eos_token_ids)
-        self.scheduler.add_request(Request(rid, ids, params, stops, self.max_len, arrival=0))
-        self._prompts[rid] = text
+        if self.processor.has(rid):
+            raise DepthmuxError(f"request id {rid!r} is already in use")
+        if params.stop and self.tokenizer is None:
+            raise DepthmuxError("stop strings need a tokenizer: pass tokenizer= or use stop_token_ids")
+        self.core.add_request(rid, ids, params)
+        self.processor.add_request(rid, text, ids, params, time.monotonic())
         return rid
+
+    def _step(self) -> list[RequestOutput]:
+        """One core step through the output processor; a request a stop string ended is aborted in the core."""
+        outputs, stopped = self.processor.process(self.core.step())
+        for rid in stopped:
+            self.core.abort_request(rid)
+        return outputs
+
+
+class LLM(EngineFrontend):
+    """Continuous-batching decode engine over one model, synchronous (module docstring; arguments as
+    :class:`EngineFrontend`)."""
+
+    def __init__(self, model, tokenizer=None, **engine_kwargs):
+        super().__init__(model, tokenizer, **engine_kwargs)
+        self._finished: dict[str, RequestOutput] = {}  # final outputs not yet read
+
+    def add_request(self, prompt, sampling_params: SamplingParams | None = None, request_id: str | None = None) -> str:
+        """Queue a request (string or token ids); returns its id. Bad input is a one-line DepthmuxError."""
+        if request_id is not None and request_id in self._finished:
+            raise DepthmuxError(f"request id {request_id!r} is already in use")
+        return self._intake(prompt, sampling_params, request_id)
 
     def abort_request(self, request_id: str) -> bool:
         """Cancel a request; its KV is freed at once. False when it is unknown or already finished."""
-        return self.scheduler.abort_request(request_id)
+        return self.core.abort_request(request_id)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
-
-    def _output(self, req: Request, new: list[int]) -> RequestOutput:
-        text = None
-        if self.tokenizer is not None:
-            text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=True)
-        return RequestOutput(
-            req.request_id,
-            self._prompts.get(req.request_id),
-            list(req.prompt_token_ids),
-            list(req.output_token_ids),
-            new,
-            text,
-            req.finished,
-            req.finish_reason,
-        )
+        return self.core.has_unfinished_requests()
 
     def output(self, request_id: str) -> RequestOutput:
-        """The current output of a request."""
-        req = self.scheduler.requests.get(request_id)
-        if req is None:
+        """The current output of a request; a finished one is returned once, then forgotten."""
+        if request_id in self._finished:
+            return self._finished.pop(request_id)
+        out = self.processor.current(request_id)
+        if out is None:
             raise DepthmuxError(f"unknown request id {request_id!r}")
-        return self._output(req, [])
+        return out
 
-    # -- running ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """One engine step; outputs of the requests that received a token (or were ended by the budget)."""
-        decision = self.scheduler.schedule()
-        outputs = [
-            self._output(self.scheduler.requests[r], [])
-            for r in decision.released
-            if self.scheduler.requests[r].finish_reason == "kv_budget"
-        ]
-        if decision.empty:
-            return outputs
-        result = self.runner.execute(decision)
-        before = {r.request_id: len(r.output_token_ids) for r in self.scheduler.running}
-        for req in self.scheduler.update(decision, result):  # several tokens when speculative drafts were accepted
-            outputs.append(self._output(req, req.output_token_ids[before[req.request_id] :]))
+        """One engine step; outputs of the requests that received a token or ended."""
+        outputs = self._step()
+        for out in outputs:
+            if out.finished:
+                self._finished[out.request_id] = out
         return outputs
 
     def _add_all(self, prompts, sampling_params) -> list[str]:
@@ -248,25 +197,17 @@ class LLM:
     ) -> list[RequestOutput]:
         """Generate for every prompt (strings, token-id lists, or one of them); outputs in prompt order."""
         ids = self._add_all(prompts, sampling_params)
-        while any(not self.scheduler.requests[i].finished for i in ids):
+        while any(i not in self._finished for i in ids):
             self.step()
-        return [self.output(i) for i in ids]
+        return [self._finished.pop(i) for i in ids]
 
     def stream(
         self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
     ) -> Iterator[RequestOutput]:
-        """Like :meth:`generate`, yielding each step's outputs (``new_token_ids``) as they come."""
+        """Like :meth:`generate`, yielding each step's outputs (``new_token_ids``, ``new_text``) as they come."""
         ids = self._add_all(prompts, sampling_params)
-        while any(not self.scheduler.requests[i].finished for i in ids):
+        mine = set(ids)
+        while any(i not in self._finished for i in ids):
             yield from self.step()
-
-    @property
-    def stats(self) -> EngineStats:
-        """Counters of the runner and the scheduler (:class:`EngineStats`)."""
-        s = self.runner.stats
-        s.preemptions = self.scheduler.preemptions
-        s.computed_exited = self.scheduler.computed_exited
-        s.kv_bytes_in_use = self.kv.bytes_in_use
-        s.kv_bytes_peak = self.kv.peak_bytes
-        s.kv_entries_written = self.kv.entries_written
-        return s
+        for i in mine:
+            self._finished.pop(i, None)

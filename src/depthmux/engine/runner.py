@@ -243,13 +243,21 @@ class ModelRunner:
 
     # -- a step -----------------------------------------------------------------------------
     @torch.no_grad()
-    def execute(self, decision: SchedulerDecision) -> StepResult:
-        """Run one step; returns what the scheduler needs to advance its bookkeeping."""
+    def forget(self, decision: SchedulerDecision) -> None:
+        """Drop the state of requests released (finished, cancelled) or preempted and of dropped items.
+        Called on every decision, empty ones included, so nothing of a gone request stays."""
         for rid in decision.released:
             self.generators.pop(rid, None)
         if decision.dropped_items and self.carry is not None:
             dropped = set(decision.dropped_items)
             self.carry = self.carry.select([i for i, it in enumerate(self.carry.ids) if it not in dropped])
+            if not self.carry.ids:
+                self.carry = None
+
+    @torch.no_grad()
+    def execute(self, decision: SchedulerDecision) -> StepResult:
+        """Run one step; returns what the scheduler needs to advance its bookkeeping."""
+        self.forget(decision)
         result = StepResult()
         self.stats.steps += 1
         for group in prefill_groups(decision.prefills):

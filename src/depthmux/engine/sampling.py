@@ -5,7 +5,10 @@
 of a batch of sequences ([N, V]) into their next tokens: greedy rows take one batched argmax;
 temperature / top-p rows are sampled together from the engine's generator, except rows with their
 own ``seed``, which draw from a per-request generator (so a seeded request gives the same tokens
-whatever else is in the batch).
+whatever else is in the batch). :func:`sampling_probs` is the one definition of a sampled request's
+distribution (temperature, then the top-p nucleus); speculative decoding uses it too.
+
+A temperature below :data:`TEMPERATURE_FLOOR` (e.g. 1e-300, whose division overflows) is greedy.
 """
 
 from __future__ import annotations
@@ -17,6 +20,17 @@ import torch
 
 from depthmux.errors import DepthmuxError
 
+TEMPERATURE_FLOOR = 1e-5
+"""Temperatures below this decode greedily (``logits / T`` would overflow; the limit is the argmax)."""
+SEED_LIMIT = 1 << 63
+"""Seeds must lie in [0, 2^63) (torch generators take int64)."""
+
+
+def check_seed(name: str, seed) -> None:
+    """A seed is an integer in [0, 2^63); anything else is a one-line error."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise DepthmuxError(f"{name} must be an integer in [0, 2^63), got {seed!r}")
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -24,10 +38,14 @@ class SamplingParams:
 
     Attributes:
         max_new_tokens: tokens to generate at most (>= 1).
-        temperature: 0 = greedy (argmax); > 0 divides the logits before the softmax.
+        temperature: 0 = greedy (argmax); > 0 divides the logits before the softmax (below
+            :data:`TEMPERATURE_FLOOR`: greedy).
         top_p: nucleus sampling, keep the smallest set of tokens whose probability reaches top_p (0, 1].
-        seed: per-request random seed (None: the engine's generator).
+        seed: per-request random seed in [0, 2^63) (None: the engine's generator).
         stop_token_ids: generation stops after emitting one of these (the stop token is kept in the output).
+        stop: stop strings: generation stops when the output text contains one; it is matched on the
+            text across token boundaries and cut from the output text with everything after it
+            (OpenAI's convention; needs a tokenizer).
         ignore_eos: do not stop at the model's end-of-sequence token (it is a stop token unless set).
     """
 
@@ -37,6 +55,7 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = self.max_new_tokens
@@ -48,16 +67,24 @@ class SamplingParams:
         p = self.top_p
         if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p) or not 0.0 < p <= 1.0:
             raise DepthmuxError(f"top_p must be in (0, 1], got {p!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise DepthmuxError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None:
+            check_seed("seed", self.seed)
+        if isinstance(self.stop_token_ids, (str, bytes, int)) or not hasattr(self.stop_token_ids, "__iter__"):
+            raise DepthmuxError(f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}")
         stops = tuple(self.stop_token_ids)
         if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in stops):
             raise DepthmuxError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
         object.__setattr__(self, "stop_token_ids", stops)
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if isinstance(stop, bytes) or not isinstance(stop, (list, tuple)):
+            raise DepthmuxError(f"stop must be a string or a list of strings, got {self.stop!r}")
+        if not all(isinstance(x, str) and x for x in stop):
+            raise DepthmuxError(f"stop must hold non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < TEMPERATURE_FLOOR
 
 
 def _nucleus(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -68,6 +95,19 @@ def _nucleus(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     keep_sorted[:, 0] = True
     keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
     return probs * keep
+
+
+def sampling_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """The distributions sampled requests draw from: ``softmax(logits / T)`` cut to each row's top-p
+    nucleus and renormalised. logits [N, V] (any float dtype), one params per row -> [N, V] float32."""
+    temp = torch.tensor([p.temperature for p in params], device=logits.device, dtype=torch.float32)
+    probs = (logits.float() / temp[:, None]).softmax(-1)
+    if any(p.top_p < 1.0 for p in params):
+        # top_p = 1 keeps every token (an infinite threshold: no rounding of the cumulative sum drops a tail)
+        top_p = torch.tensor([p.top_p if p.top_p < 1.0 else math.inf for p in params], device=logits.device)
+        probs = _nucleus(probs, top_p)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
 
 
 def sample_next_tokens(
@@ -85,9 +125,7 @@ def sample_next_tokens(
     sampled = [i for i, p in enumerate(params) if not p.greedy]
     if sampled:
         idx = torch.tensor(sampled, device=logits.device)
-        temp = torch.tensor([params[i].temperature for i in sampled], device=logits.device, dtype=torch.float32)
-        top_p = torch.tensor([params[i].top_p for i in sampled], device=logits.device, dtype=torch.float32)
-        probs = _nucleus((logits[idx].float() / temp[:, None]).softmax(-1), top_p)
+        probs = sampling_probs(logits[idx], [params[i] for i in sampled])
         shared = [j for j, i in enumerate(sampled) if generators[i] is None]
         if shared:
             rows = torch.tensor(shared, device=logits.device)

@@ -26,6 +26,8 @@ scheduler checks that the pages it may need (worst case: every token reaching ev
 fit the free bytes; if not, it preempts the newest running request (its KV is freed, it is
 recomputed later from prompt + outputs, as vLLM does). A finished or cancelled request frees its
 KV at once.
+
+Length: requests, admission, the step plan and the result bookkeeping are one state machine.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Request:
         output_token_ids: generated tokens so far.
         num_computed: tokens of ``prompt + outputs`` that have entered the model.
         in_flight: depth-wise policy, the id of its work item in the model (None when none).
-        finish_reason: "stop", "length", "aborted" or "kv_budget" once finished.
+        finish_reason: "stop", "length", "abort" or "kv_budget" once finished.
         num_preemptions: times its KV was taken back and recomputed.
     """
 
@@ -109,13 +111,16 @@ class PrefillChunk:
 @dataclass
 class WorkItem:
     """A decode token in the model: ``request_id``'s token ``token_id`` at ``position``, next to run
-    recursion ``depth`` (0-based). ``item_id`` is unique over the engine's life."""
+    recursion ``depth`` (0-based). ``item_id`` is unique over the engine's life. ``remaining``: tokens
+    the request may still emit (its max_new_tokens budget), so a policy that emits several tokens per
+    step (self-speculation) stays within it without reading the scheduler's request table."""
 
     item_id: int
     request_id: str
     position: int
     token_id: int
     depth: int = 0
+    remaining: int = 1
 
 
 @dataclass
@@ -205,7 +210,8 @@ class Scheduler:
         self.max_batch_items, self.max_prefill_tokens = max_batch_items, max_prefill_tokens
         self.max_num_seqs = max_num_seqs
         self.num_recursion_steps = num_recursion_steps
-        self.requests: dict[str, Request] = {}
+        self.requests: dict[str, Request] = {}  # waiting and running only
+        self.finished: list[Request] = []  # finished since the last :meth:`take_finished`
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.items: dict[int, WorkItem] = {}  # depth-wise: items in flight
@@ -219,7 +225,7 @@ class Scheduler:
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
-        if request.request_id in self.requests and not self.requests[request.request_id].finished:
+        if request.request_id in self.requests:
             raise DepthmuxError(f"request id {request.request_id!r} is already in use")
         need = self.kv.spec.reservation_bytes(request.reserve_tokens)
         if need > self.kv.budget_bytes:
@@ -239,8 +245,13 @@ class Scheduler:
             return False
         if req.state == WAITING:
             self.waiting.remove(req)
-        self._finish(req, "aborted")
+        self._finish(req, "abort")
         return True
+
+    def take_finished(self) -> list[Request]:
+        """The requests finished (stop, length, abort, budget) since the last call; the scheduler forgets them."""
+        done, self.finished = self.finished, []
+        return done
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -255,6 +266,8 @@ class Scheduler:
         self.kv.free(req.request_id)
         req.state, req.finish_reason = FINISHED, reason
         self._released.append(req.request_id)
+        del self.requests[req.request_id]  # nothing of a finished request stays (the caller holds it)
+        self.finished.append(req)
 
     def _preempt(self, req: Request) -> None:
         """Free the request's KV and put it back at the head of the queue; it is recomputed from
@@ -289,7 +302,8 @@ class Scheduler:
             entering = entering[: self.max_batch_items]
         for offset, r in enumerate(entering):
             pos = r.num_computed
-            item = WorkItem(self._next_item + offset, r.request_id, pos, r.all_token_ids[pos])
+            remaining = r.params.max_new_tokens - len(r.output_token_ids)
+            item = WorkItem(self._next_item + offset, r.request_id, pos, r.all_token_ids[pos], remaining=remaining)
             d.entering.append(item)
             need += self.kv.new_blocks_bytes(r.request_id, MAIN, 1)
             if loop and self.depth_policy == "lockstep":
@@ -366,20 +380,22 @@ class Scheduler:
             if it_id not in self.items:
                 self.computed_exited += 1
         for chunk in decision.prefills:
-            self.requests[chunk.request_id].num_computed = chunk.start + len(chunk.token_ids)
+            if chunk.request_id in self.requests:
+                self.requests[chunk.request_id].num_computed = chunk.start + len(chunk.token_ids)
         for it in decision.entering:
-            self.requests[it.request_id].num_computed = it.position + 1
+            if it.request_id in self.requests:
+                self.requests[it.request_id].num_computed = it.position + 1
         for it_id, depth in result.depths.items():
             if it_id in self.items:
                 self.items[it_id].depth = depth
         for it_id in result.exited:
             it = self.items.pop(it_id, None)
-            if it is not None:
+            if it is not None and it.request_id in self.requests:
                 self.requests[it.request_id].in_flight = None
         progressed = []
         for rid, token in result.sampled.items():
-            req = self.requests[rid]
-            if req.finished:
+            req = self.requests.get(rid)
+            if req is None:
                 continue
             accepted = result.accepted.get(rid, [])
             req.num_computed += len(accepted)  # accepted drafts already entered the model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass
@@ -42,6 +42,10 @@ class EngineStats:
     kv_bytes_in_use: int = 0
     kv_bytes_peak: int = 0
     kv_entries_written: int = 0
+
+    def copy(self) -> EngineStats:
+        """An independent copy (a reader never changes the engine's counters)."""
+        return replace(self, exits_by_depth=list(self.exits_by_depth))
 
     def average_depth(self) -> float:
         """Mean recursions per token that left the model."""
