@@ -115,7 +115,9 @@ def test_chat_stream_raw_sse_ends_with_done(server):
 
 
 def test_stop_strings_end_the_text_before_them(client):
-    full = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=24, temperature=0, ignore_eos=True)
+    full = client.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=24, temperature=0, extra_body={"ignore_eos": True}
+    )
     text = full.choices[0].text
     stop = text[len(text) // 2 : len(text) // 2 + 2]
     assert stop.strip() and len(stop) == 2

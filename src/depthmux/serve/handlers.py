@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from depthmux.errors import DepthmuxError
 from depthmux.serve.errors import APIError, bad_request, overloaded, unknown_model
 from depthmux.serve.grouping import DynamicGrouper
 from depthmux.serve.metrics import ServerMetrics
@@ -39,10 +41,13 @@ SEED_MOD = 2**63
 
 @dataclass
 class ServedClassifier:
-    """A loaded RevMUX (or teacher) classifier under a name."""
+    """A loaded RevMUX (or teacher) classifier under a name. Its tokenizer is used from the event loop
+    (length checks) and from the forward's worker thread: a Hugging Face fast tokenizer keeps padding
+    state on one shared object, so every use holds ``lock`` (the forward itself runs outside it)."""
 
     name: str
     model: object  # depthmux.multiplexing.FrozenBackboneClassifier
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def n(self) -> int:
@@ -55,7 +60,8 @@ class ServedClassifier:
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens per text; a text over the backbone's limit is a 400 naming it."""
         body = self.model.body
-        ids = body.tokenizer(body.format_texts(texts))["input_ids"]
+        with self.lock:
+            ids = body.tokenizer(body.format_texts(texts))["input_ids"]
         counts = [len(x) for x in ids]
         for i, c in enumerate(counts):
             if c > body.max_length:
@@ -64,8 +70,10 @@ class ServedClassifier:
 
     def __call__(self, texts: list[str]) -> list[tuple[str, list[float]]]:
         """Labels and probabilities, consecutive N texts per group (runs in a worker thread)."""
+        with self.lock:
+            batch = self.model.body.tokenize(texts)
         with torch.no_grad():
-            probs = self.model(self.model.body.tokenize(texts)).logits.float().softmax(-1).cpu()
+            probs = self.model(batch).logits.float().softmax(-1).cpu()
         labels = self.labels
         return [(labels[int(p.argmax())], p.tolist()) for p in probs]
 
@@ -90,6 +98,18 @@ class _Choice:
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+async def _engine_errors(gen, llm):
+    """``gen``'s outputs; the engine's one-line errors become API errors (503 once its loop died, else 400:
+    input the checks here let through)."""
+    try:
+        async for out in gen:
+            yield out
+    except DepthmuxError as e:
+        if llm.errored:
+            raise APIError(503, f"the engine loop has died: {e}"[:300], None, "engine_dead") from None
+        raise bad_request(str(e)) from None
 
 
 def _sse(obj) -> str:
@@ -271,7 +291,7 @@ class Serving:
         hold = max((len(s) for s in choice.stops), default=1) - 1
         gen = self.llm.generate(choice.ids, choice.params, request_id=f"{uuid.uuid4().hex}-{choice.index}")
         try:
-            async for out in gen:
+            async for out in _engine_errors(gen, self.llm):
                 now = time.monotonic()
                 if first is None and out.token_ids:
                     first = now
@@ -283,7 +303,8 @@ class Serving:
                 text, stopped = _cut_at_stop(out.text or "", choice.stops)
                 choice.text = text
                 if stopped or out.finished:
-                    choice.finish_reason = "stop" if stopped else out.finish_reason
+                    reason = "stop" if stopped else out.finish_reason
+                    choice.finish_reason = "length" if reason == "kv_budget" else reason
                     choice.sent_limit = len(text)
                 else:
                     choice.sent_limit = max(0, len(text) - hold)

@@ -79,13 +79,6 @@ class ServerMetrics:
         self.e2e = Histogram(
             PREFIX + "e2e_request_latency_seconds", "End-to-end latency.", m, buckets=LATENCY_BUCKETS, registry=r
         )
-        self.queue_time = Histogram(
-            PREFIX + "request_queue_time_seconds",
-            "Time waiting before the first step.",
-            m,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
         self.http_errors = Counter(PREFIX + "http_errors", "Refused requests by HTTP status.", ["status"], registry=r)
         # RevMUX classification
         self.classify_inputs = Counter(PREFIX + "classify_inputs", "Inputs classified.", m, registry=r)
