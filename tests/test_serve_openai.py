@@ -184,3 +184,18 @@ def test_latency_metrics_are_recorded(server):
     for name in ("time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_request_latency_seconds"):
         assert server.metric(f"depthmux:{name}_count", model_name="tiny") > 0, name
     assert server.metric("depthmux:request_success_total", model_name="tiny", finished_reason="length") > 0
+
+
+def test_bench_streams_completions_and_reports_latencies(server):
+    from depthmux.serve import BenchConfig, run_bench
+
+    r = run_bench(BenchConfig(url=server.url, model="tiny", concurrency=2, num_requests=4, max_tokens=6))
+    assert r["completed"] == 4 and r["errors_by_status"] == {}
+    assert r["output_tokens"] > 0 and r["output_token_throughput"] > 0
+    for key in ("ttft_s", "itl_s", "e2e_latency_s"):
+        assert r[key]["median"] > 0, key
+    assert r["ttft_s"]["median"] <= r["e2e_latency_s"]["median"]
+    chat = run_bench(
+        BenchConfig(url=server.url, model="tiny", endpoint="chat", rate=20.0, num_requests=3, max_tokens=4)
+    )
+    assert chat["completed"] == 3
