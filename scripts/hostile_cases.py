@@ -153,6 +153,9 @@ class Context:
                 out[self.path(n)] = False
         return out
 
+    def is_copy(self, path: str) -> bool:
+        return any(path == self.path(n) for n in self.case.placeholders() if n.startswith("copy:"))
+
     def file(self, name: str, rel: str = "") -> Path:
         return Path(self.path(name)) / rel if rel else Path(self.path(name))
 
