@@ -1136,10 +1136,18 @@ def run_process_case(case: Case, ctx: Context) -> dict:
             proc.wait()
             return {"hang": True, "stdout": _text(out_f), "stderr": _text(err_f)}
         finally:
+            first_alive = first is not None and first.poll() is None
             if first is not None:
-                if first.poll() is None:
+                if first_alive:
                     os.killpg(first.pid, signal.SIGKILL)
                 first.wait()
+    if first is not None and not first_alive:
+        return {
+            "code": code,
+            "stdout": _text(out_f),
+            "stderr": _text(err_f),
+            "exc": "the pass could not test this: the first run ended before the second did",
+        }
     if code < 0:
         return {"code": code, "stdout": _text(out_f), "stderr": _text(err_f), "exc": f"killed by signal {-code}"}
     return {"code": code, "stdout": _text(out_f), "stderr": _text(err_f)}

@@ -345,7 +345,7 @@ def mux_train_cases() -> list[Case]:
             "either",
             cost=8,
             timeout=240,
-            check=says(r"(?i)(min-steps|raised|epochs? (?:to|from)|\b\d+ epochs)"),
+            check=says(r"(?i)(epoch 1/1\b|min-steps|raised|epochs? (?:to|from)|\b\d+ epochs)"),  # 1/1: it won
             note="--epochs 1 trains 47 epochs because --min-steps 600 raises it; only the bar shows it (issue 20)",
         ),
         Case(
@@ -1273,6 +1273,9 @@ def process_cases() -> list[Case]:
     lt = [*_with(_with(LT, "--steps", "40"), "--block-size", "16"), "--checkpoint-every", "5"]
     et = [*_with(ET, "--steps", "30"), "--checkpoint-every", "5"]
     mt = _with(_with(_with(MT, "--epochs", "2"), "--max-train", "0"), "--train", "{train_big}")
+    # the first of two concurrent runs must outlive the second: long settings (it is killed at the end)
+    lt_long = [*_with(_with(LT, "--steps", "5000"), "--block-size", "16"), "--checkpoint-every", "5"]
+    mt_long = [*_with(mt, "--epochs", "50"), "--patience", "0"]
     return [
         Case(
             "kill-lm-train-resume",
@@ -1337,6 +1340,37 @@ def process_cases() -> list[Case]:
             resume=[*_with(mt, "--lr", "0.5"), "--resume"],
             timeout=300,
             cost=30,
+            wait_for="{out}/n2-l0-reversible/checkpoints/*",
+        ),
+        Case(
+            "concurrent-lm-train-same-out",
+            lt_long,
+            "error",
+            mode="concurrent",
+            resume=lt_long,
+            timeout=300,
+            cost=20,
+            wait_for="{out}/checkpoints/step-*5",
+            note="a second run on a folder in use: one line (the lock)",
+        ),
+        Case(
+            "concurrent-lm-train-resume-same-out",
+            lt_long,
+            "error",
+            mode="concurrent",
+            resume=[*lt_long, "--resume"],
+            timeout=300,
+            cost=20,
+            wait_for="{out}/checkpoints/step-*5",
+        ),
+        Case(
+            "concurrent-mux-train-same-out",
+            mt_long,
+            "error",
+            mode="concurrent",
+            resume=[*mt_long, "--resume"],
+            timeout=300,
+            cost=20,
             wait_for="{out}/n2-l0-reversible/checkpoints/*",
         ),
         Case(
