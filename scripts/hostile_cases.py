@@ -52,6 +52,7 @@ class Case:
     message: str | None = None  # an expected error's line must match this regex (else: unclear)
     upfront: bool = False  # an expected error must come before any output on stdout (before the work)
     uses: tuple[str, ...] = ()  # fixtures an API case needs beyond those in its name
+    requires: str | None = None  # a command that not every depthmux has (skipped where it is missing)
 
     def describe(self) -> str:
         if self.api is not None:
@@ -331,6 +332,13 @@ def train2(p, _):
 @fixture
 def train_big(p, _):
     _write(p, _csv(_rows(2000, 12)))
+
+
+@fixture
+def dev3_csv(p, need):
+    """A folder holding a copy of dev3 as dev.csv (for cases that must not lose it)."""
+    p.mkdir()
+    shutil.copy(need("dev3"), p / "dev.csv")
 
 
 @fixture
