@@ -52,6 +52,7 @@ class Case:
     message: str | None = None  # an expected error's line must match this regex (else: unclear)
     upfront: bool = False  # an expected error must come before any output on stdout (before the work)
     uses: tuple[str, ...] = ()  # fixtures an API case needs beyond those in its name
+    requires: str | None = None  # a command that not every depthmux has (skipped where it is missing)
 
     def describe(self) -> str:
         if self.api is not None:
@@ -152,6 +153,9 @@ class Context:
             ):
                 out[self.path(n)] = False
         return out
+
+    def is_copy(self, path: str) -> bool:
+        return any(path == self.path(n) for n in self.case.placeholders() if n.startswith("copy:"))
 
     def file(self, name: str, rel: str = "") -> Path:
         return Path(self.path(name)) / rel if rel else Path(self.path(name))
@@ -328,6 +332,13 @@ def train2(p, _):
 @fixture
 def train_big(p, _):
     _write(p, _csv(_rows(2000, 12)))
+
+
+@fixture
+def dev3_csv(p, need):
+    """A folder holding a copy of dev3 as dev.csv (for cases that must not lose it)."""
+    p.mkdir()
+    shutil.copy(need("dev3"), p / "dev.csv")
 
 
 @fixture
@@ -1133,10 +1144,18 @@ def run_process_case(case: Case, ctx: Context) -> dict:
             proc.wait()
             return {"hang": True, "stdout": _text(out_f), "stderr": _text(err_f)}
         finally:
+            first_alive = first is not None and first.poll() is None
             if first is not None:
-                if first.poll() is None:
+                if first_alive:
                     os.killpg(first.pid, signal.SIGKILL)
                 first.wait()
+    if first is not None and not first_alive:
+        return {
+            "code": code,
+            "stdout": _text(out_f),
+            "stderr": _text(err_f),
+            "exc": "the pass could not test this: the first run ended before the second did",
+        }
     if code < 0:
         return {"code": code, "stdout": _text(out_f), "stderr": _text(err_f), "exc": f"killed by signal {-code}"}
     return {"code": code, "stdout": _text(out_f), "stderr": _text(err_f)}
