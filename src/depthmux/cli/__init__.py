@@ -3,6 +3,7 @@
 ``depthmux mux ...``  data multiplexing (RevMUX) on a frozen encoder;
 ``depthmux lm ...``   recursive transformers and Mixture-of-Recursions;
 ``depthmux ee ...``   early exit (FREE): shallow-deep training and evaluation;
+``depthmux serve``    an OpenAI-compatible server (``depthmux serve bench``: a load generator);
 ``depthmux --version``.
 
 Every error reaches the user as ONE line on stderr starting ``error:``, exit status 2: a
@@ -22,7 +23,7 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError
 
 from depthmux import __version__
-from depthmux.cli import ee, lm, mux
+from depthmux.cli import ee, lm, mux, serve
 from depthmux.errors import DepthmuxError
 
 USAGE_STATUS = 2
@@ -38,6 +39,7 @@ app = typer.Typer(
 app.add_typer(mux.app, name="mux")
 app.add_typer(lm.app, name="lm")
 app.add_typer(ee.app, name="ee")
+app.add_typer(serve.app, name="serve")
 
 
 def _print_version(value: bool) -> None:

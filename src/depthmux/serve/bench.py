@@ -1,0 +1,207 @@
+"""``depthmux serve bench``: an asyncio load generator against a running server on loopback (SPEC 5b,
+after vLLM's serving benchmark; our own code).
+
+Arrivals are Poisson at ``rate`` requests/s (seeded), or ``concurrency`` requests are kept in flight.
+It stops by itself: after ``num_requests`` requests or ``duration_s`` seconds of sending, whichever comes
+first, and each request gives up after ``timeout_s``. Generation requests stream (with
+``include_usage``): TTFT = time to the first chunk with text, ITL = gaps between chunks with text,
+TPOT = (latency - TTFT) / (output tokens - 1), e2e = the whole request. Classification: latency per
+request and inputs/s. Every failure is counted by HTTP status ("timeout", "connection" otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import statistics
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from depthmux.errors import require
+from depthmux.serve.server import LOOPBACK
+from depthmux.utils.checks import check_float, check_int, check_seed
+
+ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions", "classify": "/v1/classify"}
+
+
+@dataclass
+class BenchConfig:
+    url: str
+    model: str
+    endpoint: str = "completions"
+    rate: float | None = None  # Poisson arrivals per second; None: fixed concurrency
+    concurrency: int = 8
+    num_requests: int = 100
+    duration_s: float = 60.0
+    max_tokens: int = 32
+    prompt: str = "The quick brown fox"
+    inputs_file: str | None = None
+    inputs_per_request: int = 1
+    seed: int = 0
+    timeout_s: float = 120.0
+    inputs: list[str] = field(default_factory=list, repr=False)  # filled by validate()
+
+    def validate(self) -> BenchConfig:
+        parsed = urlparse(self.url)
+        require(parsed.scheme == "http" and parsed.hostname, f"--url must be http://HOST:PORT, got {self.url!r}")
+        require(parsed.hostname in LOOPBACK, f"--url must be a loopback address, got {parsed.hostname!r}")
+        require(self.endpoint in ENDPOINTS, f"--endpoint must be one of {list(ENDPOINTS)}, got {self.endpoint!r}")
+        check_float("--rate", self.rate, 0.0, low_open=True, allow_none=True)
+        check_int("--concurrency", self.concurrency, 1)
+        check_int("--num-requests", self.num_requests, 1)
+        check_float("--duration", self.duration_s, 0.0, low_open=True)
+        check_int("--max-tokens", self.max_tokens, 1)
+        check_int("--inputs-per-request", self.inputs_per_request, 1)
+        check_seed("--seed", self.seed)
+        check_float("--timeout", self.timeout_s, 0.0, low_open=True)
+        if self.inputs_file is not None:
+            path = Path(self.inputs_file)
+            require(path.is_file(), f"--inputs-file not found: {path}")
+            self.inputs = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            require(self.inputs, f"{path}: no non-blank lines")
+        else:
+            require(self.prompt.strip() != "", "--prompt must not be blank")
+            self.inputs = [self.prompt]
+        return self
+
+
+def summary(values: list[float]) -> dict | None:
+    """mean, median, p95, p99 (nearest-rank) of ``values``; None when empty."""
+    if not values:
+        return None
+    s = sorted(values)
+
+    def rank(q: float) -> float:
+        return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+    return {"mean": statistics.fmean(s), "median": statistics.median(s), "p95": rank(0.95), "p99": rank(0.99)}
+
+
+@dataclass
+class _Result:
+    ok: bool
+    status: str
+    latency: float
+    ttft: float | None = None
+    itl: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    inputs: int = 0
+
+
+async def _one(client, cfg: BenchConfig, i: int) -> _Result:
+    path = ENDPOINTS[cfg.endpoint]
+    text = cfg.inputs[i % len(cfg.inputs)]
+    if cfg.endpoint == "classify":
+        k = cfg.inputs_per_request
+        body = {"model": cfg.model, "input": [cfg.inputs[(i * k + j) % len(cfg.inputs)] for j in range(k)]}
+    elif cfg.endpoint == "chat":
+        body = {"model": cfg.model, "messages": [{"role": "user", "content": text}]}
+    else:
+        body = {"model": cfg.model, "prompt": text}
+    if cfg.endpoint != "classify":
+        body |= {"max_tokens": cfg.max_tokens, "temperature": 0.0, "stream": True}
+        body["stream_options"] = {"include_usage": True}
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(cfg.timeout_s):
+            if cfg.endpoint == "classify":
+                r = await client.post(path, json=body)
+                if r.status_code != 200:
+                    return _Result(False, str(r.status_code), time.perf_counter() - start)
+                return _Result(True, "200", time.perf_counter() - start, inputs=len(r.json()["data"]))
+            res = _Result(False, "200", 0.0)
+            last = None
+            async with client.stream("POST", path, json=body) as r:
+                if r.status_code != 200:
+                    await r.aread()
+                    return _Result(False, str(r.status_code), time.perf_counter() - start)
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        return _Result(False, "stream_error", time.perf_counter() - start)
+                    if chunk.get("usage"):
+                        res.output_tokens = chunk["usage"]["completion_tokens"]
+                    choices = chunk.get("choices") or []
+                    has_text = any(c.get("text") or (c.get("delta") or {}).get("content") for c in choices)
+                    if has_text:
+                        now = time.perf_counter()
+                        if last is None:
+                            res.ttft = now - start
+                        else:
+                            res.itl.append(now - last)
+                        last = now
+            res.ok, res.latency = True, time.perf_counter() - start
+            return res
+    except TimeoutError:
+        return _Result(False, "timeout", time.perf_counter() - start)
+    except Exception as e:  # connection refused or reset: the server is down or overloaded
+        return _Result(False, f"connection:{type(e).__name__}", time.perf_counter() - start)
+
+
+async def _drive(cfg: BenchConfig) -> tuple[list[_Result], float]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    results: list[_Result] = []
+    async with httpx.AsyncClient(base_url=cfg.url, timeout=None, limits=limits) as client:
+        start = time.perf_counter()
+        deadline = start + cfg.duration_s
+        if cfg.rate is not None:
+            rng = random.Random(cfg.seed)
+            tasks, at = [], start
+            for i in range(cfg.num_requests):
+                at += rng.expovariate(cfg.rate)
+                if at > deadline:
+                    break
+                await asyncio.sleep(max(0.0, at - time.perf_counter()))
+                tasks.append(asyncio.ensure_future(_one(client, cfg, i)))
+            results = list(await asyncio.gather(*tasks))
+        else:
+            counter = iter(range(cfg.num_requests))
+
+            async def worker() -> None:
+                for i in counter:
+                    if time.perf_counter() > deadline:
+                        return
+                    results.append(await _one(client, cfg, i))
+
+            await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
+        return results, time.perf_counter() - start
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Run the load and report (see the module docstring); the report is a plain dict (JSON)."""
+    cfg.validate()
+    results, wall = asyncio.run(_drive(cfg))
+    ok = [r for r in results if r.ok]
+    report = {
+        "config": {k: v for k, v in asdict(cfg).items() if k != "inputs"},
+        "mode": f"poisson {cfg.rate}/s" if cfg.rate is not None else f"concurrency {cfg.concurrency}",
+        "requests": len(results),
+        "completed": len(ok),
+        "errors_by_status": dict(Counter(r.status for r in results if not r.ok)),
+        "duration_s": wall,
+        "request_throughput": len(ok) / wall if wall > 0 else None,
+        "e2e_latency_s": summary([r.latency for r in ok]),
+    }
+    if cfg.endpoint == "classify":
+        inputs = sum(r.inputs for r in ok)
+        report |= {"inputs": inputs, "inputs_per_s": inputs / wall if wall > 0 else None}
+        return report
+    tokens = sum(r.output_tokens for r in ok)
+    tpot = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.ttft is not None and r.output_tokens > 1]
+    report |= {
+        "output_tokens": tokens,
+        "output_token_throughput": tokens / wall if wall > 0 else None,
+        "ttft_s": summary([r.ttft for r in ok if r.ttft is not None]),
+        "tpot_s": summary(tpot),
+        "itl_s": summary([x for r in ok for x in r.itl]),
+    }
+    return report
