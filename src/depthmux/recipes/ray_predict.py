@@ -34,6 +34,7 @@ from pathlib import Path
 
 from depthmux.errors import DepthmuxError, require
 from depthmux.utils.checks import check_float, check_int
+from depthmux.utils.ray_cluster import start_ray
 
 #: Input formats Ray Data reads here (extension -> format).
 RAY_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
@@ -121,20 +122,6 @@ def ray_format(path: str | os.PathLike) -> str:
             f"{p}: --ray reads {', '.join(RAY_FORMATS)} files or a folder of Parquet files, not {suffix or '(none)'!r}"
         )
     return RAY_FORMATS[suffix]
-
-
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join ``address`` (or ``RAY_ADDRESS``), or start a local instance bound to 127.0.0.1 without the
-    dashboard; nothing when Ray is already initialised in this process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
 
 
 class Scorer:
