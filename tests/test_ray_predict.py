@@ -4,14 +4,18 @@ A local Ray bound to 127.0.0.1 with 2 CPUs, started once for the module (~15 s).
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray")
 
+from depthmux.cli import main  # noqa: E402
 from depthmux.errors import DepthmuxError  # noqa: E402
 from depthmux.multiplexing import load_classifier  # noqa: E402
+from depthmux.recipes.mux_predict import MuxPredictConfig, predict_file  # noqa: E402
 from depthmux.recipes.ray_predict import RayPredictConfig, predict_with_ray, score_texts  # noqa: E402
 
 TEXTS = [f"sentence number {i} is {'good' if i % 3 else 'bad'} and {'long ' * (i % 5)}" for i in range(53)]
@@ -19,24 +23,9 @@ TEXTS = [f"sentence number {i} is {'good' if i % 3 else 'bad'} and {'long ' * (i
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory, tokenizer):
-    import torch
+    from serve_fixtures import tiny_classifiers
 
-    from depthmux.backbones import load_backbone
-    from depthmux.multiplexing import LinearProbeHead, MultiplexedClassifier, MuxConfig
-    from tiny_families import save_family
-
-    root = tmp_path_factory.mktemp("ckpt")
-    folder = save_family("bert", root / "tiny-bert", tokenizer)
-    backbone = load_backbone(folder)
-    torch.manual_seed(0)
-    head = LinearProbeHead(backbone.hidden_size, 2)
-    config = MuxConfig(n=2, backbone=str(folder), readout=backbone.readout_mode, label_names=["neg", "pos"])
-    model = MultiplexedClassifier(config, backbone, head)
-    with torch.no_grad():
-        for p in [*head.parameters(), *model.trainable_state_dict().values()]:
-            p.add_(torch.randn_like(p) * 0.5)
-    model.save_pretrained(root / "n2")
-    return {"n2": root / "n2"}
+    return tiny_classifiers(tmp_path_factory.mktemp("ckpt"), tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +47,19 @@ def reference(ckpt, texts, batch):
 
 
 @pytest.mark.parametrize("actors", [1, pytest.param(2, marks=pytest.mark.slow)], ids=["1-actor", "2-actors"])
-def test_ray_data_equals_single_process(tmp_path, ckpts, local_ray, actors):
+def test_ray_data_equals_single_process(tmp_path, ckpts, local_ray, actors, capsys):
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": list(range(len(TEXTS))), "text": TEXTS}), src, row_group_size=7)
+    single = tmp_path / "single.parquet"
+    predict_file(MuxPredictConfig(str(ckpts["n2"]), str(src), str(single), batch_size=6, chunk_rows=10), False)
     out = tmp_path / "out"
-    cfg = RayPredictConfig(str(ckpts["n2"]), str(src), str(out), batch_size=6, actors=actors, cpus_per_actor=0.5)
-    s = predict_with_ray(cfg)
-    got = pq.read_table(out).to_pylist()
+    main(["mux", "predict", str(ckpts["n2"]), "--input", str(src), "--out", str(out), "--batch-size", "6",
+          "--ray", "--actors", str(actors), "--cpus-per-actor", "0.5", "--json"])  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["rows"] == len(TEXTS)
+    want, got = pq.read_table(single), pq.read_table(out)
+    assert got.column_names == want.column_names and got.to_pylist() == want.to_pylist()  # bit for bit, in order
     labels, probs = reference(ckpts["n2"], TEXTS, 6)
-    assert s.rows == len(TEXTS) and [r["id"] for r in got] == list(range(len(TEXTS)))  # file order kept
-    assert [r["predicted_label"] for r in got] == labels
-    assert [[r["prob_neg"], r["prob_pos"]] for r in got] == probs  # bit for bit: the same batches
-    assert labels == [["neg", "pos"][i] for i in load_classifier(ckpts["n2"]).predict(TEXTS, 6).tolist()]
+    assert [r["predicted_label"] for r in got.to_pylist()] == labels
     # another batch size groups rows differently: a planted difference the comparison would catch
     assert reference(ckpts["n2"], TEXTS, 4)[1] != probs
     with pytest.raises(DepthmuxError, match="would take all 2 CPUs"):

@@ -10,9 +10,6 @@ deployment options map ``--replicas`` / ``--max-replicas`` / limits onto Ray's. 
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -69,6 +66,15 @@ def test_serve_batch_caps_a_forward_at_max_batch_and_keeps_classifiers_apart():
     assert [len(c) for c in calls1] == [6, 2] and calls2 == [["p", "q"]]
 
 
+def test_the_incomplete_group_runs_in_a_forward_of_its_own():
+    async def main():
+        g, calls = grouper(n=2, max_batch=8)
+        return await g.submit(["a", "b", "c"]), calls
+
+    out, calls = asyncio.run(main())
+    assert out == ["m:a", "m:b", "m:c"] and calls == [["a", "b"], ["c"]]
+
+
 def test_serve_batch_full_queue_is_503():
     async def main():
         g, _ = grouper(max_queued=4, max_wait_s=0.2)
@@ -108,27 +114,14 @@ def ckpts(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """``ray start --head --block`` on 127.0.0.1 (a port of its own, 2 CPUs), stopped by its pid."""
-    from serve_fixtures import free_port
+def ray_head():
+    """A local Ray head owned by this test process (127.0.0.1, 2 CPUs, no dashboard); the server
+    subprocess joins it through ``RAY_ADDRESS``, and the test reaches its replicas."""
+    import ray
 
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")  # noqa: SIM115 (closed below)
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port", str(port)]
-    cmd += ["--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "false"]
-    cmd += ["--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())]
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    )
-    address = f"127.0.0.1:{port}"
-    yield address
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
 
 
 def classify(url, model, inputs):
@@ -162,7 +155,6 @@ def test_two_replicas_answer_as_one_process_and_survive_a_killed_replica(ckpts, 
             for m in ("n2", "teacher"):
                 assert [classify(served.url, m, texts[:k]) for k in (1, 4, 9)] == expected[m]
 
-        ray.init(address=ray_head, log_to_driver=False)
         replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "SERVE_REPLICA" in a["name"]]
         assert len(replicas) == 2
 
@@ -206,6 +198,4 @@ def test_two_replicas_answer_as_one_process_and_survive_a_killed_replica(ckpts, 
         assert after and all(c == 200 for c in after)
         assert [classify(served.url, "n2", texts[:k]) for k in (1, 4, 9)] == expected["n2"]
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         served.stop()

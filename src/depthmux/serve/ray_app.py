@@ -46,7 +46,9 @@ APP_NAME = "depthmux"
 class RayBatchGrouper:
     """One classifier's queue on Ray: the same interface as :class:`DynamicGrouper` (``submit``, ``close``),
     grouping by ``@serve.batch``. Each input is one batch item ``(text, enqueued)``; the batch function runs
-    the classifier in a worker thread (consecutive N inputs form a group)."""
+    the classifier in a worker thread on the whole groups of N, then on the incomplete last group alone (as
+    :class:`DynamicGrouper` does when the remainder's wait runs out), so one request on an idle server gets
+    the same groups and batches, hence the same outputs, under both hosts."""
 
     def __init__(self, name, run, n, max_batch, max_wait_s, max_queued, metrics: ServerMetrics) -> None:
         self.name, self.run, self.n, self.max_queued, self.metrics = name, run, n, max_queued, metrics
@@ -74,7 +76,12 @@ class RayBatchGrouper:
         groups = -(-len(items) // self.n)
         self.metrics.group_fill.labels(self.name).observe(len(items) / (groups * self.n))
         self.metrics.forward_inputs.labels(self.name).observe(len(items))
-        results = await asyncio.to_thread(self.run, [t for t, _ in items])
+        texts = [t for t, _ in items]
+        whole = len(texts) - len(texts) % self.n
+        results = []
+        for part in (texts[:whole], texts[whole:]):  # whole groups, then the incomplete one alone (as uvicorn's)
+            if part:
+                results += await asyncio.to_thread(self.run, part)
         self.metrics.classify_inputs.labels(self.name).inc(len(items))
         return results
 
