@@ -66,7 +66,7 @@ def test_ray_data_equals_single_process(tmp_path, ckpts, local_ray, actors, caps
         predict_with_ray(RayPredictConfig(str(ckpts["n2"]), str(src), str(tmp_path / "o2"), actors=2))
 
 
-def test_ray_options_are_one_line_before_ray(tmp_path, ckpts):
+def test_ray_options_are_one_line_before_ray(tmp_path, ckpts, capsys):
     src = tmp_path / "in.csv"
     src.write_text("id,text\n1,fine text\n")
     with pytest.raises(DepthmuxError, match="--actors must be"):
@@ -80,6 +80,11 @@ def test_ray_options_are_one_line_before_ray(tmp_path, ckpts):
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(DepthmuxError, match="is not empty"):
         RayPredictConfig(str(ckpts["n2"]), str(src), str(tmp_path / "full")).validate()
+    with pytest.raises(SystemExit) as e:  # the CLI: one line, exit 2, before Ray starts
+        main(["mux", "predict", str(ckpts["n2"]), "--input", str(src), "--out", str(tmp_path / "o5"), "--ray",
+              "--actors", "0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: --actors must be") and len(err.splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -103,6 +103,25 @@ def test_deployment_options():
         RayServeOptions(cpus_per_replica=0).validate()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--replicas", "0", "--replicas must be an integer >= 1"),
+        ("--max-replicas", "0", "--max-replicas must be an integer >= 1"),
+        ("--cpus-per-replica", "nan", "--cpus-per-replica"),
+        ("--max-ongoing", "0", "--max-ongoing must be an integer >= 1"),
+    ],
+)
+def test_serve_ray_bad_options_are_one_line(tmp_path, capsys, option, value, message):
+    from depthmux.cli import main
+
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--ray", "--classifier", f"n2={tmp_path / 'ckpt'}", option, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
 # ---------------------------------------------------------------------------------- a real cluster
 
 
