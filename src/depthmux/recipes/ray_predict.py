@@ -7,7 +7,7 @@
 
 Read (``ray.data.read_parquet`` / ``read_csv``) -> re-cut into blocks of exactly ``B`` rows in file
 order -> ``map_batches`` on a pool of ``actors`` actors, each holding the classifier -> Parquet files in
-the ``out`` folder (Ray writes one file per block; read it back with ``pyarrow.parquet.read_table``).
+the ``out`` folder (files of at least ``FILE_ROWS`` rows, in order; read them back with ``pyarrow.parquet.read_table``).
 The columns added are those of ``mux predict`` (``predicted_label``, ``prob_<label>``).
 
 **Same predictions as the single-process command.** RevMUX mixes the N inputs of a group, so a row's
@@ -36,6 +36,8 @@ from depthmux.errors import DepthmuxError, require
 from depthmux.utils.checks import check_float, check_int
 from depthmux.utils.ray_cluster import start_ray
 
+#: Rows per output file at least (Ray writes one file per block otherwise: one per batch).
+FILE_ROWS = 65_536
 #: Input formats Ray Data reads here (extension -> format).
 RAY_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
 
@@ -232,7 +234,7 @@ def predict_with_ray(cfg: RayPredictConfig) -> RayPredictSummary:
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
     try:
-        scored.write_parquet(str(tmp))
+        scored.write_parquet(str(tmp), min_rows_per_file=-(-FILE_ROWS // batch) * batch)
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         user = _user_error(e)
