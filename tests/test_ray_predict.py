@@ -56,6 +56,12 @@ def test_ray_data_equals_single_process(tmp_path, ckpts, local_ray, actors, caps
     main(["mux", "predict", str(ckpts["n2"]), "--input", str(src), "--out", str(out), "--batch-size", "6",
           "--ray", "--actors", str(actors), "--cpus-per-actor", "0.5", "--json"])  # fmt: skip
     assert json.loads(capsys.readouterr().out)["rows"] == len(TEXTS)
+    if actors == 2:  # blocks of 2 batches: several blocks, files and actor calls
+        out = tmp_path / "out-blocks"
+        cfg = RayPredictConfig(str(ckpts["n2"]), str(src), str(out), batch_size=6, actors=2, cpus_per_actor=0.5)
+        cfg.block_rows = 12
+        predict_with_ray(cfg)
+        assert len(list(out.iterdir())) == 5
     want, got = pq.read_table(single), pq.read_table(out)
     assert got.column_names == want.column_names and got.to_pylist() == want.to_pylist()  # bit for bit, in order
     labels, probs = reference(ckpts["n2"], TEXTS, 6)

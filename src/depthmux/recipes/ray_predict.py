@@ -7,15 +7,18 @@
 
 Read (``ray.data.read_parquet`` / ``read_csv``) -> re-cut into blocks of exactly ``B`` rows in file
 order -> ``map_batches`` on a pool of ``actors`` actors, each holding the classifier -> Parquet files in
-the ``out`` folder (files of at least ``FILE_ROWS`` rows, in order; read them back with ``pyarrow.parquet.read_table``).
+the ``out`` folder (one file per block, in order; read them back with ``pyarrow.parquet.read_table``).
 The columns added are those of ``mux predict`` (``predicted_label``, ``prob_<label>``).
 
 **Same predictions as the single-process command.** RevMUX mixes the N inputs of a group, so a row's
 prediction depends on which rows share its group (and the padding of its batch). The single-process
 command takes batches ``[kB, (k+1)B)`` of the file; here the streaming repartition with
-``strict=True`` and ``preserve_order`` gives blocks of exactly ``B`` rows in file order, and each block
-is one batch: the same batches, so the same outputs bit for bit (tested). The last batch is completed
-with dummies by the classifier, as there.
+``strict=True`` and ``preserve_order`` gives blocks of exactly ``block_rows`` rows (a multiple of
+``B``) in file order; each block is one actor call (``map_batches(batch_size=None)``), which scores it
+in batches of ``B`` from its first row: the same batches, so the same outputs bit for bit, in the same
+order (tested). The last batch is completed with dummies by the classifier, as there. Not used, as
+they reorder rows: ``map_batches(batch_size=B)`` (its output batches of one call can come back out of
+order) and ``write_parquet(min_rows_per_file=...)``.
 
 **Cluster.** ``address`` (or ``RAY_ADDRESS``) joins a running cluster (``ray start --head``); otherwise a
 local Ray is started on 127.0.0.1 with ``num_cpus`` CPUs. What scales: the actors (one model copy
@@ -36,8 +39,6 @@ from depthmux.errors import DepthmuxError, require
 from depthmux.utils.checks import check_float, check_int
 from depthmux.utils.ray_cluster import start_ray
 
-#: Rows per output file at least (Ray writes one file per block otherwise: one per batch).
-FILE_ROWS = 65_536
 #: Input formats Ray Data reads here (extension -> format).
 RAY_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
 
@@ -59,6 +60,8 @@ class RayPredictConfig:
         address: a Ray cluster to join (``auto``, ``ray://host:10001``, ...); None: ``RAY_ADDRESS`` or a
             new local instance.
         num_cpus: CPUs of a new local instance (None: all of the machine's).
+        block_rows: rows per block (rounded up to a multiple of the batch): what one actor call
+            scores and one output file holds.
     """
 
     checkpoint: str
@@ -71,6 +74,7 @@ class RayPredictConfig:
     overwrite: bool = False
     address: str | None = None
     num_cpus: int | None = None
+    block_rows: int = 8192
     label_column: str = "predicted_label"
     prob_prefix: str = "prob_"
 
@@ -85,6 +89,7 @@ class RayPredictConfig:
         check_int("--actors", self.actors, 1)
         check_float("--cpus-per-actor", self.cpus_per_actor, 0.0, low_open=True)
         check_int("--num-cpus", self.num_cpus, 1, allow_none=True)
+        check_int("block_rows", self.block_rows, 1)
         src, dst = Path(self.input), Path(self.out)
         require(src.exists(), f"input not found: {src}")
         ray_format(src)
@@ -127,24 +132,29 @@ def ray_format(path: str | os.PathLike) -> str:
 
 
 class Scorer:
-    """The actor's state and batch function: ``pyarrow.Table`` of one batch -> the same table with the
-    label and probability columns added (the classifier is loaded once per actor)."""
+    """The actor's state and block function: ``pyarrow.Table`` of one block -> the same table with the
+    label and probability columns added, scored in batches of ``batch`` rows from its first row (the
+    classifier is loaded once per actor)."""
 
-    def __init__(self, checkpoint: str, text_columns: list[str], added: list[str], threads: int) -> None:
+    def __init__(self, checkpoint: str, text_columns: list[str], added: list[str], threads: int, batch: int) -> None:
         import torch
 
         from depthmux.multiplexing import load_classifier
 
         torch.set_num_threads(threads)
         self.model = load_classifier(checkpoint).place("cpu").eval()
-        self.text_columns, self.added = text_columns, added
+        self.text_columns, self.added, self.batch = text_columns, added, batch
 
     def __call__(self, table):
         import pyarrow as pa
 
         columns = [table.column(c).to_pylist() for c in self.text_columns]
         texts = [_text(cells, self.text_columns) for cells in zip(*columns, strict=True)]
-        labels, probs = score_texts(self.model, texts)
+        labels, probs = [], []
+        for i in range(0, len(texts), self.batch):
+            a, b = score_texts(self.model, texts[i : i + self.batch])
+            labels += a
+            probs += b
         table = table.append_column(self.added[0], pa.array(labels, pa.string()))
         for k, name in enumerate(self.added[1:]):
             table = table.append_column(name, pa.array([p[k] for p in probs], pa.float64()))
@@ -222,10 +232,11 @@ def predict_with_ray(cfg: RayPredictConfig) -> RayPredictSummary:
 
     DataContext.get_current().execution_options.preserve_order = True
     threads = max(1, round(cfg.cpus_per_actor))
-    scored = ds.repartition(target_num_rows_per_block=batch, strict=True).map_batches(
+    block = -(-cfg.block_rows // batch) * batch
+    scored = ds.repartition(target_num_rows_per_block=block, strict=True).map_batches(
         Scorer,
-        fn_constructor_args=(str(Path(cfg.checkpoint).resolve()), cfg.text_columns, added, threads),
-        batch_size=batch,
+        fn_constructor_args=(str(Path(cfg.checkpoint).resolve()), cfg.text_columns, added, threads, batch),
+        batch_size=None,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=cfg.actors),
         num_cpus=cfg.cpus_per_actor,
@@ -234,7 +245,7 @@ def predict_with_ray(cfg: RayPredictConfig) -> RayPredictSummary:
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
     try:
-        scored.write_parquet(str(tmp), min_rows_per_file=-(-FILE_ROWS // batch) * batch)
+        scored.write_parquet(str(tmp))
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         user = _user_error(e)
