@@ -535,9 +535,44 @@ def predict(
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run on Ray Data (Parquet/CSV/TSV in, a folder of Parquet files out): an actor pool holding the "
+            "classifier; joins RAY_ADDRESS if set, else starts a local Ray on 127.0.0.1.",
+        ),
+    ] = False,
+    actors: Annotated[int, typer.Option(help="--ray: actors, each with one copy of the classifier.")] = 1,
+    cpus_per_actor: Annotated[float, typer.Option(help="--ray: CPUs per actor (its torch threads).")] = 1.0,
 ) -> None:
     """Add the predicted label and per-class probabilities (predicted_label, prob_<label>) to every row of a
-    file, N rows per backbone pass; every row is checked first (a bad one is one line naming its line)."""
+    file, N rows per backbone pass; every row is checked first (a bad one is one line naming its line).
+    With --ray the same batches run on Ray Data (same outputs), and --out is a folder of Parquet files."""
+    if ray:
+        from depthmux.recipes.ray_predict import RayPredictConfig, predict_with_ray
+
+        s = predict_with_ray(
+            RayPredictConfig(
+                checkpoint=str(checkpoint),
+                input=str(input_file),
+                out=str(out),
+                text_columns=_columns(text_column) or ["text"],
+                batch_size=batch_size,
+                actors=actors,
+                cpus_per_actor=cpus_per_actor,
+                overwrite=overwrite,
+            )
+        )
+        if as_json:
+            print(json.dumps(s.as_dict(), indent=2))
+            return
+        counts = ", ".join(f"{k}: {v}" for k, v in s.label_counts.items())
+        out_console.print(
+            f"{s.rows} rows in {s.seconds:.1f} s ({s.rows_per_s:.1f} rows/s, {s.actors} actor(s)) "
+            f"-> {s.out}/ ({counts})"
+        )
+        return
     from depthmux.recipes.mux_predict import MuxPredictConfig, predict_file
 
     _threads(threads)

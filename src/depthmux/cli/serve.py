@@ -48,6 +48,23 @@ def serve(
     ),
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     device: Annotated[str, typer.Option(help="Where the models run: cpu, cuda or cuda:N.")] = "cpu",
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Host on Ray Serve: replicas behind Ray's proxy, grouping by @serve.batch "
+            "(joins RAY_ADDRESS if set, else starts a local Ray on 127.0.0.1).",
+        ),
+    ] = False,
+    replicas: Annotated[int, typer.Option(help="--ray: replicas (the minimum with --max-replicas).")] = 1,
+    max_replicas: Annotated[
+        int | None, typer.Option(help="--ray: autoscale up to this many replicas (target: --target-ongoing each).")
+    ] = None,
+    target_ongoing: Annotated[float, typer.Option(help="--ray: the autoscaler's requests per replica.")] = 16.0,
+    max_ongoing: Annotated[
+        int | None, typer.Option(help="--ray: requests one replica holds (default: max(--max-batch, --max-num-seqs)).")
+    ] = None,
+    cpus_per_replica: Annotated[float, typer.Option(help="--ray: CPUs per replica (its torch threads).")] = 1.0,
 ) -> None:
     """Start the server: /v1/completions, /v1/chat/completions, /v1/classify, /v1/models, /health, /metrics."""
     if ctx.invoked_subcommand is not None:
@@ -77,6 +94,23 @@ def serve(
         allow_remote=allow_remote,
         device=device,
     ).validate()
+
+    if ray:
+        from depthmux.serve.ray_app import RayServeOptions, run_ray_server
+
+        opts = RayServeOptions(
+            replicas=replicas,
+            max_replicas=max_replicas,
+            target_ongoing_requests=target_ongoing,
+            max_ongoing_requests=max_ongoing,
+            cpus_per_replica=cpus_per_replica,
+        ).validate()
+
+        def ray_ready(url: str) -> None:
+            print(f"serving on {url} with Ray Serve (Ctrl-C stops)", file=sys.stderr, flush=True)
+
+        run_ray_server(cfg, opts, on_ready=ray_ready)
+        return
 
     def ready(serving) -> None:
         names = [m["id"] for m in serving.models()["data"]]

@@ -89,6 +89,7 @@ def evaluate_lm(
         router.add(out.router_stats, float(batch["input_ids"].numel()))
     if accelerator is not None and world > 1:
         nll_sum, n_tgt, loss_sum = (accelerator.reduce(t, reduction="sum") for t in (nll_sum, n_tgt, loss_sum))
+        router = router.across_processes(accelerator)
     torch.set_rng_state(rng)
     lm.train(was_training)
     if float(n_tgt) == 0:

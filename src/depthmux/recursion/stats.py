@@ -47,6 +47,27 @@ class RouterStatsAccumulator:
             self.sums[k] = self.sums.get(k, 0.0) + w * arr
             self.weights[k] = self.weights.get(k, 0.0) + w
 
+    def merge(self, other: RouterStatsAccumulator) -> None:
+        """Add the batches ``other`` accumulated (e.g. another process's share)."""
+        self.tokens += other.tokens
+        for k, total in other.sums.items():
+            if k in self.sums and self.sums[k].shape != total.shape:
+                continue  # ragged between the two: no mean
+            self.sums[k] = self.sums.get(k, 0.0) + total
+            self.weights[k] = self.weights.get(k, 0.0) + other.weights[k]
+
+    def across_processes(self, accelerator) -> RouterStatsAccumulator:
+        """All processes' batches in one accumulator (an all-gather every process must call); ``self``
+        with one process or no ``accelerator``."""
+        if accelerator is None or accelerator.num_processes == 1:
+            return self
+        from accelerate.utils import gather_object
+
+        merged = RouterStatsAccumulator()
+        for part in gather_object([self]):
+            merged.merge(part)
+        return merged
+
     def result(self) -> dict[str, Any]:
         """Aggregated statistics (lists and floats, JSON-serialisable)."""
         out: dict[str, Any] = {}

@@ -2,10 +2,11 @@
 
 ``train_lm(model, train_blocks, eval_blocks, LMTrainConfig(out_dir=...))`` runs AdamW with a
 warmup-stable-decay schedule (:mod:`depthmux.training.schedules`) and gradient clipping on an
-:class:`accelerate.Accelerator` (one CPU process here; the same code runs under ``accelerate
-launch`` with DDP). The model is any :class:`depthmux.lm.protocol.CausalLM` (a transformers
-LLaMA is wrapped in :class:`depthmux.lm.HFCausalLMAdapter`); it declares its own FLOPs, read here
-with a :class:`depthmux.utils.flops.FlopCounter` (training FLOPs = 3 x forward).
+:class:`accelerate.Accelerator`: one process, or several under ``accelerate launch`` / ``torchrun``
+(DDP; gloo on CPU, see "Several processes" below). The model is any
+:class:`depthmux.lm.protocol.CausalLM` (a transformers LLaMA is wrapped in
+:class:`depthmux.lm.HFCausalLMAdapter`); it declares its own FLOPs, read here with a
+:class:`depthmux.utils.flops.FlopCounter` (training FLOPs = 3 x forward).
 
 Length: one loop, read top to bottom: config validation, resume, the step, the non-finite guards and
 the checkpoint writer belong together (splitting them would scatter the resume invariants).
@@ -24,13 +25,25 @@ skipped), restores weights, optimizer, scheduler, step, FLOPs and RNG state, and
 back to that step; the batch order is a pure function of (seed, step), so a resumed run
 reproduces the uninterrupted one exactly, log included (tested on CPU). Without a checkpoint
 yet (killed early), a resume restarts from step 0 with the stored settings.
+
+Several processes (DDP): step s uses the same global batch ``batch_indices(s, B_global)`` whatever
+the process count; process r takes its slice ``[r * B_p, (r + 1) * B_p)``, DDP averages the
+gradients, so the trajectory equals one process with the global batch up to float reduction order
+(the logged ``loss`` is the mean over processes). Only the main process holds the lock and writes
+the folder (config, log, checkpoints, model). ``B_global = batch_size x processes`` of the run's
+first launch (stored as ``processes`` in ``train_config.json``); a resume with another process count
+keeps ``B_global`` and splits it anew (``B_p = B_global / processes``), and is refused with one line
+when it does not divide. Every process draws the same RNG stream (the checkpoint stores the main
+process's): exact for models without dropout, as ours are. Without a GPU, a launch with
+``WORLD_SIZE > 1`` runs on CPU with gloo (``accelerate launch --multi_gpu --num_processes 2`` or
+``torchrun --nproc_per_node 2``; ``accelerate launch --cpu`` starts only one process without MPI).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import tempfile
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from depthmux.data.text import PackedBlocks
+from depthmux.data.text import IGNORE_INDEX, PackedBlocks
 from depthmux.errors import DepthmuxError, require
 from depthmux.lm import CausalLM, as_causal_lm, evaluate_lm, load_lm
 from depthmux.recursion.stats import RouterStatsAccumulator
@@ -77,7 +90,7 @@ RESUME_KEYS = (
 class LMTrainConfig:
     """Hyper-parameters and I/O of :func:`train_lm`; :meth:`validate` checks every field.
 
-    ``batch_size`` is per process (global batch = batch_size x processes). ``warmup_steps``,
+    ``batch_size`` is per process (global batch = batch_size x processes of the first launch). ``warmup_steps``,
     ``decay_fraction``, ``min_lr_ratio`` and ``decay`` define the WSD schedule. ``checkpoint_every``:
     None = every ~10% of the steps, at most every 50 steps; 0 = only at the end. ``eval_every`` = 0
     evaluates only at the end (when eval blocks are given). ``log_every`` = 0 logs no step records.
@@ -186,6 +199,27 @@ def _scalar(x) -> float:
     return float(x.detach().float().mean()) if isinstance(x, torch.Tensor) else float(x)
 
 
+def _target_share(labels: torch.Tensor, accelerator) -> float:
+    """``world x n_r / N``: this process's share of the global batch's predicted targets (labels
+    ``[b, T]``, shifted). Scaling the process's token-mean loss by it before DDP averages the
+    gradients gives the gradient of the global batch's token-mean loss, as one process computes it."""
+    if accelerator.num_processes == 1:
+        return 1.0
+    n = (labels[:, 1:] != IGNORE_INDEX).sum().to(torch.float64)
+    total = float(accelerator.reduce(n.clone(), reduction="sum"))
+    return accelerator.num_processes * float(n) / total if total > 0 else 1.0
+
+
+def _global_values(means: dict[str, Any], sums: dict[str, float], share: float, accelerator) -> dict[str, float]:
+    """One record's values over the global batch, in one all-reduce: ``means`` (token-mean losses)
+    weighted by each process's target share, ``sums`` (FLOPs, tokens) added."""
+    values = [_scalar(v) * share / accelerator.num_processes for v in means.values()] + list(sums.values())
+    if accelerator.num_processes > 1:
+        t = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), reduction="sum")
+        values = t.tolist()
+    return dict(zip([*means, *sums], values, strict=True))
+
+
 def _check_finite(model: nn.Module, what: str) -> None:
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
@@ -197,6 +231,24 @@ def _save_model(model: nn.Module, directory: Path, accelerator, tokenizer=None) 
     unwrapped.save_pretrained(str(directory), state_dict=accelerator.get_state_dict(model), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
+
+
+def _distributed_cpu() -> bool:
+    """Whether this is one of several launched processes (``WORLD_SIZE > 1``) on a machine without a GPU:
+    accelerate then needs ``cpu=True`` to set up DDP over gloo (else each process trains alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def global_batch_split(batch_size: int, stored_processes: int, processes: int) -> tuple[int, int]:
+    """``(global batch, per-process batch)`` of a run launched first with ``stored_processes`` processes
+    of ``batch_size`` blocks, now running on ``processes``; one line when they cannot split it."""
+    global_batch = batch_size * stored_processes
+    if global_batch % processes:
+        raise DepthmuxError(
+            f"--resume: the run's global batch is {global_batch} blocks ({batch_size} x {stored_processes} "
+            f"processes), which {processes} processes cannot split evenly; launch a process count that divides it"
+        )
+    return global_batch, global_batch // processes
 
 
 def read_lm_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
@@ -240,7 +292,7 @@ def train_lm(
     cfg = config.validate()
     if len(train_blocks) == 0:
         raise DepthmuxError("no training blocks")
-    accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+    accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=_distributed_cpu())
     run = RunFolder(cfg.out_dir)
     lock = run.lock() if accelerator.is_main_process else contextlib.nullcontext()
     with lock:
@@ -262,6 +314,7 @@ def _train(
     main = accelerator.is_main_process
     if main:
         run.clean_stale_tmp()
+    accelerator.wait_for_everyone()  # the others read checkpoints only once interrupted saves are cleaned
     if not cfg.resume and run.holds_run():
         raise DepthmuxError(f"{run.root} already holds a run: continue it with --resume or choose a new --out")
     seed_everything(cfg.seed)
@@ -272,6 +325,10 @@ def _train(
         if resumed is None and not run.has_json("train_config"):
             raise DepthmuxError(f"--resume: no checkpoint under {run.checkpoint_root} and no train_config.json")
         run.check_matches("train_config", {"train": asdict(cfg)}, keys=[f"train.{k}" for k in RESUME_KEYS])
+    world, stored_world = accelerator.num_processes, accelerator.num_processes
+    if cfg.resume and run.has_json("train_config"):
+        stored_world = int(run.read_json("train_config").get("processes", world))
+    global_batch, per_process = global_batch_split(cfg.batch_size, stored_world, world)
     if resumed is not None:
         lm.load_state_dict(resumed[2][0])
 
@@ -333,11 +390,10 @@ def _train(
         if main:
             run.save_checkpoint(step, write, cfg.keep_checkpoints)
         else:
-            _save_model(model, Path(tempfile.mkdtemp()), accelerator)  # collective for FSDP state dicts
+            accelerator.get_state_dict(model)  # a collective for sharded (FSDP) state dicts; nothing written
         accelerator.wait_for_everyone()
 
-    world, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = cfg.batch_size * world
+    rank = accelerator.process_index
     every = cfg.checkpoint_interval
     model.train()
     t0 = time.time()
@@ -352,9 +408,10 @@ def _train(
     step = start_step
     while step < cfg.steps and not (cfg.max_flops is not None and flops_done >= cfg.max_flops):
         idx = batch_indices(step, global_batch, len(train_blocks), cfg.seed)[
-            rank * cfg.batch_size : (rank + 1) * cfg.batch_size
+            rank * per_process : (rank + 1) * per_process
         ]
         batch = {k: v.to(accelerator.device) for k, v in train_blocks.batch(idx).items()}
+        share = _target_share(batch["labels"], accelerator)
         lr = scheduler.get_last_lr()[0]
         with FlopCounter() as counter:
             out = model(
@@ -369,7 +426,7 @@ def _train(
                 f"loss is {loss.item()} at step {step + 1}: stopped, nothing saved for this step; "
                 "lower --lr or check the data"
             )
-        accelerator.backward(loss)
+        accelerator.backward(loss * share if share != 1.0 else loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
         if grad_norm is not None and not torch.isfinite(grad_norm):
             raise DepthmuxError(f"gradient norm is {grad_norm.item()} at step {step + 1}: stopped; lower --lr")
@@ -378,14 +435,17 @@ def _train(
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        flops_done += 3.0 * counter.flops * world
-        approx_done += 6.0 * counter.non_embedding_macs * world
-        tokens_done += batch["input_ids"].numel() * world
-        loss_value = _scalar(loss)
+        aux = {f"aux.{k}": v for k, v in (out.aux_losses or {}).items()}
+        sums = {"flops": counter.flops, "macs": counter.non_embedding_macs, "tokens": batch["input_ids"].numel()}
+        g = _global_values({"loss": loss, "lm_loss": out.lm_loss, **aux}, sums, share, accelerator)
+        flops_done += 3.0 * g["flops"]
+        approx_done += 6.0 * g["macs"]
+        tokens_done += int(g["tokens"])
+        loss_value = g["loss"]
         record = {
             "step": step,
             "loss": loss_value,
-            "lm_loss": _scalar(out.lm_loss),
+            "lm_loss": g["lm_loss"],
             "lr": lr,
             "train_flops": flops_done,
             "approx_flops_6nd": approx_done,
@@ -395,11 +455,11 @@ def _train(
         if grad_norm is not None:
             record["grad_norm"] = _scalar(grad_norm)
         if out.aux_losses:
-            record["aux"] = {k: _scalar(v) for k, v in out.aux_losses.items()}
+            record["aux"] = {k: g[f"aux.{k}"] for k in out.aux_losses}
         if out.router_stats:
             acc = RouterStatsAccumulator()
             acc.add(out.router_stats, float(batch["input_ids"].numel()))
-            record["router_stats"] = acc.result()
+            record["router_stats"] = acc.across_processes(accelerator).result()
         if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
             log(record)
         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
@@ -410,7 +470,7 @@ def _train(
             log(
                 {
                     "step": step,
-                    "eval": evaluate_lm(model, eval_blocks, cfg.eval_batch_size, cfg.eval_max_batches, accelerator),
+                    "eval": evaluate_lm(lm, eval_blocks, cfg.eval_batch_size, cfg.eval_max_batches, accelerator),
                 }
             )
         if done or (every and step % every == 0):
@@ -418,7 +478,7 @@ def _train(
     bar.close()
 
     if eval_blocks is not None:
-        eval_result = evaluate_lm(model, eval_blocks, cfg.eval_batch_size, cfg.eval_max_batches, accelerator)
+        eval_result = evaluate_lm(lm, eval_blocks, cfg.eval_batch_size, cfg.eval_max_batches, accelerator)
         log({"step": step, "eval": eval_result, "final": True})
     _check_finite(lm, "at the end")
     if main:
