@@ -130,11 +130,37 @@ def eval_(
         None, help="MoR expert-choice routing: topk | causal (default: causal, plus top-k for the agreement)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+    tasks: str | None = typer.Option(
+        None,
+        "--tasks",
+        help="Few-shot tasks through lm-evaluation-harness instead of the NLL (comma-separated or 'all'): "
+        "depthmux_sst2, depthmux_cloze_shakespeare, depthmux_cloze_kjv. --model may then be smollm2.",
+    ),
+    num_fewshot: int | None = typer.Option(None, "--num-fewshot", help="--tasks: shots (default: the task's)."),
+    limit: int | None = typer.Option(None, "--limit", help="--tasks: evaluate at most this many examples a task."),
+    exit_: str = typer.Option("deep", "--exit", help="--tasks, early-exit models: deep | shallow."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="--tasks: GLUE folder (default ../shared/data/glue)."),
 ) -> None:
-    """Held-out NLL / perplexity (and MoR router statistics) of a saved model."""
+    """Held-out NLL / perplexity (and MoR router statistics) of a saved model, or few-shot accuracy (--tasks)."""
     from depthmux.recipes.lm import eval_data_spec, run_lm_eval
 
     quiet_transformers()
+    if tasks is not None:
+        from depthmux.recipes.fewshot import FEWSHOT_TASKS, FewshotEvalConfig, run_fewshot_eval
+
+        names = FEWSHOT_TASKS if tasks.strip() == "all" else tuple(t.strip() for t in tasks.split(",") if t.strip())
+        cfg = FewshotEvalConfig(
+            model=str(model), tasks=names, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+            exit=exit_, data_dir=data_dir,
+        ).validate()  # fmt: skip
+        res = run_fewshot_eval(cfg)
+        if as_json:
+            typer.echo(json.dumps(res, indent=2))
+            return
+        for name, metrics in res["tasks"].items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            typer.echo(f"{name} ({res['n_samples'].get(name, '?')} examples): {shown}")
+        return
 
     if routing not in (None, "topk", "causal"):
         raise DepthmuxError(f"unknown routing '{routing}': use topk or causal")
