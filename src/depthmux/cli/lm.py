@@ -331,6 +331,29 @@ def build_mor(
     )
 
 
+@app.command("calibrate-router")
+def calibrate_router(
+    model: str = typer.Option(..., "--model", help="An expert-choice MoR model (run, checkpoint or model folder)."),
+    out: Path = typer.Option(..., "--out", help="New folder for the calibrated model (+ calibration.json)."),
+    corpus: str | None = typer.Option(None, help="Held-out corpus (default: the run's)."),
+    block_size: int | None = typer.Option(None, "--block-size", help="Override the block size."),
+    cal_blocks: int = typer.Option(32, "--cal-blocks", help="Held-out blocks that choose the thresholds."),
+    eval_blocks: int = typer.Option(16, "--eval-blocks", help="The next held-out blocks, for the before/after report."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Blocks per forward."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Choose per-recursion thresholds of the causal router rule so decoding depth matches the capacities."""
+    from depthmux.recipes.router_calibration import CalibrateRouterSpec, run_calibrate_router
+
+    quiet_transformers()
+    spec = CalibrateRouterSpec(
+        model=model, out=str(out), corpus=corpus, block_size=block_size, cal_blocks=cal_blocks,
+        eval_blocks=eval_blocks, batch_size=batch_size,
+    ).validate()  # fmt: skip
+    res = run_calibrate_router(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo)
+    typer.echo(json.dumps(res, indent=2) if as_json else f"calibrated model in {out}")
+
+
 def _range(text: str | None, name: str) -> tuple[int, int] | None:
     if text is None:
         return None
