@@ -72,6 +72,9 @@ def train(
     checkpoint_every: opt.CheckpointEveryOpt = None,
     eval_every: opt.EvalEveryOpt = 0,
     resume: opt.ResumeOpt = False,
+    teacher: opt.TeacherOpt = None,
+    kd_weight: opt.KdWeightOpt = 0.0,
+    kd_temperature: opt.KdTemperatureOpt = 1.0,
     seed: int = typer.Option(0, help="Seed for init, split, packing order and batches."),
     progress: opt.ProgressOpt = True,
 ) -> None:
@@ -105,6 +108,7 @@ def train(
         out, resume=resume, seed=seed, steps=steps, warmup=warmup, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, decay_fraction=decay_fraction, grad_clip=grad_clip,
         checkpoint_every=checkpoint_every, eval_every=eval_every, progress=progress, corpus=corpus,
+        teacher=teacher, kd_weight=kd_weight, kd_temperature=kd_temperature,
         tokenizer=tokenizer, block_size=block_size, holdout=holdout, max_train_blocks=max_train_blocks,
         max_eval_blocks=max_eval_blocks,
     )  # fmt: skip
@@ -306,6 +310,9 @@ def build_mor(
     corpus: str = typer.Option("shakespeare", help="Uptraining corpus (shakespeare | kjv | PATH)."),
     eval_blocks: int = typer.Option(16, "--eval-blocks", help="Held-out blocks for the NLL."),
     seed: int = typer.Option(0, help="Seed."),
+    kd_weight: opt.KdWeightOpt = 0.0,
+    kd_temperature: opt.KdTemperatureOpt = 1.0,
+    eval_every: opt.EvalEveryOpt = 0,
 ) -> None:
     """Convert SmolLM2-135M into a middle-cycle MoR model (expert-choice), uptrain it briefly and save it."""
     from depthmux.recipes.mor_smollm2 import MoRSmolLM2Spec, run_mor_smollm2
@@ -322,6 +329,9 @@ def build_mor(
         corpus=corpus,
         eval_blocks=eval_blocks,
         seed=seed,
+        kd_weight=kd_weight,
+        kd_temperature=kd_temperature,
+        eval_every=eval_every,
     )
     res = run_mor_smollm2(spec, log=typer.echo)
     typer.echo(

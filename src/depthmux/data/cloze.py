@@ -7,7 +7,7 @@ context and ``" " + word`` the target. Passages are taken in document order, at 
 ``per_document`` from each document, so the result is deterministic.
 
 The documents should be the *held-out* side of the split the LM runs train against
-(:func:`held_out_documents`: :func:`depthmux.data.text.split_documents` with the same holdout and
+(:func:`held_out_documents`: :func:`depthmux.data.text.split_corpus` with the same holdout and
 seed as ``depthmux lm train`` / ``lm build-mor`` / ``ee train``, by default 0.1 and 0), so no
 model uptrained here has seen a cloze passage.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from depthmux.data.text import load_corpus, split_documents
+from depthmux.data.text import split_corpus
 from depthmux.errors import DepthmuxError
 
 _WORD = re.compile(r"^([A-Za-z]+)[^A-Za-z]*$")
@@ -25,7 +25,7 @@ _WORD = re.compile(r"^([A-Za-z]+)[^A-Za-z]*$")
 
 def held_out_documents(corpus: str, holdout: float = 0.1, seed: int = 0) -> list[str]:
     """The held-out documents of ``corpus`` under the LM runs' split (see the module docstring)."""
-    return split_documents(load_corpus(corpus), holdout, seed)[1]
+    return split_corpus(corpus, holdout, seed)[1]
 
 
 def cloze_passages(

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from depthmux.data.text import load_corpus, load_tokenizer, pack_documents, split_documents, train_bpe_tokenizer
+from depthmux.data.text import load_tokenizer, pack_documents, split_corpus, train_bpe_tokenizer
 from depthmux.errors import DepthmuxError
 from depthmux.lm import CausalLM, evaluate_lm, load_lm, load_saved_tokenizer, pretrained_model_dir, resolve_model_dir
 from depthmux.lm.hf_adapter import as_causal_lm
@@ -213,8 +213,7 @@ def prepare_lm_data(spec: LMDataSpec, tokenizer=None):
     (both :class:`~depthmux.data.text.PackedBlocks` ``[N, T]``; eval None without held-out
     documents). A given ``tokenizer`` replaces ``spec.tokenizer``."""
     spec.validate()
-    docs = load_corpus(spec.corpus)
-    train_docs, eval_docs = split_documents(docs, spec.holdout, spec.seed)
+    train_docs, eval_docs = split_corpus(spec.corpus, spec.holdout, spec.seed)  # per part of a mixed corpus
     if tokenizer is None:
         if str(spec.tokenizer).startswith("bpe:"):
             tokenizer = train_bpe_tokenizer(train_docs, spec.bpe_vocab_size())
