@@ -364,6 +364,29 @@ def calibrate_router(
     typer.echo(json.dumps(res, indent=2) if as_json else f"calibrated model in {out}")
 
 
+@app.command()
+def truncate(
+    out: Path = typer.Option(..., "--out", help="New folder for the truncated model (+ truncation.json)."),
+    source: str = typer.Option("smollm2", "--from", help="smollm2 or a LLaMA model folder."),
+    layers: int | None = typer.Option(None, "--layers", help="Layers to keep (K)."),
+    keep: str = typer.Option("ends", "--keep", help="ends (first K-1 and the last) | first (first K)."),
+    match_flops: str | None = typer.Option(
+        None, "--match-flops", help="Instead of --layers: the model whose forward FLOPs per token to match."
+    ),
+    corpus: str = typer.Option("shakespeare", help="Held-out text the FLOPs are measured on."),
+) -> None:
+    """The honest baseline: the source with layers dropped, to K layers or to another model's FLOPs."""
+    from depthmux.recipes.truncate import run_lm_truncate
+
+    quiet_transformers()
+    rec = run_lm_truncate(out, source, layers=layers, keep=keep, match_flops=match_flops, corpus=corpus)
+    target = f", target {rec['target_flops_per_token'] / 1e6:.1f}" if "target_flops_per_token" in rec else ""
+    typer.echo(
+        f"{rec['layers']} of {rec['source_layers']} layers kept ({rec['kept_layers']}); forward MFLOPs per token "
+        f"{rec['flops_per_token'] / 1e6:.1f} (source {rec['source_flops_per_token'] / 1e6:.1f}{target}); model in {out}"
+    )
+
+
 def _range(text: str | None, name: str) -> tuple[int, int] | None:
     if text is None:
         return None
