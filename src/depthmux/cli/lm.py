@@ -413,6 +413,7 @@ def bench_decode(
     breakdown: bool = typer.Option(False, "--breakdown", help="Add a time breakdown of the engine runs."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     out: Path | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (where the models and the engine run)."),
 ) -> None:
     """Tokens/s and latency of HF static batching, the engine (lockstep) and the engine (depth-wise) for
     the vanilla and the MoR model; compute ceiling, KV bytes per token, sequences admitted per budget."""
@@ -422,7 +423,7 @@ def bench_decode(
 
     quiet_transformers()
     spec = DecodeBenchSpec(
-        model=model, mor_model=mor_model, kv_budget_mib=kv_budget_mib, seed=seed, breakdown=breakdown
+        model=model, mor_model=mor_model, kv_budget_mib=kv_budget_mib, seed=seed, breakdown=breakdown, device=device
     )
     if quick:
         spec = quick_spec(spec)
