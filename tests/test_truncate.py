@@ -65,3 +65,12 @@ def test_run_lm_truncate_matches_another_models_flops(tmp_path, tiny_llama_facto
         run_lm_truncate(tmp_path / "o2", str(tmp_path / "src"))
     with pytest.raises(DepthmuxError, match="not an empty folder"):
         run_lm_truncate(tmp_path / "out", str(tmp_path / "src"), layers=2)
+
+
+def test_cli_truncate_needs_one_of_layers_and_match_flops(tmp_path, capsys):
+    from depthmux.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["lm", "truncate", "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and "exactly one" in err
