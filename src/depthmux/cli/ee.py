@@ -48,6 +48,9 @@ def train(
     checkpoint_every: opt.CheckpointEveryOpt = None,
     eval_every: opt.EvalEveryOpt = 0,
     resume: opt.ResumeOpt = False,
+    teacher: opt.TeacherOpt = None,
+    kd_weight: opt.KdWeightOpt = 0.0,
+    kd_temperature: opt.KdTemperatureOpt = 1.0,
     seed: int = typer.Option(0, help="Seed for the split, packing order and batches."),
     progress: opt.ProgressOpt = True,
 ) -> None:
@@ -62,6 +65,7 @@ def train(
         out, resume=resume, seed=seed, steps=steps, warmup=warmup, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, decay_fraction=decay_fraction, grad_clip=grad_clip,
         checkpoint_every=checkpoint_every, eval_every=eval_every, progress=progress, corpus=corpus,
+        teacher=teacher, kd_weight=kd_weight, kd_temperature=kd_temperature,
         block_size=block_size, holdout=holdout, max_train_blocks=max_train_blocks, max_eval_blocks=max_eval_blocks,
     )  # fmt: skip
     if resume:

@@ -73,6 +73,9 @@ def train(
     checkpoint_every: opt.CheckpointEveryOpt = None,
     eval_every: opt.EvalEveryOpt = 0,
     resume: opt.ResumeOpt = False,
+    teacher: opt.TeacherOpt = None,
+    kd_weight: opt.KdWeightOpt = 0.0,
+    kd_temperature: opt.KdTemperatureOpt = 1.0,
     seed: int = typer.Option(0, help="Seed for init, split, packing order and batches."),
     progress: opt.ProgressOpt = True,
 ) -> None:
@@ -106,6 +109,7 @@ def train(
         out, resume=resume, seed=seed, steps=steps, warmup=warmup, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, decay_fraction=decay_fraction, grad_clip=grad_clip,
         checkpoint_every=checkpoint_every, eval_every=eval_every, progress=progress, corpus=corpus,
+        teacher=teacher, kd_weight=kd_weight, kd_temperature=kd_temperature,
         tokenizer=tokenizer, block_size=block_size, holdout=holdout, max_train_blocks=max_train_blocks,
         max_eval_blocks=max_eval_blocks,
     )  # fmt: skip
@@ -133,11 +137,37 @@ def eval_(
         None, help="MoR expert-choice routing: topk | causal (default: causal, plus top-k for the agreement)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+    tasks: str | None = typer.Option(
+        None,
+        "--tasks",
+        help="Few-shot tasks through lm-evaluation-harness instead of the NLL (comma-separated or 'all'): "
+        "depthmux_sst2, depthmux_cloze_shakespeare, depthmux_cloze_kjv. --model may then be smollm2.",
+    ),
+    num_fewshot: int | None = typer.Option(None, "--num-fewshot", help="--tasks: shots (default: the task's)."),
+    limit: int | None = typer.Option(None, "--limit", help="--tasks: evaluate at most this many examples a task."),
+    exit_: str = typer.Option("deep", "--exit", help="--tasks, early-exit models: deep | shallow."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="--tasks: GLUE folder (default ../shared/data/glue)."),
 ) -> None:
-    """Held-out NLL / perplexity (and MoR router statistics) of a saved model."""
+    """Held-out NLL / perplexity (and MoR router statistics) of a saved model, or few-shot accuracy (--tasks)."""
     from depthmux.recipes.lm import eval_data_spec, run_lm_eval
 
     quiet_transformers()
+    if tasks is not None:
+        from depthmux.recipes.fewshot import FEWSHOT_TASKS, FewshotEvalConfig, run_fewshot_eval
+
+        names = FEWSHOT_TASKS if tasks.strip() == "all" else tuple(t.strip() for t in tasks.split(",") if t.strip())
+        cfg = FewshotEvalConfig(
+            model=str(model), tasks=names, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+            exit=exit_, data_dir=data_dir,
+        ).validate()  # fmt: skip
+        res = run_fewshot_eval(cfg)
+        if as_json:
+            typer.echo(json.dumps(res, indent=2))
+            return
+        for name, metrics in res["tasks"].items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            typer.echo(f"{name} ({res['n_samples'].get(name, '?')} examples): {shown}")
+        return
 
     if routing not in (None, "topk", "causal"):
         raise DepthmuxError(f"unknown routing '{routing}': use topk or causal")
@@ -303,6 +333,9 @@ def build_mor(
     corpus: str = typer.Option("shakespeare", help="Uptraining corpus (shakespeare | kjv | PATH)."),
     eval_blocks: int = typer.Option(16, "--eval-blocks", help="Held-out blocks for the NLL."),
     seed: int = typer.Option(0, help="Seed."),
+    kd_weight: opt.KdWeightOpt = 0.0,
+    kd_temperature: opt.KdTemperatureOpt = 1.0,
+    eval_every: opt.EvalEveryOpt = 0,
 ) -> None:
     """Convert SmolLM2-135M into a middle-cycle MoR model (expert-choice), uptrain it briefly and save it."""
     from depthmux.recipes.mor_smollm2 import MoRSmolLM2Spec, run_mor_smollm2
@@ -319,12 +352,61 @@ def build_mor(
         corpus=corpus,
         eval_blocks=eval_blocks,
         seed=seed,
+        kd_weight=kd_weight,
+        kd_temperature=kd_temperature,
+        eval_every=eval_every,
     )
     res = run_mor_smollm2(spec, log=typer.echo)
     typer.echo(
         f"held-out NLL: SmolLM2 {res['smollm2']['nll']:.4f}, "
         f"recursive-{recursions} {res['recursive']['nll']:.4f}, MoR-{recursions} {res['mor']['nll']:.4f}; "
         f"model in {out / 'model'}"
+    )
+
+
+@app.command("calibrate-router")
+def calibrate_router(
+    model: str = typer.Option(..., "--model", help="An expert-choice MoR model (run, checkpoint or model folder)."),
+    out: Path = typer.Option(..., "--out", help="New folder for the calibrated model (+ calibration.json)."),
+    corpus: str | None = typer.Option(None, help="Held-out corpus (default: the run's)."),
+    block_size: int | None = typer.Option(None, "--block-size", help="Override the block size."),
+    cal_blocks: int = typer.Option(32, "--cal-blocks", help="Held-out blocks that choose the thresholds."),
+    eval_blocks: int = typer.Option(16, "--eval-blocks", help="The next held-out blocks, for the before/after report."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Blocks per forward."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Choose per-recursion thresholds of the causal router rule so decoding depth matches the capacities."""
+    from depthmux.recipes.router_calibration import CalibrateRouterSpec, run_calibrate_router
+
+    quiet_transformers()
+    spec = CalibrateRouterSpec(
+        model=model, out=str(out), corpus=corpus, block_size=block_size, cal_blocks=cal_blocks,
+        eval_blocks=eval_blocks, batch_size=batch_size,
+    ).validate()  # fmt: skip
+    res = run_calibrate_router(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo)
+    typer.echo(json.dumps(res, indent=2) if as_json else f"calibrated model in {out}")
+
+
+@app.command()
+def truncate(
+    out: Path = typer.Option(..., "--out", help="New folder for the truncated model (+ truncation.json)."),
+    source: str = typer.Option("smollm2", "--from", help="smollm2 or a LLaMA model folder."),
+    layers: int | None = typer.Option(None, "--layers", help="Layers to keep (K)."),
+    keep: str = typer.Option("ends", "--keep", help="ends (first K-1 and the last) | first (first K)."),
+    match_flops: str | None = typer.Option(
+        None, "--match-flops", help="Instead of --layers: the model whose forward FLOPs per token to match."
+    ),
+    corpus: str = typer.Option("shakespeare", help="Held-out text the FLOPs are measured on."),
+) -> None:
+    """The honest baseline: the source with layers dropped, to K layers or to another model's FLOPs."""
+    from depthmux.recipes.truncate import run_lm_truncate
+
+    quiet_transformers()
+    rec = run_lm_truncate(out, source, layers=layers, keep=keep, match_flops=match_flops, corpus=corpus)
+    target = f", target {rec['target_flops_per_token'] / 1e6:.1f}" if "target_flops_per_token" in rec else ""
+    typer.echo(
+        f"{rec['layers']} of {rec['source_layers']} layers kept ({rec['kept_layers']}); forward MFLOPs per token "
+        f"{rec['flops_per_token'] / 1e6:.1f} (source {rec['source_flops_per_token'] / 1e6:.1f}{target}); model in {out}"
     )
 
 
@@ -354,6 +436,7 @@ def bench_decode(
     breakdown: bool = typer.Option(False, "--breakdown", help="Add a time breakdown of the engine runs."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     out: Path | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (where the models and the engine run)."),
 ) -> None:
     """Tokens/s and latency of HF static batching, the engine (lockstep) and the engine (depth-wise) for
     the vanilla and the MoR model; compute ceiling, KV bytes per token, sequences admitted per budget."""
@@ -363,7 +446,7 @@ def bench_decode(
 
     quiet_transformers()
     spec = DecodeBenchSpec(
-        model=model, mor_model=mor_model, kv_budget_mib=kv_budget_mib, seed=seed, breakdown=breakdown
+        model=model, mor_model=mor_model, kv_budget_mib=kv_budget_mib, seed=seed, breakdown=breakdown, device=device
     )
     if quick:
         spec = quick_spec(spec)

@@ -60,6 +60,12 @@ ResumeOpt = Annotated[
     ),
 ]
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
+TeacherOpt = Annotated[
+    str | None,
+    typer.Option(help="Distillation teacher: smollm2 | a model folder (same vocabulary); needs --kd-weight > 0."),
+]
+KdWeightOpt = Annotated[float, typer.Option("--kd-weight", help="Weight of the KL to the teacher's logits (0 = off).")]
+KdTemperatureOpt = Annotated[float, typer.Option("--kd-temperature", help="Distillation temperature tau.")]
 
 
 def quiet_transformers() -> None:

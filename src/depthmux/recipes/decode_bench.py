@@ -62,7 +62,7 @@ from depthmux.errors import DepthmuxError
 from depthmux.lm import HFCausalLMAdapter, load_lm, load_saved_tokenizer, pretrained_model_dir
 from depthmux.recipes.mor_smollm2 import DEFAULT_MOR_DIR
 from depthmux.recursion import RecursiveForCausalLM
-from depthmux.utils.checks import check_int, check_seed
+from depthmux.utils.checks import check_device, check_int, check_seed
 from depthmux.utils.flops import FlopCounter
 
 CONFIGS = ("hf_static", "engine_lockstep", "engine_depthwise")
@@ -85,12 +85,16 @@ class DecodeBenchSpec:
     corpus: str = "shakespeare"
     seed: int = 0
     breakdown: bool = False
+    device: str = "cpu"
 
     def validate(self) -> DecodeBenchSpec:
         check_int("--num-requests", self.num_requests, 1)
         check_int("--batch", self.batch, 1)
         check_int("--repeats", self.repeats, 1)
         check_seed("--seed", self.seed)
+        check_device("--device", self.device)
+        if self.breakdown and self.device != "cpu":
+            raise DepthmuxError("--breakdown times the parts with host clocks: CPU only (drop it with --device cuda)")
         for name, (lo, hi) in (("--prompt-len", self.prompt_len), ("--output-len", self.output_len)):
             check_int(name, lo, 1)
             check_int(name, hi, lo)
@@ -388,6 +392,7 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
         raise DepthmuxError(f"no MoR model at {spec.mor_model}{hint or ': give --mor-model'}")
     vanilla_lm, tokenizer = _load(spec.model, "--model", "")
     mor_lm, mor_tok = _load(spec.mor_model, "--mor-model", hint)
+    vanilla_lm, mor_lm = vanilla_lm.to(spec.device), mor_lm.to(spec.device)  # the engine runs where the model is
     if not isinstance(mor_lm, RecursiveForCausalLM) or not mor_lm.model.recursion_loop:
         raise DepthmuxError(f"--mor-model {spec.mor_model} is not a recursive model with a recursion loop")
     hf_vanilla = vanilla_lm.model if isinstance(vanilla_lm, HFCausalLMAdapter) else vanilla_lm

@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from depthmux.data.text import load_corpus, load_tokenizer, pack_documents, split_documents, train_bpe_tokenizer
+from depthmux.data.text import (
+    corpus_parts,
+    load_corpus,
+    load_tokenizer,
+    pack_documents,
+    split_corpus,
+    train_bpe_tokenizer,
+)
 from depthmux.errors import DepthmuxError, require
 from depthmux.lm import CausalLM, evaluate_lm, load_lm, load_saved_tokenizer, pretrained_model_dir, resolve_model_dir
 from depthmux.lm.hf_adapter import as_causal_lm
@@ -213,13 +220,13 @@ def prepare_lm_data(spec: LMDataSpec, tokenizer=None):
     :class:`~depthmux.data.text.PackedBlocks` ``[N, T]``; eval None with ``holdout`` 0; a single document
     with ``holdout`` > 0 is refused). A given ``tokenizer`` replaces ``spec.tokenizer``."""
     spec.validate()
-    docs = load_corpus(spec.corpus)
-    require(
-        len(docs) > 1 or spec.holdout == 0,  # the split cannot give both sides a document
-        f"corpus '{spec.corpus}' is a single document: nothing to hold out for --holdout {spec.holdout}; give at "
-        "least two documents (separated by a blank line), or --holdout 0 to train without a held-out evaluation",
-    )
-    train_docs, eval_docs = split_documents(docs, spec.holdout, spec.seed)
+    for part in corpus_parts(spec.corpus):  # the split cannot give both sides a document of a one-document part
+        require(
+            len(load_corpus(part)) > 1 or spec.holdout == 0,
+            f"corpus '{part}' is a single document: nothing to hold out for --holdout {spec.holdout}; give at "
+            "least two documents (separated by a blank line), or --holdout 0 to train without a held-out evaluation",
+        )
+    train_docs, eval_docs = split_corpus(spec.corpus, spec.holdout, spec.seed)  # per part of a mixed corpus
     if tokenizer is None:
         if str(spec.tokenizer).startswith("bpe:"):
             tokenizer = train_bpe_tokenizer(train_docs, spec.bpe_vocab_size())

@@ -52,6 +52,9 @@ class MoRSmolLM2Spec:
     bce_coef: float = 0.1
     eval_blocks: int = 16
     seed: int = 0
+    kd_weight: float = 0.0
+    kd_temperature: float = 1.0
+    eval_every: int = 0
 
     def validate(self) -> MoRSmolLM2Spec:
         check_int("--recursions", self.recursions, 2)
@@ -62,6 +65,9 @@ class MoRSmolLM2Spec:
         check_float("--bce-coef", self.bce_coef, 0.0)
         check_int("--eval-blocks", self.eval_blocks, 1)
         check_seed("--seed", self.seed)
+        check_float("--kd-weight", self.kd_weight, 0.0)
+        check_float("--kd-temperature", self.kd_temperature, 0.0, low_open=True)
+        check_int("--eval-every", self.eval_every, 0)
         return self
 
 
@@ -126,9 +132,18 @@ def run_mor_smollm2(spec: MoRSmolLM2Spec, log=print) -> dict[str, Any]:
         eval_batch_size=4,
         seed=spec.seed,
         progress=False,
+        teacher=str(base) if spec.kd_weight > 0 else None,  # distil from SmolLM2 itself (issue 19)
+        kd_weight=spec.kd_weight,
+        kd_temperature=spec.kd_temperature,
+        eval_every=spec.eval_every,
     )
     res = train_lm(
-        mor, train, None, cfg, tokenizer=tok, extra_state={"data": asdict(data), "mor_smollm2": asdict(spec)}
+        mor,
+        train,
+        held if spec.eval_every else None,
+        cfg,
+        tokenizer=tok,
+        extra_state={"data": asdict(data), "mor_smollm2": asdict(spec)},
     )
     results["train"] = {
         "steps": res.step,

@@ -14,6 +14,7 @@ SPEC 3 (Relaxed Recursive Transformers) and SPEC 4 (Mixture-of-Recursions). Publ
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from depthmux.recursion.calibration import calibrate_causal_thresholds, depth_distribution
 from depthmux.recursion.config import (
     MOR_KV_STRATEGIES,
     MOR_ROUTERS,
@@ -59,10 +60,12 @@ __all__ = [
     "RelaxedLinear",
     "RouteDecision",
     "TokenContext",
+    "calibrate_causal_thresholds",
     "capacity_k",
     "convert_llama_to_recursive",
     "count_parameters_formula",
     "default_capacities",
+    "depth_distribution",
     "expected_counts",
     "kv_cache_entries",
     "load_recursive_model",

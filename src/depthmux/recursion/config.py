@@ -58,6 +58,10 @@ class RecursiveConfig(PretrainedConfig):
             >= 95% at a held-out NLL cost (measured there).
         mor_causal_inference: in eval mode, expert-choice routes with the causal rule
             ``sigmoid(logit) > 0.5`` instead of top-k (default True).
+        mor_causal_thresholds: expert-choice only, per-recursion logit thresholds of the causal rule
+            (continue iff ``logit > threshold_r``; None = all 0, i.e. ``sigmoid(logit) > 0.5``). Set by
+            :func:`depthmux.recursion.calibrate_causal_thresholds` so the depth distribution at decoding
+            time matches the capacities (issue 19); training (top-k) ignores them.
         mor_aux_router: expert-choice only, the MoR paper's alternative to the auxiliary loss:
             a second linear router per recursion, trained only by the BCE (on detached hidden
             states, so it never changes the LM or the main router), whose logit replaces the main
@@ -101,6 +105,7 @@ class RecursiveConfig(PretrainedConfig):
         mor_causal_inference: bool = True,
         mor_aux_router: bool = False,
         mor_update: str = "published",
+        mor_causal_thresholds: list[float] | None = None,
         use_cache: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -139,6 +144,7 @@ class RecursiveConfig(PretrainedConfig):
         self.mor_causal_inference = mor_causal_inference
         self.mor_aux_router = mor_aux_router
         self.mor_update = mor_update
+        self.mor_causal_thresholds = list(mor_causal_thresholds) if mor_causal_thresholds is not None else None
         self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,
@@ -218,6 +224,21 @@ class RecursiveConfig(PretrainedConfig):
                 number = isinstance(c, (int, float)) and not isinstance(c, bool)
                 if not number or math.isnan(c) or not 0.0 < float(c) <= 1.0:
                     raise DepthmuxError(f"mor_capacity entries must be in (0, 1], got {c!r}")
+
+        if self.mor_causal_thresholds is not None:
+            if self.mor_router != "expert":
+                raise DepthmuxError("mor_causal_thresholds needs mor_router='expert'")
+            if len(self.mor_causal_thresholds) != n:
+                raise DepthmuxError(
+                    f"mor_causal_thresholds has {len(self.mor_causal_thresholds)} entries, expected num_recursions={n}"
+                )
+            for t in self.mor_causal_thresholds:
+                if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t):
+                    raise DepthmuxError(f"mor_causal_thresholds entries must be finite numbers, got {t!r}")
+
+    def causal_threshold(self, r: int) -> float:
+        """The causal rule's logit threshold at recursion ``r`` (0-based; 0.0 unless calibrated)."""
+        return float(self.mor_causal_thresholds[r]) if self.mor_causal_thresholds is not None else 0.0
 
     # ------------------------------------------------------------------ layout helpers
     @property

@@ -317,11 +317,12 @@ class RecursiveModel(RecursivePreTrainedModel):
             elif routing == "topk":
                 sel = topk_select(logits, candidates, capacity_k(capacity, ctx.write.long().sum(1)))
             else:
-                sel = causal_select(pred, candidates)
+                sel = causal_select(pred, candidates, cfg.causal_threshold(r))
             if not losses:
                 return RouteDecision(r, "expert", sel, gate=cfg.mor_alpha * torch.sigmoid(logits))
             with torch.no_grad():
-                agree = (((pred > 0) == sel) & candidates).sum() / candidates.sum().clamp(min=1)
+                causal = pred > cfg.causal_threshold(r)
+                agree = ((causal == sel) & candidates).sum() / candidates.sum().clamp(min=1)
             return RouteDecision(
                 r,
                 "expert",

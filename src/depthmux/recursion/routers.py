@@ -219,9 +219,10 @@ def topk_select(logits: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor)
     return (rank < k[:, None]) & candidates
 
 
-def causal_select(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """Causal expert-choice rule for decoding: continue iff ``sigmoid(logit) > 0.5``. [B, T] bool."""
-    return candidates & (logits > 0)
+def causal_select(logits: torch.Tensor, candidates: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """Causal expert-choice rule for decoding: continue iff ``logit > threshold`` (0: ``sigmoid(logit) > 0.5``;
+    a calibrated threshold per recursion: ``RecursiveConfig.mor_causal_thresholds``). [B, T] bool."""
+    return candidates & (logits > threshold)
 
 
 def router_bce(logits: torch.Tensor, selected: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

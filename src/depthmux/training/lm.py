@@ -54,8 +54,9 @@ from torch import nn
 
 from depthmux.data.text import IGNORE_INDEX, PackedBlocks
 from depthmux.errors import DepthmuxError, require
-from depthmux.lm import CausalLM, as_causal_lm, evaluate_lm, load_lm
+from depthmux.lm import CausalLM, as_causal_lm, evaluate_lm, load_lm, pretrained_model_dir
 from depthmux.recursion.stats import RouterStatsAccumulator
+from depthmux.training.distill import kd_loss
 from depthmux.training.schedules import WSD
 from depthmux.utils.checkpoint import (
     atomic_directory,
@@ -84,6 +85,8 @@ RESUME_KEYS = (
     "seed",
 )
 """Settings a resumed run must share with the stored one (they shape the trajectory)."""
+KD_KEYS = ("teacher", "kd_weight", "kd_temperature")
+"""Distillation settings, checked on resume too (a run stored before they existed had none)."""
 
 
 @dataclass
@@ -95,6 +98,9 @@ class LMTrainConfig:
     None = every ~10% of the steps, at most every 50 steps; 0 = only at the end. ``eval_every`` = 0
     evaluates only at the end (when eval blocks are given). ``log_every`` = 0 logs no step records.
     ``max_flops`` stops early once the measured training FLOPs reach it (compute matching).
+    ``teacher`` (``"smollm2"`` or a model folder) with ``kd_weight > 0`` adds knowledge distillation
+    (:mod:`depthmux.training.distill`: ``loss += kd_weight * KD`` at temperature ``kd_temperature``);
+    the teacher's forward FLOPs are logged apart (``teacher_flops``), not in ``train_flops``.
     """
 
     out_dir: str
@@ -120,6 +126,9 @@ class LMTrainConfig:
     progress: bool = True
     mixed_precision: str = "no"
     max_flops: float | None = None
+    teacher: str | None = None
+    kd_weight: float = 0.0
+    kd_temperature: float = 1.0
 
     def validate(self) -> LMTrainConfig:
         """Raise a one-line :class:`DepthmuxError` for the first invalid field; return self."""
@@ -149,6 +158,12 @@ class LMTrainConfig:
             f"unknown mixed precision {self.mixed_precision!r}: use no, fp16 or bf16",
         )
         check_float("max_flops", self.max_flops, 0.0, low_open=True, allow_none=True)
+        check_float("--kd-weight", self.kd_weight, 0.0)
+        check_float("--kd-temperature", self.kd_temperature, 0.0, low_open=True)
+        require(
+            (self.teacher is not None) == (self.kd_weight > 0),
+            "distillation needs both --teacher and --kd-weight > 0 (or neither)",
+        )
         return self
 
     @property
@@ -251,6 +266,14 @@ def global_batch_split(batch_size: int, stored_processes: int, processes: int) -
     return global_batch, global_batch // processes
 
 
+def load_teacher(spec: str, device) -> CausalLM:
+    """The distillation teacher (``"smollm2"`` or a model folder), frozen, in eval mode."""
+    teacher = as_causal_lm(load_lm(pretrained_model_dir(spec))).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 def read_lm_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """``(model state dict, trainer tensors, trainer state)`` of ``checkpoints/step-N``; raises on any
     corruption (used with :meth:`RunFolder.latest_checkpoint`, which then takes an older one)."""
@@ -324,13 +347,24 @@ def _train(
         resumed = run.latest_checkpoint(read_lm_checkpoint)
         if resumed is None and not run.has_json("train_config"):
             raise DepthmuxError(f"--resume: no checkpoint under {run.checkpoint_root} and no train_config.json")
-        run.check_matches("train_config", {"train": asdict(cfg)}, keys=[f"train.{k}" for k in RESUME_KEYS])
+        stored = run.read_json("train_config").get("train", {}) if run.has_json("train_config") else {}
+        kd_keys = [k for k in KD_KEYS if k in stored or getattr(cfg, k) != getattr(LMTrainConfig, k)]
+        run.check_matches(
+            "train_config", {"train": asdict(cfg)}, keys=[f"train.{k}" for k in RESUME_KEYS + tuple(kd_keys)]
+        )
     world, stored_world = accelerator.num_processes, accelerator.num_processes
     if cfg.resume and run.has_json("train_config"):
         stored_world = int(run.read_json("train_config").get("processes", world))
     global_batch, per_process = global_batch_split(cfg.batch_size, stored_world, world)
     if resumed is not None:
         lm.load_state_dict(resumed[2][0])
+    teacher = load_teacher(cfg.teacher, accelerator.device) if cfg.teacher else None
+    if teacher is not None:
+        sizes = [m.get_input_embeddings().num_embeddings for m in (teacher, lm)]
+        require(
+            sizes[0] == sizes[1],
+            f"--teacher {cfg.teacher} has {sizes[0]} tokens, the model {sizes[1]}: distillation needs one vocabulary",
+        )
 
     optimizer = torch.optim.AdamW(_decay_groups(lm, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     model, optimizer = accelerator.prepare(lm, optimizer)
@@ -340,6 +374,7 @@ def _train(
     )
 
     start_step, flops_done, approx_done, tokens_done, loss_value = 0, 0.0, 0.0, 0, float("nan")
+    teacher_flops = 0.0
     if resumed is not None:
         _, tensors, state = resumed[2]
         load_optimizer_tensors(optimizer, tensors.get("optimizer", {}), state["optimizer"])
@@ -348,6 +383,7 @@ def _train(
         start_step = int(state["step"])
         flops_done, approx_done = float(state["train_flops"]), float(state["approx_flops_6nd"])
         tokens_done, loss_value = int(state["tokens"]), float(state.get("train_loss", float("nan")))
+        teacher_flops = float(state.get("teacher_flops", 0.0))
 
     if main:
         if not cfg.resume:
@@ -381,6 +417,7 @@ def _train(
                 "approx_flops_6nd": approx_done,
                 "tokens": tokens_done,
                 "train_loss": loss_value,
+                "teacher_flops": teacher_flops,
                 "optimizer": opt_meta,
                 "rng": rng_meta,
                 "scheduler": scheduler.state_dict(),
@@ -421,6 +458,13 @@ def _train(
                 use_cache=False,
             )
         loss = out.loss
+        kd = None
+        if teacher is not None:
+            with torch.no_grad(), FlopCounter() as teacher_counter:
+                t_logits = teacher(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+            teacher_flops += teacher_counter.flops * world
+            kd = kd_loss(out.logits, t_logits, batch["labels"], cfg.kd_temperature)
+            loss = loss + cfg.kd_weight * kd
         if not torch.isfinite(loss):
             raise DepthmuxError(
                 f"loss is {loss.item()} at step {step + 1}: stopped, nothing saved for this step; "
@@ -454,6 +498,9 @@ def _train(
         }
         if grad_norm is not None:
             record["grad_norm"] = _scalar(grad_norm)
+        if kd is not None:
+            record["kd_loss"] = _scalar(kd)
+            record["teacher_flops"] = teacher_flops
         if out.aux_losses:
             record["aux"] = {k: g[f"aux.{k}"] for k in out.aux_losses}
         if out.router_stats:
