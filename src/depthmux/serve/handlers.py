@@ -16,6 +16,9 @@ another host (a Ray Serve deployment) can wrap the same object.
 * ``/v1/classify``: through a :class:`~depthmux.serve.grouping.DynamicGrouper` per classifier.
 * Overload: at most ``max_running + max_queued`` generation requests and ``max_queued`` waiting
   classification inputs; beyond that, 503 with ``Retry-After``.
+
+Length: every endpoint's logic in one host-independent object (the brief: one module a Ray Serve
+deployment can reuse); the streaming and non-streaming paths share the per-choice engine loop.
 """
 
 from __future__ import annotations
