@@ -45,6 +45,9 @@ LT = ["lm", "train", "--out", "{out}", "--corpus", "{corpus}", "--tokenizer", "b
       "4", "--heads", "4", "--steps", "2", "--batch-size", "2", "--block-size", "16", "--no-progress"]
 LE = ["lm", "eval", "--model", "{lmrun}", "--max-blocks", "2"]
 LC = ["lm", "convert", "--out", "{out}", "--from", "{tiny_llama}", "--recursions", "2"]
+LTR = ["lm", "truncate", "--out", "{out}", "--from", "{tiny_llama}", "--layers", "1", "--corpus", "{corpus}"]
+LCR = ["lm", "calibrate-router", "--model", "{lmrun}", "--out", "{out}", "--cal-blocks", "2", "--eval-blocks", "1",
+       "--batch-size", "1"]
 LG = ["lm", "generate", "--model", "{tiny_llama}", "--max-new-tokens", "4"]
 LBM = ["lm", "build-mor", "--out", "{out}", "--steps", "1", "--batch-size", "1", "--block-size", "16",
        "--eval-blocks", "1", "--corpus", "{corpus}"]
@@ -833,6 +836,34 @@ def lm_other_cases() -> list[Case]:
     for n in c:
         if n.name.startswith("lm-eval-model-{llama") or "llama_" in " ".join(n.argv or []):
             n.argv = [*n.argv, "--corpus", "{corpus}"]
+    # lm truncate (the honest baseline) and lm calibrate-router (issue 19's pieces)
+    c += [
+        Case("lm-truncate-ok", LTR, "ok", check=exists("out/config.json"), cost=2),
+        Case("lm-calibrate-router-ok", LCR, "ok", check=exists("out/config.json"), cost=2),
+        Case("lm-calibrate-router-vanilla", _with(LCR, "--model", "{lmrun_vanilla}")),
+    ]
+    c += bad_values(
+        "lm-truncate-",
+        LTR,
+        {
+            "--layers": ["0", "-1", "99"],
+            "--keep": ["bogus", ""],
+            "--from": ["{missing}", "{userfile}"],
+            "--out": ["{userdir}", "{userfile}", "", "{unwritable}"],
+        },
+    )
+    c += bad_values(
+        "lm-calibrate-router-",
+        LCR,
+        {
+            "--cal-blocks": ["0", "-1"],
+            "--eval-blocks": ["-1"],
+            "--batch-size": ["0", "-1"],
+            "--block-size": ["0", "-1"],
+            "--model": ["{missing}", "{userfile}"],
+            "--out": ["{userdir}", "{userfile}", "", "{unwritable}"],
+        },
+    )
     # lm convert
     c += [
         Case("lm-convert-ok", LC, "ok", check=exists("out/config.json"), cost=2),

@@ -20,7 +20,7 @@ from depthmux.lm import evaluate_lm, load_lm, load_saved_tokenizer, resolve_mode
 from depthmux.recipes.lm import eval_data_spec, prepare_lm_data
 from depthmux.recursion import RecursiveForCausalLM, calibrate_causal_thresholds, depth_distribution
 from depthmux.utils.checkpoint import atomic_directory
-from depthmux.utils.checks import check_int
+from depthmux.utils.checks import check_int, check_writable_parent
 
 
 @dataclass
@@ -42,6 +42,7 @@ class CalibrateRouterSpec:
         out = Path(self.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise DepthmuxError(f"--out {out} exists and is not an empty folder: choose a new folder")
+        check_writable_parent("--out", out)  # the model is written next to it first, then renamed
         return self
 
 

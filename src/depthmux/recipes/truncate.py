@@ -19,6 +19,7 @@ from depthmux.lm import HFCausalLMAdapter, load_lm, load_saved_tokenizer, pretra
 from depthmux.lm.truncation import forward_flops_per_token, kept_layers, layers_for_flops, truncate_llama
 from depthmux.recipes.lm import LMDataSpec, prepare_lm_data
 from depthmux.utils.checkpoint import atomic_directory
+from depthmux.utils.checks import check_writable_parent
 
 
 def run_lm_truncate(
@@ -37,6 +38,7 @@ def run_lm_truncate(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DepthmuxError(f"--out {out} exists and is not an empty folder: choose a new folder")
+    check_writable_parent("--out", out)  # the model is written next to it first, then renamed
     if (layers is None) == (match_flops is None):
         raise DepthmuxError("give exactly one of --layers and --match-flops")
     src_dir = pretrained_model_dir(source)
