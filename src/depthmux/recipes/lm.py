@@ -8,6 +8,8 @@
 * :func:`run_lm_eval`, :func:`eval_data_spec`, :func:`find_run_config`: evaluate a saved model on
   the held-out split its run trained against (or on data given explicitly);
 * :func:`run_lm_convert`: a pretrained LLaMA -> a (relaxed) recursive model folder.
+
+Length: the LM jobs share their specs and data preparation; split them only with the specs moved out.
 """
 
 from __future__ import annotations
