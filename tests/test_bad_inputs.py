@@ -43,6 +43,8 @@ EE_TRAIN = ["ee", "train", "--out", "{out}", "--corpus", "{corpus}", "--steps", 
             "--block-size", "16", "--no-progress"]
 EE_BENCH = ["ee", "bench", "--model", "{mf_ee_run}", "--prompts", "2", "--prompt-tokens", "4", "--max-new-tokens", "2",
             "--batch-sizes", "1"]
+SERVE_BENCH = ["serve", "bench", "--url", "http://127.0.0.1:9", "--model", "m", "--num-requests", "2", "--duration",
+               "5"]
 #: defects of a model folder (issue 20/21), each made by :func:`model_folders` for a tiny BERT and a tiny LLaMA
 BROKEN = ("truncated", "garbage", "heads_zero", "vocab_string", "hidden_not_divisible")
 
@@ -329,6 +331,20 @@ CASES: list[tuple[str, list[str]]] = [
     ("ee-bench-plot-unknown-extension", [*EE_BENCH, "--plot", "{out}/speedup.bogus"]),
     ("ee-bench-plot-read-only", [*EE_BENCH, "--plot", "{read_only}/speedup.png"]),
     ("ee-bench-plot-under-a-file", [*EE_BENCH, "--plot", "{file}/speedup.png"]),
+    # --- hostile pass (hfix-c)
+    ("bench-checkpoint-and-n", [*MUX_BENCH, "--checkpoint", "{ck}", "--n", "4"]),
+    ("bench-checkpoint-and-mixer", [*MUX_BENCH, "--checkpoint", "{ck}", "--mixer", "reversible"]),
+    ("mux-lr-huge", [*MUX_TRAIN, "--lr", "1e30"]),
+    ("mux-threads-huge", [*MUX_TRAIN, "--threads", "100000"]),
+    ("bench-threads-huge", [*MUX_BENCH, "--threads", "100000"]),
+    ("mux-task-empty", [*MUX_TRAIN, "--task", ""]),
+    ("sweep-task-empty", ["mux", "sweep", "--out", "{out}", "--task", "", "--no-bench", "--max-train", "64"]),
+    ("serve-threads-zero", ["serve", "--model", "{llama}", "--port", "0", "--threads", "0"]),
+    ("serve-threads-huge", ["serve", "--model", "{llama}", "--port", "0", "--threads", "100000"]),
+    ("serve-bench-inputs-latin1", [*SERVE_BENCH, "--inputs-file", "{corpus_latin1}"]),
+    ("serve-bench-inputs-binary", [*SERVE_BENCH, "--inputs-file", "{mf_prompts_binary}"]),
+    ("serve-bench-out-user-folder", [*SERVE_BENCH, "--out", "{user_dir}"]),
+    ("serve-bench-out-read-only", [*SERVE_BENCH, "--out", "{read_only}/result.json"]),
 ]
 # fmt: on
 

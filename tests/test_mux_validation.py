@@ -38,7 +38,7 @@ def run_cli(args, capsys):
 
 
 BAD = [
-    (["train", "--lr", "nan"], "--lr must be a finite number in (0.0, inf), got nan"),
+    (["train", "--lr", "nan"], "--lr must be a finite number in (0.0, 1.0], got nan"),
     (["train", "--lr", "inf"], "--lr must be a finite number"),
     (["train", "--lr", "0"], "--lr must be a finite number"),
     (["train", "--lr", "-1e-3"], "--lr must be a finite number"),

@@ -50,7 +50,9 @@ ModelOpt = Annotated[
         "MPNet, DeBERTa-v2, ModernBERT, LLaMA/Mistral/Qwen2/Qwen3 or T5."
     ),
 ]
-ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(help="torch CPU threads, 1 to 4x the cores (at most 1024); default: torch's choice.")
+]
 DeviceOpt = Annotated[str, typer.Option(help="Where the backbone, features and adapters run: cpu, cuda or cuda:N.")]
 TrainFileOpt = Annotated[
     Path | None,
@@ -108,8 +110,8 @@ TauOpt = Annotated[float, typer.Option(help="InfoNCE temperature τ, in [0.001, 
 LrOpt = Annotated[
     float,
     typer.Option(
-        help="AdamW learning rate for the adapters. A loss that is not finite, or over 100x its first value, stops "
-        "the run (nothing saved as best)."
+        help="AdamW learning rate for the adapters, in (0, 1]. A loss that is not finite, or over 100x its first "
+        "value, stops the run (nothing saved as best)."
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -145,6 +147,7 @@ def _columns(values: list[str] | None) -> list[str] | None:
 def _data_options(task, data_dir, train_file, dev_file, val_file, text_column, label_column, val_split) -> dict:
     """The data settings of an :class:`~depthmux.recipes.mux.ExperimentConfig`, from the shared options;
     ``task`` is None when ``--task`` was not given (then the embedded tweets, unless files are given)."""
+    require(task is None or task.strip(), "--task is empty: give a task name (sst2, mrpc, rte, qnli or tweets)")
     require(
         task is None or not (train_file or dev_file or val_file),
         f"give --task {task} or --train/--dev files, not both (the files would replace the task)",
@@ -176,8 +179,10 @@ def _small_data_recipe(epochs: int | None, patience: int | None, min_steps: int 
 
 
 def _threads(threads: int | None) -> None:
+    from depthmux.utils.checks import check_threads
+
+    check_threads("--threads", threads)
     if threads is not None:
-        require(threads >= 1, f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
 
 
@@ -367,9 +372,15 @@ def bench(
         ),
     ] = None,
     model: ModelOpt = "minilm",
-    n: Annotated[int, typer.Option(help="Inputs per pass (without --checkpoint).")] = 2,
-    prefill_layers: Annotated[int, typer.Option(help="l (without --checkpoint).")] = 0,
-    mixer: Annotated[str, typer.Option(help="Mixer (without --checkpoint).")] = "reversible",
+    n: Annotated[
+        int | None, typer.Option(help="Inputs per pass, default 2 (without --checkpoint: it has its own).")
+    ] = None,
+    prefill_layers: Annotated[
+        int | None, typer.Option(help="l, default 0 (without --checkpoint: it has its own).")
+    ] = None,
+    mixer: Annotated[
+        str | None, typer.Option(help="Mixer, default reversible (without --checkpoint: it has its own).")
+    ] = None,
     task: Annotated[
         str, typer.Option(help="sst2 | mrpc | rte | qnli (GLUE, needs --data-dir) or tweets (embedded).")
     ] = "tweets",
@@ -389,14 +400,17 @@ def bench(
     interleaved; prints both, their ratio and the ceiling L / (l + (L - l)/N)."""
     from depthmux.recipes.mux import MuxBenchConfig, benchmark_checkpoint
 
+    if checkpoint is not None:
+        given = [o for o, v in (("--n", n), ("--prefill-layers", prefill_layers), ("--mixer", mixer)) if v is not None]
+        require(not given, f"{', '.join(given)}: not with --checkpoint (the checkpoint sets N, l and the mixer)")
     _threads(threads)
     r = benchmark_checkpoint(
         MuxBenchConfig(
             str(checkpoint) if checkpoint else None,
             model,
-            n,
-            prefill_layers,
-            mixer,
+            2 if n is None else n,
+            0 if prefill_layers is None else prefill_layers,
+            "reversible" if mixer is None else mixer,
             task,
             str(data_dir) if data_dir else None,
             samples,
@@ -481,7 +495,7 @@ def sweep(
     from depthmux.recipes.mux_sweeps import SweepConfig, aggregate, run_sweep, sweep_markdown
 
     _threads(threads)
-    tasks = [t.strip() for t in (task or "tweets").split(",") if t.strip()] or [task]
+    tasks = [t.strip() for t in (task if task is not None else "tweets").split(",") if t.strip()] or [task]
     experiment = ExperimentConfig(
         **_data_options(
             None if task is None else tasks[0],
@@ -549,6 +563,7 @@ def predict(
     """Add the predicted label and per-class probabilities (predicted_label, prob_<label>) to every row of a
     file, N rows per backbone pass; every row is checked first (a bad one is one line naming its line).
     With --ray the same batches run on Ray Data (same outputs), and --out is a folder of Parquet files."""
+    _threads(threads)
     if ray:
         from depthmux.recipes.ray_predict import RayPredictConfig, predict_with_ray
 
@@ -575,7 +590,6 @@ def predict(
         return
     from depthmux.recipes.mux_predict import MuxPredictConfig, predict_file
 
-    _threads(threads)
     cfg = MuxPredictConfig(
         checkpoint=str(checkpoint),
         input=str(input_file),

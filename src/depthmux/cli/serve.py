@@ -46,7 +46,9 @@ def serve(
     allow_remote: Annotated[bool, typer.Option(help="Allow a non-loopback --host (there is no authentication).")] = (
         False
     ),
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads, 1 to 4x the cores (at most 1024); default: torch's choice.")
+    ] = None,
     device: Annotated[str, typer.Option(help="Where the models run: cpu, cuda or cuda:N.")] = "cpu",
     ray: Annotated[
         bool,
@@ -70,8 +72,9 @@ def serve(
     if ctx.invoked_subcommand is not None:
         return
     from depthmux.serve import ServeConfig, parse_classifiers, run_server
-    from depthmux.utils.checks import check_float
+    from depthmux.utils.checks import check_float, check_threads
 
+    check_threads("--threads", threads)
     if threads is not None:
         import torch
 
@@ -140,12 +143,17 @@ def bench(
     inputs_per_request: Annotated[int, typer.Option(help="Classification inputs per request.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the arrival times.")] = 0,
     timeout: Annotated[float, typer.Option(help="Seconds before one request counts as failed.")] = 120.0,
-    out: Annotated[Path | None, typer.Option(help="Write the JSON report here too.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the JSON report here too (a file; checked before the run).")
+    ] = None,
 ) -> None:
     """Load-test a running server: throughput, TTFT, TPOT, ITL and end-to-end latency (median, p95, p99),
     errors by status; for classify, inputs/s and latency. Prints JSON."""
     from depthmux.serve import BenchConfig, run_bench
+    from depthmux.utils.checks import check_output_file
 
+    if out is not None:
+        check_output_file("--out", out)
     cfg = BenchConfig(
         url=url,
         model=model,

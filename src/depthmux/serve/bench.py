@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from depthmux.errors import require
+from depthmux.errors import DepthmuxError, require
 from depthmux.serve.server import LOOPBACK
 from depthmux.utils.checks import check_float, check_int, check_seed
 
@@ -62,7 +62,16 @@ class BenchConfig:
         if self.inputs_file is not None:
             path = Path(self.inputs_file)
             require(path.is_file(), f"--inputs-file not found: {path}")
-            self.inputs = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise DepthmuxError(
+                    f"--inputs-file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+                ) from None
+            except OSError as e:
+                raise DepthmuxError(f"cannot read --inputs-file {path}: {e.strerror or e}") from None
+            require("\x00" not in text, f"--inputs-file {path} is binary, not text (it holds NUL bytes)")
+            self.inputs = [ln for ln in text.splitlines() if ln.strip()]
             require(self.inputs, f"{path}: no non-blank lines")
         else:
             require(self.prompt.strip() != "", "--prompt must not be blank")

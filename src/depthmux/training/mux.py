@@ -47,6 +47,9 @@ TAU_RANGE = (1e-3, 10.0)
 #: ``--lambda-info`` range: the paper's λ is 0.25 (SPEC 1.3); past 100 the task loss is a rounding
 #: error next to the InfoNCE term (λ = 1e30 trained a below-chance model).
 LAMBDA_RANGE = (0.0, 100.0)
+#: ``--lr`` upper bound: an AdamW step moves each adapter weight by about lr, so above 1 every step
+#: overshoots weights of size ~0.1 (lr 1e30 gave a nan loss on the second step).
+MAX_LR = 1.0
 #: A step whose loss is above this many times the run's first step loss stops the run, as a
 #: non-finite loss does (finite but exploding: a too high --lr); nothing is saved as best.
 EXPLODED_FACTOR = 100.0
@@ -69,7 +72,7 @@ class MuxTrainConfig:
         """One line for the first invalid field (CLI option names); returns self."""
         check_int("--epochs", self.epochs, 1)
         check_int("--batch-size", self.batch_size, 1)
-        check_float("--lr", self.lr, 0.0, low_open=True)
+        check_float("--lr", self.lr, 0.0, MAX_LR, low_open=True)
         check_float("weight decay", self.weight_decay, 0.0)
         check_float("--lambda-info", self.lambda_info, *LAMBDA_RANGE)
         check_float("--tau", self.tau, *TAU_RANGE)

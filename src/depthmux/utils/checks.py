@@ -40,6 +40,25 @@ def check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
     )
 
 
+def max_threads() -> int:
+    """The most torch CPU threads a ``--threads`` may ask for: 4x this machine's cores, at most 1024
+    (far more threads than cores only slows torch down; a huge count crashes its thread pool)."""
+    return min(1024, 4 * (os.cpu_count() or 1))
+
+
+def check_threads(name: str, value, allow_none: bool = True) -> None:
+    """One line unless ``value`` is an int in [1, :func:`max_threads`] (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    require(ok and value >= 1, f"{name} must be >= 1, got {value!r}")
+    limit = max_threads()
+    require(
+        value <= limit,
+        f"{name} must be at most {limit} (4x the {os.cpu_count() or 1} CPU cores here, at most 1024), got {value}",
+    )
+
+
 def check_float(
     name: str,
     value,
