@@ -171,6 +171,8 @@ BENCH = ["lm", "bench-decode", "--model", "{d}/vanilla", "--mor-model", "{d}/mor
         (["--kv-budget-mib", "0.0001"], "cannot hold one request"),
         (["--out", "{d}"], "is a folder"),
         (["--out", "{d}/vanilla/config.json/r.json"], "--out"),
+        # --- hostile pass (hfix-a): lengths beyond the context were allocated (5 GB) before failing
+        (["--prompt-len", "4-100000"], "longer than the models' context of 64 tokens"),
     ],
 )
 def test_bench_decode_options_are_checked_before_the_benchmark(bench_folders, extra, match, capsys, monkeypatch):
