@@ -171,6 +171,8 @@ BENCH = ["lm", "bench-decode", "--model", "{d}/vanilla", "--mor-model", "{d}/mor
         (["--kv-budget-mib", "0.0001"], "cannot hold one request"),
         (["--out", "{d}"], "is a folder"),
         (["--out", "{d}/vanilla/config.json/r.json"], "--out"),
+        # --- hostile pass (hfix-a): lengths beyond the context were allocated (5 GB) before failing
+        (["--prompt-len", "4-100000"], "longer than the models' context of 64 tokens"),
     ],
 )
 def test_bench_decode_options_are_checked_before_the_benchmark(bench_folders, extra, match, capsys, monkeypatch):
@@ -203,3 +205,36 @@ def test_generate_cli_seed_outside_int64_and_a_tiny_temperature(tmp_path, tiny_l
             assert e.code in (0, None), capsys.readouterr().err
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] == outs[2] and outs[0].strip()
+
+
+# --- hostile pass (hfix-a)
+@pytest.mark.parametrize("prompts", [b"hello", None, 5, {"text": "hi"}])
+def test_prompts_of_the_wrong_type_are_one_line_errors(llm, prompts):
+    with pytest.raises(DepthmuxError, match=r"prompts must be|a prompt must be") as e:
+        llm.generate(prompts, SamplingParams(max_new_tokens=3))
+    assert type(prompts).__name__ in one_line(e)
+    assert not llm.has_unfinished_requests()
+
+
+def test_a_lone_surrogate_in_a_string_prompt_is_refused(tiny_recursive_factory, tokenizer):
+    llm = LLM(tiny_recursive_factory().eval(), tokenizer)
+    with pytest.raises(DepthmuxError, match="valid text") as e:
+        llm.generate("caf\udce9", SamplingParams(max_new_tokens=3))
+    one_line(e)
+
+
+@pytest.mark.parametrize("stop", [99, 999999, 2**64])
+def test_stop_token_ids_outside_the_vocabulary_are_refused(llm, stop):
+    with pytest.raises(DepthmuxError, match="stop token ids must be in") as e:
+        llm.add_request([1, 2], SamplingParams(max_new_tokens=3, stop_token_ids=[stop]))
+    one_line(e)
+    assert not llm.has_unfinished_requests()
+
+
+def test_a_pure_cycle_model_without_unique_layers_decodes(tiny_recursive_factory):
+    """No prefix/suffix layers: the main KV stream has no roles (its pages cost 0 bytes)."""
+    model = tiny_recursive_factory(sharing="cycle", num_hidden_layers=4, num_recursions=2).eval()
+    llm = LLM(model)
+    assert llm.kv.spec.num_main_layers == 0
+    out = llm.generate([1, 2, 3], SamplingParams(max_new_tokens=3, ignore_eos=True))[0]
+    assert len(out.token_ids) == 3

@@ -51,3 +51,13 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
         load_backbone(tmp_path / "nowhere")
     with pytest.raises(DepthmuxError, match=r"has no config\.json"):
         load_backbone(tmp_path)
+
+
+# --- hostile pass (hfix-a)
+def test_a_bogus_device_is_a_one_line_error(tmp_path, tokenizer):
+    from tiny_families import save_family
+
+    folder = save_family("bert", tmp_path / "tiny-bert", tokenizer)
+    with pytest.raises(DepthmuxError, match=r"bad device 'x'") as e:
+        load_backbone(folder, device="x")
+    assert "\n" not in str(e.value)

@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from depthmux.cli import main
 from depthmux.errors import DepthmuxError
@@ -164,3 +165,14 @@ def test_cli_bad_options(tmp_path, ckpts, capsys, args, message):
         main(["mux", "predict", str(ckpts["n2"]), "--input", str(src), *args])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# --- hostile pass (hfix-a)
+@pytest.mark.parametrize("kind", ["teacher", "n2"])
+def test_predict_api_on_an_empty_list_and_on_none(ckpts, kind):
+    model = load_classifier(ckpts[kind])
+    out = model.predict([])
+    assert out.shape == (0,) and out.dtype == torch.long
+    with pytest.raises(DepthmuxError, match="predict takes a list of texts, got NoneType") as e:
+        model.predict(None)
+    assert "\n" not in str(e.value)

@@ -19,7 +19,7 @@ from depthmux.backbones.encoder import DebertaV2Backbone, HFEncoderBackbone, Mod
 from depthmux.backbones.loading import DEFAULT_MODEL, resolve_model_path
 from depthmux.backbones.seq2seq import HFSeq2SeqBackbone
 from depthmux.errors import DepthmuxError
-from depthmux.utils.checks import check_model_folder
+from depthmux.utils.checks import check_device, check_model_folder
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ def load_backbone(
         prompt: a template applied to every text before tokenisation (see ``FrozenBackbone.prompt``).
         device: where the weights go ("cpu", "cuda", ...); its batches follow (``FrozenBackbone.tokenize``).
     """
+    check_device("device", device)
     model_type, family = backbone_family(model)
     modes = family.backbone_class.readout_modes
     if readout is not None and readout not in modes:

@@ -82,6 +82,9 @@ class EngineCore:
             raise DepthmuxError(f"prompt token ids must be in [0, {self.vocab_size}), got {min(ids)}..{max(ids)}")
         if len(ids) > self.max_len:
             raise DepthmuxError(f"prompt of {len(ids)} tokens is longer than the model's context of {self.max_len}")
+        bad_stops = [t for t in params.stop_token_ids if not 0 <= t < self.vocab_size]
+        if bad_stops:
+            raise DepthmuxError(f"stop token ids must be in [0, {self.vocab_size}), got {bad_stops[0]}")
         stops = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.eos_token_ids)
         self.scheduler.add_request(Request(request_id, ids, params, stops, self.max_len, arrival=0))
 

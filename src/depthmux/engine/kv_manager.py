@@ -309,8 +309,10 @@ class KVManager:
             raise DepthmuxError(f"kv_budget_bytes must be a positive integer, got {budget_bytes!r}")
         self.spec, self.budget_bytes = spec, budget_bytes
         self.device, self.dtype = torch.device(device), dtype
-        main_max = budget_bytes // spec.block_bytes(MAIN)
-        self.pools = {"main": BlockPool(spec.num_main_layers, spec, main_max)}
+        # a pure cycle model (no prefix/suffix layers) has a main stream of 0 roles: its pages cost no
+        # bytes and hold only positions, so they are bounded by the block pool's page count instead
+        page_bytes = spec.block_bytes(MAIN) or spec.block_bytes(0)
+        self.pools = {"main": BlockPool(spec.num_main_layers, spec, budget_bytes // page_bytes)}
         if spec.recursion_loop:
             self.pools["block"] = BlockPool(spec.num_block_layers, spec, budget_bytes // spec.block_bytes(0))
         self.blocks: dict[tuple[str, int], list[int]] = {}

@@ -178,6 +178,10 @@ class LLM(EngineFrontend):
         return outputs
 
     def _add_all(self, prompts, sampling_params) -> list[str]:
+        if isinstance(prompts, (bytes, bytearray)) or not isinstance(prompts, (str, Sequence, torch.Tensor)):
+            raise DepthmuxError(
+                f"prompts must be a string, a list of token ids, or a list of those; got {type(prompts).__name__}"
+            )
         single = isinstance(prompts, str) or (
             isinstance(prompts, Sequence) and prompts and all(isinstance(t, int) for t in prompts)
         )

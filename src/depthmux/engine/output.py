@@ -79,7 +79,13 @@ def prompt_token_ids(prompt, tokenizer) -> tuple[str | None, list[int]]:
             raise DepthmuxError("string prompts need a tokenizer: pass tokenizer= or give token ids")
         if not prompt:
             raise DepthmuxError("empty prompt")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DepthmuxError(f"a prompt must be valid text: {e.object[e.start]!r} at character {e.start}") from None
         return prompt, list(tokenizer(prompt)["input_ids"])
+    if isinstance(prompt, (bytes, bytearray)):
+        raise DepthmuxError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
     if isinstance(prompt, torch.Tensor):
         prompt = prompt.flatten().tolist()
     if not isinstance(prompt, Sequence) or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):

@@ -195,8 +195,14 @@ class FrozenBackboneClassifier(nn.Module, ABC):
 
     @torch.no_grad()
     def predict(self, texts: list, batch_size: int = 64) -> torch.Tensor:
-        """Class ids for raw texts, grouped in the given order: list -> [B]."""
+        """Class ids for raw texts, grouped in the given order: list -> [B] (an empty list -> [0])."""
+        require(
+            texts is not None and hasattr(texts, "__len__") and hasattr(texts, "__getitem__"),
+            f"predict takes a list of texts, got {type(texts).__name__}",
+        )
         batch_size = whole_groups(batch_size, self.group_size)
+        if len(texts) == 0:
+            return torch.empty(0, dtype=torch.long, device=self.body.device)
         preds = []
         for i in range(0, len(texts), batch_size):
             preds.append(self(self.body.tokenize(texts[i : i + batch_size])).logits.argmax(-1))

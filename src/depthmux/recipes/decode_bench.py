@@ -397,6 +397,11 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
         raise DepthmuxError(f"--mor-model {spec.mor_model} is not a recursive model with a recursion loop")
     hf_vanilla = vanilla_lm.model if isinstance(vanilla_lm, HFCausalLMAdapter) else vanilla_lm
     vanilla = as_recursive_model(hf_vanilla).eval()
+    context = min(int(vanilla.config.max_position_embeddings), int(mor_lm.config.max_position_embeddings))
+    if spec.prompt_len[1] > context:
+        raise DepthmuxError(
+            f"--prompt-len up to {spec.prompt_len[1]} tokens is longer than the models' context of {context} tokens"
+        )
     if vanilla.config.num_hidden_layers != mor_lm.config.num_hidden_layers:
         log(f"note: effective depths differ ({vanilla.config.num_hidden_layers} vs {mor_lm.config.num_hidden_layers})")
     vocab = min(vanilla.config.vocab_size, mor_lm.config.vocab_size)
@@ -407,7 +412,7 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
     spec.check_budget_fits(
         {k: KVSpec.from_config(c) for k, c in kv_specs.items()},
         workload,
-        min(int(vanilla.config.max_position_embeddings), int(mor_lm.config.max_position_embeddings)),
+        context,
     )
     pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
     models = {"vanilla": (hf_vanilla, vanilla), "mor": (mor_lm, mor_lm)}
