@@ -183,6 +183,20 @@ class LMDataSpec:
             raise DepthmuxError(f"bad tokenizer '{self.tokenizer}': use bpe:<vocab size>") from None
 
 
+def check_block_size(block_size: int, context: Any, model: Any) -> None:
+    """``--block-size`` above the model's context (``max_position_embeddings``; ``context`` is that number,
+    a config dict or a model folder) is a one-line error, before any data or model work (a block that long
+    would also need a ``[T, T]`` attention mask per sequence)."""
+    if isinstance(context, (str, os.PathLike)):
+        context = check_model_folder(Path(context), weights=False)
+    if isinstance(context, dict):
+        context = context.get("max_position_embeddings")
+    if isinstance(context, int) and not isinstance(context, bool) and block_size > context:
+        raise DepthmuxError(
+            f"--block-size {block_size} is above the context of {model} ({context} tokens, max_position_embeddings)"
+        )
+
+
 def build_lm_model(spec: LMModelSpec, vocab_size: int | None = None, eos_token_id: int | None = None) -> CausalLM:
     """Instantiate the model described by ``spec`` (float32, train mode)."""
     spec.validate()
@@ -290,8 +304,14 @@ def run_lm_train(model_spec: LMModelSpec, data_spec: LMDataSpec, config: LMTrain
     if not config.resume:
         run.check_writable()
     newest = latest_model_and_tokenizer(run) if config.resume else None
-    if newest is None and model_spec.from_pretrained:  # before its tokenizer reads the folder's config
-        check_model_folder(pretrained_model_dir(model_spec.from_pretrained))
+    if newest is not None:
+        check_block_size(data_spec.block_size, getattr(newest[0].config, "max_position_embeddings", None), run.root)
+    elif model_spec.from_pretrained:  # before its tokenizer reads the folder's config
+        source = check_model_folder(pretrained_model_dir(model_spec.from_pretrained))
+        check_block_size(data_spec.block_size, source, model_spec.from_pretrained)
+    else:
+        check_block_size(data_spec.block_size, model_spec.recursive_config(vocab_size=2).max_position_embeddings,
+                         "a model from scratch")  # fmt: skip
     if newest is not None:
         model, tok = newest
         tokenizer, train, held = prepare_lm_data(data_spec, tokenizer=tok)
@@ -362,6 +382,7 @@ def run_lm_eval(
     check_int("--max-blocks", max_batches, 1, allow_none=True)
     model_dir = resolve_model_dir(model)
     data_spec = (data_spec or eval_data_spec(model)).validate()
+    check_block_size(data_spec.block_size, model_dir, model_dir)
     lm = load_lm(model_dir)  # first: an unsupported model fails before any tokenizer or data work
     is_expert = isinstance(lm, RecursiveForCausalLM) and lm.config.mor_router == "expert"
     router = lm.config.mor_router if isinstance(lm, RecursiveForCausalLM) else None
