@@ -265,10 +265,13 @@ def _spec(cls, stored: Any, what: str, root: Path):
 def stored_run_specs(config: LMTrainConfig, specs: dict[str, type]) -> tuple[dict[str, Any], LMTrainConfig]:
     """For ``--resume``: the specs a run folder stored in ``train_config.json`` (``{key: spec class}``)
     and its training config; only ``out_dir``, ``resume`` and ``progress`` come from ``config``.
-    One-line errors for a folder without ``train_config.json`` or with a malformed entry."""
+    One-line errors for a folder without ``train_config.json``, with a malformed entry, or in use by
+    another run (its lock is tried and released; training takes it again)."""
     run = RunFolder(config.out_dir)
     if not run.has_json("train_config"):
         raise DepthmuxError(f"--resume: no checkpoint under {run.checkpoint_root} and no train_config.json")
+    with run.lock():  # a run still writing here is one line now, before any checkpoint is read
+        pass
     meta = run.read_json("train_config")
     loaded = {key: _spec(cls, meta.get(key), key, run.root) for key, cls in specs.items()}
     stored = dict(meta.get("train") or {})
