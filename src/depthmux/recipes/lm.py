@@ -8,6 +8,9 @@
 * :func:`run_lm_eval`, :func:`eval_data_spec`, :func:`find_run_config`: evaluate a saved model on
   the held-out split its run trained against (or on data given explicitly);
 * :func:`run_lm_convert`: a pretrained LLaMA -> a (relaxed) recursive model folder.
+
+Length: the one LM job (its two specs with their up-front checks, train / resume, eval, convert) whose
+parts the early-exit and MoR recipes reuse; splitting it would scatter the specs from their checks.
 """
 
 from __future__ import annotations
