@@ -345,6 +345,16 @@ CASES: list[tuple[str, list[str]]] = [
     ("serve-bench-inputs-binary", [*SERVE_BENCH, "--inputs-file", "{mf_prompts_binary}"]),
     ("serve-bench-out-user-folder", [*SERVE_BENCH, "--out", "{user_dir}"]),
     ("serve-bench-out-read-only", [*SERVE_BENCH, "--out", "{read_only}/result.json"]),
+    # --- hostile pass (hfix-b)
+    ("lm-train-block-size-above-context", [*LM_TRAIN, "--block-size", "100000"]),
+    ("ee-train-block-size-above-context", [*EE_TRAIN, "--from", "{mf_llama}", "--block-size", "100000"]),
+    ("lm-eval-block-size-above-context", [*LM_EVAL, "--block-size", "100000"]),
+    ("ee-eval-block-size-above-context", ["ee", "eval", "--model", "{mf_ee_run}", "--block-size", "100000"]),
+    ("ee-train-from-bert", [*EE_TRAIN, "--from", "{mf_bert}"]),
+    ("lm-convert-from-bert", [*LM_CONVERT[:5], "{mf_bert}", *LM_CONVERT[6:]]),
+    ("lm-convert-lora-rank-above-hidden", [*LM_CONVERT, "--lora-rank", "100000"]),
+    ("ee-bench-nothing-to-run", [*EE_BENCH, "--thresholds", "", "--draft-tokens", ""]),
+    ("ee-bench-thresholds-only-commas", [*EE_BENCH, "--thresholds", ","]),
 ]
 # fmt: on
 
@@ -552,6 +562,7 @@ def model_folders(tmp_path_factory, bad, mux_checkpoints):
     for family in ("bert", "llama"):
         for defect in BROKEN:
             p[f"mf_{family}_{defect}"] = _break(root / family, root / f"{family}-{defect}", defect)
+    p["mf_bert"], p["mf_llama"] = root / "bert", root / "llama"
     p["mf_bert_no_tokenizer"] = root / "bert-no-tokenizer"
     p["mf_bert_no_tokenizer"].mkdir()
     for name in ("config.json", "model.safetensors"):
@@ -630,3 +641,23 @@ def test_bad_invocation(name, argv, bad, request, tmp_path, monkeypatch, capsys)
     assert len(lines) == 1, f"{len(lines)} lines on stderr (expected one): {err[-800:]!r}"
     assert lines[0].startswith("error: "), lines[0]
     print(lines[0])  # the message a user sees (pytest -rP lists them all)
+
+
+def test_resume_on_a_run_in_use_is_one_line_before_any_work(lm_run, request, monkeypatch, capsys):
+    """Hostile pass (hfix-b): ``--resume`` on a folder another run holds says so first, in one line, before
+    a checkpoint is read (reading one the other run is writing printed warnings before the lock's error)."""
+    import depthmux.recipes.lm as recipe
+    from depthmux.utils.run_folder import RunFolder
+
+    def read_checkpoint(_run):
+        raise ReachedComputation("read a checkpoint of a run in use")
+
+    request.getfixturevalue("tripwire")
+    monkeypatch.setattr(recipe, "latest_model_and_tokenizer", read_checkpoint)
+    run = lm_run["lm_run"]
+    # the lock on another open file description: the CLI's flock fails as another process's would
+    with RunFolder(run).lock(), pytest.raises(SystemExit) as e:
+        main(["lm", "train", "--out", run, "--resume", "--no-progress"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2
+    assert len(lines) == 1 and "in use by another run" in lines[0], lines

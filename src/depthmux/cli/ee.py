@@ -115,10 +115,12 @@ def eval_(
 
 
 def _numbers(option: str, text: str, kind: type) -> tuple:
-    """``"1.0,0.9"`` -> (1.0, 0.9); an empty string -> (); anything else is a one-line error."""
+    """``"1.0,0.9"`` -> (1.0, 0.9); an empty string -> (); anything else (``","`` too) is a one-line error."""
     from depthmux.errors import DepthmuxError
 
     parts = [p.strip() for p in text.split(",") if p.strip()]
+    if text.strip() and not parts:
+        raise DepthmuxError(f"{option} must be a comma-separated list of {kind.__name__}s, got {text!r}")
     try:
         return tuple(kind(p) for p in parts)
     except ValueError:

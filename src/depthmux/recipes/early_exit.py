@@ -36,6 +36,7 @@ from depthmux.errors import DepthmuxError
 from depthmux.lm import evaluate_lm, load_lm, load_saved_tokenizer, pretrained_model_dir, resolve_model_dir
 from depthmux.recipes.lm import (
     LMDataSpec,
+    check_block_size,
     eval_data_spec,
     latest_model_and_tokenizer,
     prepare_lm_data,
@@ -124,9 +125,11 @@ def run_ee_train(model_spec: EEModelSpec, data_spec: LMDataSpec, config: LMTrain
     if newest is not None:
         model, tok = newest
         require_early_exit(model)
+        check_block_size(data_spec.block_size, getattr(model.config, "max_position_embeddings", None), run.root)
         tokenizer, train, held = prepare_lm_data(data_spec, tokenizer=tok)
         model.train()
     else:
+        check_block_size(data_spec.block_size, pretrained_model_dir(model_spec.source), model_spec.source)
         model = build_ee_model(model_spec)
         tokenizer, train, held = prepare_lm_data(data_spec)
         if len(tokenizer) > model.config.vocab_size:
@@ -163,6 +166,7 @@ def run_ee_eval(
     model_dir = resolve_model_dir(model)
     lm = require_early_exit(load_lm(model_dir))
     data_spec = (data_spec or eval_data_spec(model)).validate()
+    check_block_size(data_spec.block_size, model_dir, model_dir)
     _, _, held = prepare_lm_data(data_spec, tokenizer=load_saved_tokenizer(model_dir))
     if held is None:
         raise DepthmuxError("no held-out documents: use a holdout fraction > 0 and at least two documents")
@@ -215,6 +219,10 @@ class EEBenchConfig:
     plot: str | None = None
 
     def validate(self) -> EEBenchConfig:
+        if not (self.thresholds or self.deltas or self.draft_tokens):
+            raise DepthmuxError(
+                "nothing to benchmark: --thresholds, --deltas and --draft-tokens are all empty; give at least one value"
+            )
         for t in self.thresholds:
             check_threshold(t)
         for d in self.deltas:

@@ -9,7 +9,8 @@
   the held-out split its run trained against (or on data given explicitly);
 * :func:`run_lm_convert`: a pretrained LLaMA -> a (relaxed) recursive model folder.
 
-Length: the LM jobs share their specs and data preparation; split them only with the specs moved out.
+Length: the one LM job (its two specs with their up-front checks, train / resume, eval, convert) whose
+parts the early-exit and MoR recipes reuse; splitting it would scatter the specs from their checks.
 """
 
 from __future__ import annotations
@@ -185,6 +186,20 @@ class LMDataSpec:
             raise DepthmuxError(f"bad tokenizer '{self.tokenizer}': use bpe:<vocab size>") from None
 
 
+def check_block_size(block_size: int, context: Any, model: Any) -> None:
+    """``--block-size`` above the model's context (``max_position_embeddings``; ``context`` is that number,
+    a config dict or a model folder) is a one-line error, before any data or model work (a block that long
+    would also need a ``[T, T]`` attention mask per sequence)."""
+    if isinstance(context, (str, os.PathLike)):
+        context = check_model_folder(Path(context), weights=False)
+    if isinstance(context, dict):
+        context = context.get("max_position_embeddings")
+    if isinstance(context, int) and not isinstance(context, bool) and block_size > context:
+        raise DepthmuxError(
+            f"--block-size {block_size} is above the context of {model} ({context} tokens, max_position_embeddings)"
+        )
+
+
 def build_lm_model(spec: LMModelSpec, vocab_size: int | None = None, eos_token_id: int | None = None) -> CausalLM:
     """Instantiate the model described by ``spec`` (float32, train mode)."""
     spec.validate()
@@ -253,10 +268,13 @@ def _spec(cls, stored: Any, what: str, root: Path):
 def stored_run_specs(config: LMTrainConfig, specs: dict[str, type]) -> tuple[dict[str, Any], LMTrainConfig]:
     """For ``--resume``: the specs a run folder stored in ``train_config.json`` (``{key: spec class}``)
     and its training config; only ``out_dir``, ``resume`` and ``progress`` come from ``config``.
-    One-line errors for a folder without ``train_config.json`` or with a malformed entry."""
+    One-line errors for a folder without ``train_config.json``, with a malformed entry, or in use by
+    another run (its lock is tried and released; training takes it again)."""
     run = RunFolder(config.out_dir)
     if not run.has_json("train_config"):
         raise DepthmuxError(f"--resume: no checkpoint under {run.checkpoint_root} and no train_config.json")
+    with run.lock():  # a run still writing here is one line now, before any checkpoint is read
+        pass
     meta = run.read_json("train_config")
     loaded = {key: _spec(cls, meta.get(key), key, run.root) for key, cls in specs.items()}
     stored = dict(meta.get("train") or {})
@@ -292,8 +310,14 @@ def run_lm_train(model_spec: LMModelSpec, data_spec: LMDataSpec, config: LMTrain
     if not config.resume:
         run.check_writable()
     newest = latest_model_and_tokenizer(run) if config.resume else None
-    if newest is None and model_spec.from_pretrained:  # before its tokenizer reads the folder's config
-        check_model_folder(pretrained_model_dir(model_spec.from_pretrained))
+    if newest is not None:
+        check_block_size(data_spec.block_size, getattr(newest[0].config, "max_position_embeddings", None), run.root)
+    elif model_spec.from_pretrained:  # before its tokenizer reads the folder's config
+        source = check_model_folder(pretrained_model_dir(model_spec.from_pretrained))
+        check_block_size(data_spec.block_size, source, model_spec.from_pretrained)
+    else:
+        check_block_size(data_spec.block_size, model_spec.recursive_config(vocab_size=2).max_position_embeddings,
+                         "a model from scratch")  # fmt: skip
     if newest is not None:
         model, tok = newest
         tokenizer, train, held = prepare_lm_data(data_spec, tokenizer=tok)
@@ -364,6 +388,7 @@ def run_lm_eval(
     check_int("--max-blocks", max_batches, 1, allow_none=True)
     model_dir = resolve_model_dir(model)
     data_spec = (data_spec or eval_data_spec(model)).validate()
+    check_block_size(data_spec.block_size, model_dir, model_dir)
     lm = load_lm(model_dir)  # first: an unsupported model fails before any tokenizer or data work
     is_expert = isinstance(lm, RecursiveForCausalLM) and lm.config.mor_router == "expert"
     router = lm.config.mor_router if isinstance(lm, RecursiveForCausalLM) else None

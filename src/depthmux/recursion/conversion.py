@@ -43,12 +43,25 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _load_llama(model_or_path: Any):
-    """A LlamaForCausalLM (float32) from a model object or a local folder."""
+def _check_convertible(model_type: Any, hidden_size: Any, relaxation_rank: int) -> None:
+    """One-line :class:`DepthmuxError` unless a source with this config can be converted with this LoRA rank."""
+    if model_type != "llama":
+        raise DepthmuxError(f"only LLaMA models (model_type 'llama') can be converted, got {model_type!r}")
+    if isinstance(hidden_size, int) and relaxation_rank > hidden_size:
+        raise DepthmuxError(
+            f"--lora-rank {relaxation_rank} is above the model's hidden size {hidden_size} "
+            f"(full rank is at most {hidden_size})"
+        )
+
+
+def _load_llama(model_or_path: Any, relaxation_rank: int = 0):
+    """A LlamaForCausalLM (float32) from a model object or a local folder; a folder's config is checked
+    (:func:`_check_convertible`) before transformers loads (and prints about) anything."""
     if isinstance(model_or_path, torch.nn.Module):
         return model_or_path
     path = Path(model_or_path)
-    check_model_folder(path)
+    cfg = check_model_folder(path)
+    _check_convertible(cfg.get("model_type"), cfg.get("hidden_size"), relaxation_rank)
     from transformers import AutoModelForCausalLM
 
     try:
@@ -66,8 +79,7 @@ def recursive_config_from_llama(
     non-default RoPE, biases or an activation other than SiLU raise a one-line :class:`DepthmuxError`.
     """
     c = llama_config
-    if c.model_type != "llama":
-        raise DepthmuxError(f"only LLaMA models (model_type 'llama') can be converted, got {c.model_type!r}")
+    _check_convertible(c.model_type, getattr(c, "hidden_size", None), relaxation_rank)
     rope = c.rope_parameters or {}
     rope_type = rope.get("rope_type", "default")
     if rope_type != "default":
@@ -254,7 +266,7 @@ def convert_llama_to_recursive(
         **config_overrides: extra :class:`RecursiveConfig` fields (e.g. ``mor_router="expert"``).
     Returns: the recursive model in float32, eval mode.
     """
-    src = _load_llama(model_or_path)
+    src = _load_llama(model_or_path, relaxation_rank)
     cfg = recursive_config_from_llama(
         src.config, num_recursions=num_recursions, sharing=sharing, relaxation_rank=relaxation_rank, **config_overrides
     )
