@@ -46,7 +46,9 @@ def reference(ckpt, texts, batch):
     return labels, probs
 
 
-@pytest.mark.parametrize("actors", [1, pytest.param(2, marks=pytest.mark.slow)], ids=["1-actor", "2-actors"])
+# slow: starting Ray costs about a minute here, and Ray's own services listen beyond loopback
+@pytest.mark.slow
+@pytest.mark.parametrize("actors", [1, 2], ids=["1-actor", "2-actors"])
 def test_ray_data_equals_single_process(tmp_path, ckpts, local_ray, actors, capsys):
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": list(range(len(TEXTS))), "text": TEXTS}), src, row_group_size=7)
