@@ -247,8 +247,9 @@ DEFAULT_EPOCHS = MuxTrainConfig().epochs
 #: The main job (``depthmux mux run`` / ``make run``): N = 2, l = 1 on the embedded tweets, sized to
 #: finish within 15 minutes on a 2-core CPU, install included. Its speed is timed on one thread over 10
 #: repetitions: on the shared 2-core machine, two threads that other work preempts made the per-repetition
-#: speedups spread 0.64-9.21x (median 1.15x, load 16.8); one thread and 10 repetitions gave a median of
-#: 1.77x under load 8.5 (ceiling 1.71x; the spread stays wide under such load, and the line says so).
+#: speedups spread 0.64-9.21x (median 1.15x, load 16.8; three runs 1.15-1.21x); one thread and 10
+#: repetitions gave 1.77x and 1.61x under load 8.5-16 (ceiling 1.71x; the spread stays wide under such
+#: load, and the line says so).
 QUICKSTART = ExperimentConfig(
     task="tweets",
     ns=[2],
