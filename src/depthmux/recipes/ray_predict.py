@@ -28,7 +28,6 @@ one file is read by one task, and a single small file gives little parallel read
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from depthmux.errors import DepthmuxError, require
+from depthmux.recipes.mux_predict import PredictSummary
 from depthmux.utils.checks import check_float, check_int
 from depthmux.utils.ray_cluster import start_ray
 
@@ -103,19 +103,10 @@ class RayPredictConfig:
 
 
 @dataclass
-class RayPredictSummary:
-    out: str
-    rows: int
-    seconds: float
-    actors: int
-    label_counts: dict[str, int]
+class RayPredictSummary(PredictSummary):
+    """:class:`~depthmux.recipes.mux_predict.PredictSummary` plus the number of actors."""
 
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else math.inf
-
-    def as_dict(self) -> dict:
-        return {**self.__dict__, "rows_per_s": self.rows_per_s}
+    actors: int = 1
 
 
 def ray_format(path: str | os.PathLike) -> str:
@@ -262,4 +253,4 @@ def predict_with_ray(cfg: RayPredictConfig) -> RayPredictSummary:
     counts = dict.fromkeys(names, 0)
     for label in labels:
         counts[label] += 1
-    return RayPredictSummary(str(dst), len(labels), seconds, cfg.actors, counts)
+    return RayPredictSummary(str(dst), len(labels), seconds, counts, actors=cfg.actors)
