@@ -65,6 +65,7 @@ def test_concurrent_single_inputs_share_full_groups(server, ckpts):
     requests, and every caller gets the teacher-equal answer for its own text on the teacher."""
     fills_before = server.metric("depthmux:classify_group_fill_count", model_name="n2")
     fill_sum_before = server.metric("depthmux:classify_group_fill_sum", model_name="n2")
+    inputs_before = server.metric("depthmux:classify_forward_inputs_sum", model_name="n2")
 
     async def main(model):
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
@@ -74,7 +75,9 @@ def test_concurrent_single_inputs_share_full_groups(server, ckpts):
     asyncio.run(main("n2"))
     forwards = server.metric("depthmux:classify_group_fill_count", model_name="n2") - fills_before
     fill_sum = server.metric("depthmux:classify_group_fill_sum", model_name="n2") - fill_sum_before
-    assert 1 <= forwards <= 4
+    inputs = server.metric("depthmux:classify_forward_inputs_sum", model_name="n2") - inputs_before
+    assert inputs == 8  # every input went through a forward exactly once
+    assert 1 <= forwards < 8  # grouped: one forward per request would be 8
     assert fill_sum == pytest.approx(forwards)  # every forward's groups were full
     teacher = torch.tensor(asyncio.run(main("teacher")))
     assert torch.allclose(teacher, offline_probs(ckpts["teacher"], TEXTS[:8]), atol=1e-5)

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,17 +154,20 @@ def _cell_text(path, where: str, column: str, cell) -> str:
     return cell
 
 
-class _Reader:
-    """A data file read in chunks of exactly ``rows`` rows (the last may be shorter)."""
+class _Reader(ABC):
+    """A data file read in chunks of exactly ``rows`` rows (the last may be shorter); one subclass per
+    format implements :meth:`columns` and :meth:`chunks`."""
 
     def __init__(self, path: Path, text_columns: list[str]) -> None:
         self.path, self.text_columns = path, text_columns
 
+    @abstractmethod
     def columns(self) -> list[str]:
-        raise NotImplementedError
+        """The file's column names."""
 
+    @abstractmethod
     def chunks(self, rows: int) -> Iterator[Chunk]:
-        raise NotImplementedError
+        """The rows, ``rows`` at a time."""
 
     def text_of(self, where: str, cells: list) -> Text:
         parts = [_cell_text(self.path, where, c, v) for c, v in zip(self.text_columns, cells, strict=True)]
