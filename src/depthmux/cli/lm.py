@@ -442,7 +442,8 @@ def bench_decode(
     the vanilla and the MoR model; compute ceiling, KV bytes per token, sequences admitted per budget."""
     from dataclasses import replace
 
-    from depthmux.recipes.decode_bench import DecodeBenchSpec, check_out_file, quick_spec, run_decode_bench
+    from depthmux.recipes.decode_bench import DecodeBenchSpec, quick_spec, run_decode_bench
+    from depthmux.utils.checks import check_output_file
 
     quiet_transformers()
     spec = DecodeBenchSpec(
@@ -459,7 +460,7 @@ def bench_decode(
     )
     spec = replace(spec, **{k: v for k, v in given.items() if v is not None}).validate()
     if out is not None:  # every option is checked before the benchmark runs
-        check_out_file(out)
+        check_output_file("--out", out)
     res = run_decode_bench(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import random
 import statistics
 import time
@@ -118,28 +117,6 @@ class DecodeBenchSpec:
 
 MAX_KV_BUDGET_MIB = UNLIMITED_KV_BYTES // 2**20
 """The largest budget the engine accepts (16 TiB), in MiB."""
-
-
-def check_out_file(path: Path, option: str = "--out") -> None:
-    """``path`` can be written as a file: not a folder, its folder can be made, a file can be created there.
-    Checked before the work (the probe file is removed again; an existing file is left as it is)."""
-    if path.is_dir():
-        raise DepthmuxError(f"{option} {path} is a folder: give a file name")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DepthmuxError(f"{option} {path}: cannot make its folder ({e.strerror or e})") from None
-    if path.exists():
-        if not path.is_file() or not os.access(path, os.W_OK):
-            raise DepthmuxError(f"{option} {path} is not a writable file")
-        return
-    try:
-        with open(path, "x"):
-            pass
-        path.unlink()
-    except OSError as e:
-        raise DepthmuxError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
 
 
 @dataclass

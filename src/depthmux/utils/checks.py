@@ -250,10 +250,13 @@ def check_writable_parent(option: str, path) -> None:
 
 def check_output_file(option: str, path, extensions=None) -> None:
     """One line unless ``path`` can become an output file: not a folder, one of ``extensions`` (lower
-    case, without the dot; None: any), in a folder that takes a new file (:func:`check_writable_parent`)."""
+    case, without the dot; None: any), in a folder that takes a new file (:func:`check_writable_parent`), and
+    new: an existing file is never replaced (it may be a user's)."""
     path = Path(path)
     if path.is_dir():
         raise DepthmuxError(f"{option} {path} is a folder: give a file name")
+    if path.exists() or path.is_symlink():
+        raise DepthmuxError(f"{option} {path} already exists: give a new file name (nothing is overwritten)")
     if extensions is not None and path.suffix.lower().lstrip(".") not in extensions:
         raise DepthmuxError(
             f"{option} {path}: unknown file type {path.suffix or '(no extension)'}; use one of "
