@@ -113,11 +113,8 @@ def test_stream_yields_every_accepted_draft_once(model_and_reference):
 
 def paged(llm, rid: str, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` K and V entries of a request's main stream at ``layer``: [n, H_kv, D] twice."""
-    pool = llm.kv.pools["main"]
-    blocks = torch.tensor(llm.kv.blocks[(rid, MAIN)])
-    k = pool.k[layer][blocks].flatten(0, 1)[:n]
-    v = pool.v[layer][blocks].flatten(0, 1)[:n]
-    return k, v
+    k, v = llm.kv.stream_kv(rid, MAIN, layer)
+    return k[:n], v[:n]
 
 
 @torch.no_grad()

@@ -161,11 +161,21 @@ def test_tight_budget_preempts_and_recomputes_with_identical_tokens(tiny_recursi
     ps = prompts(n=10)
     params = SamplingParams(max_new_tokens=10, ignore_eos=True)
     ref = LLM(model).generate(ps, params)
-    budget = 3 * LLM(model).kv.spec.reservation_bytes(50)
+    # admission at the capacity fractions (0.1, 0.05) under-reserves for routers that send more tokens
+    # deep: a tight budget runs out, so a later request is preempted and recomputed
+    budget = 2 * LLM(model).kv.spec.reservation_bytes(50)
     llm = LLM(model, depth_policy=policy, kv_budget_bytes=budget, max_prefill_tokens=64)
+    llm.kv.MEASURE_AFTER = 10**9  # keep the expected fractions (never switch to the measured ones)
     got = llm.generate(ps, params)
     assert [o.token_ids for o in got] == [o.token_ids for o in ref]
     assert llm.stats.preemptions > 0
+    assert llm.kv.arena.allocated_bytes() <= budget and llm.kv.pages_in_use() == 0
+    # the measured fractions are what the routing really wrote, above the capacities here
+    measuring = LLM(model, depth_policy=policy, kv_budget_bytes=budget, max_prefill_tokens=64)
+    assert [o.token_ids for o in measuring.generate(ps, params)] == [o.token_ids for o in ref]
+    measured = measuring.kv.stream_fractions()
+    assert measured != measuring.kv.spec.stream_fractions and measured[1] > 0.1 and measured[0] == 1.0
+    assert measuring.kv.reservation_bytes(50) > measuring.kv.spec.reservation_bytes(50)
     assert llm.kv.peak_bytes <= budget and llm.stats.kv_bytes_in_use == 0
 
 

@@ -45,7 +45,10 @@ def test_bad_sampling_and_budget(llm, tiny_recursive_factory):
     with pytest.raises(DepthmuxError, match="max_new_tokens") as e:
         llm.generate([1, 2, 3], SamplingParams(max_new_tokens=0))
     one_line(e)
-    tiny = LLM(tiny_recursive_factory(max_position_embeddings=32), kv_budget_bytes=1024)
+    with pytest.raises(DepthmuxError, match="too small") as e:  # not even the null and trash pages
+        LLM(tiny_recursive_factory(max_position_embeddings=32), kv_budget_bytes=1024)
+    one_line(e)
+    tiny = LLM(tiny_recursive_factory(max_position_embeddings=32), kv_budget_bytes=8192)
     with pytest.raises(DepthmuxError, match="too small for one request") as e:
         tiny.add_request([1, 2, 3], SamplingParams(max_new_tokens=4))
     one_line(e)

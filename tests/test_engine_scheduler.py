@@ -56,21 +56,26 @@ def admitted(kw: dict, budget: int) -> int:
 
 
 def test_fixed_budget_admits_more_sequences_with_recursion_wise_and_shared_kv():
-    budget = 1 << 20
+    unit = spec(**VANILLA).block_size * spec(**VANILLA).entry_bytes  # the null and trash pages come out of the budget
+    budget = (1 << 20) + 2 * unit
     counts = {
         name: admitted(kw, budget)
         for name, kw in (("vanilla", VANILLA), ("recursion_wise", RECURSION_WISE), ("shared", SHARED))
     }
     # 64-token requests in 16-token pages: vanilla 65536 B, recursion-wise 53248 B, shared 32768 B each
     assert counts == {"vanilla": 16, "recursion_wise": 19, "shared": 32}
+    assert admitted(VANILLA, budget - 1) == 15
 
 
 def test_budget_too_small_for_one_request_is_one_line_error():
-    kv = KVManager(spec(**VANILLA), 4096)
+    unit = spec(**VANILLA).block_size * spec(**VANILLA).entry_bytes
+    kv = KVManager(spec(**VANILLA), 8 * unit)
     sched = Scheduler(kv, "depthwise")
     with pytest.raises(DepthmuxError, match="too small") as e:
         sched.add_request(request("a"))
     assert "\n" not in str(e.value)
+    with pytest.raises(DepthmuxError, match="at least 3 pages") as e:  # not even the null and trash pages + 1
+        KVManager(spec(**VANILLA), 2 * unit)
     with pytest.raises(DepthmuxError):
         KVManager(spec(**VANILLA), 0)
     with pytest.raises(DepthmuxError):
@@ -180,7 +185,7 @@ def test_finish_and_cancel_free_kv():
 def test_preemption_frees_the_newest_request_and_recomputes_it():
     s = spec(**VANILLA)
     page = s.block_bytes(MAIN)
-    kv = KVManager(s, 3 * page)
+    kv = KVManager(s, 3 * page + 2 * s.block_size * s.entry_bytes)  # + the null and trash units
     sched = Scheduler(kv, "depthwise", max_prefill_tokens=1000)
     # each reserves 1 page (16 tokens), both fit the 3-page budget
     sched.add_request(request("old", prompt_len=10, max_new=6))

@@ -22,7 +22,7 @@ main stream); then, per :class:`EarlyExitPolicy`:
   deep model's next token, so the output equals deep greedy decoding; sampled requests draft from the
   shallow exit's distribution and use the standard speculative acceptance rule
   (:func:`speculative_accept`), which keeps the deep model's sampling distribution. The rejected drafts' entries
-  are cut from the stream (:func:`truncate_stream`), so the KV stays exactly the deep model's.
+  are cut from the stream (``KVManager.truncate``), so the KV stays exactly the deep model's.
   The accepted drafts go back to the scheduler as ``StepResult.accepted``. A row drafts at most
   ``max_new_tokens - generated - 1`` tokens (so its KV stays within its reservation) and never past
   the context.
@@ -153,20 +153,6 @@ class _Kept:
     positions: list[int] = field(default_factory=list)
     confidence: list[torch.Tensor] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
-
-
-def truncate_stream(kv: KVManager, request_id: str, stream: int, length: int) -> None:
-    """Forget a stream's entries from ``length`` on (their pages stay with the request, marked empty)."""
-    key = (request_id, stream)
-    old = kv.lengths.get(key, 0)
-    if length >= old:
-        return
-    pool = kv.pools["main" if stream == MAIN else "block"]
-    bs = kv.spec.block_size
-    index = torch.arange(length, old)
-    blocks = torch.tensor(kv.blocks[key])[index // bs]
-    pool.pos[blocks.to(pool.pos.device), (index % bs).to(pool.pos.device)] = -1
-    kv.lengths[key] = length
 
 
 class EarlyExitRunner(ModelRunner):
@@ -366,7 +352,7 @@ class EarlyExitRunner(ModelRunner):
                 a, nxt = speculative_accept(drafts[i], draft_probs[i], p, gens[i])
             st.accepted_tokens += a
             self.stats.generated_tokens += a + 1
-            truncate_stream(self.kv, rids[i], MAIN, it.position + a + 1)  # rejected drafts leave the KV
+            self.kv.truncate(rids[i], MAIN, it.position + a + 1)  # rejected drafts leave the KV
             result.accepted[rids[i]] = drafts[i][:a]
             result.sampled[rids[i]] = nxt
 

@@ -9,13 +9,15 @@ Layout. A *stream* is the set of KV entries of one sequence that always holds th
   recursion-wise KV writes only the tokens that reached recursion r; recursive KV sharing
   (``mor_kv="share_first"``) keeps one stream (r = 0) that every recursion reads.
 
-Memory is paged. Each of the two pools (main, block) is a tensor ``k``/``v``
-[roles, num_blocks, block_size, H_kv, D] plus ``pos`` [num_blocks, block_size] (the token position
-of each entry, -1 = empty); a *role* is a layer of the stream (main: prefix then suffix layers;
-block: shared layer j). A stream owns a list of block ids, each block holding ``block_size``
-consecutive entries of the stream in every role, so a stream of n entries uses ``ceil(n /
-block_size)`` blocks. Blocks come from a free list (the pool tensor grows by doubling up to what
-the byte budget allows) and go back to it when a request finishes, is cancelled or is preempted:
+Memory is paged. K/V live in one :class:`KVArena` shared by both pools, ``k``/``v`` [units,
+block_size, H_kv, D]: a *unit* is one layer's page; the arena grows by doubling but never past the
+budget, so the K/V bytes allocated, all pools together, are at most the budget (2 units, null and
+trash, come out of it). Each pool (main, block) hands out *pages* of its streams: a page has one
+unit per *role* (a layer of the stream: main: prefix then suffix layers; block: shared layer j;
+``units`` [pages, roles] maps them) and ``pos`` [pages, block_size] (the token position of each
+entry, -1 = empty). A stream owns a list of page ids, each page holding ``block_size`` consecutive
+entries of the stream in every role, so a stream of n entries uses ``ceil(n / block_size)`` pages.
+Pages and units come from free lists and go back when a request finishes, is cancelled or is preempted:
 there is no compaction to do, a finished sequence just returns its blocks. Block 0 is the null
 block (never written, pos -1: pads block tables), block 1 the trash block (writes of filler rows
 land there, it is never read).
@@ -34,8 +36,9 @@ expected bytes per token ``(n_main + K * sum_r frac_r) * entry_bytes`` where ``f
 expected fraction of tokens reaching recursion r (expert-choice: the capacities; token-choice with a
 balanced router: ``(N_r - r) / N_r``; no router: 1; shared KV: one stream of fraction 1). So the
 block's KV is ``(N_r + 1) / (2 N_r)`` of vanilla for recursion-wise MoR with the default capacities
-and ``1 / N_r`` for recursive sharing; the scheduler reserves that many bytes per admitted
-request and admits correspondingly more sequences under a fixed budget.
+and ``1 / N_r`` for recursive sharing. Admission reserves at the fractions the routing really uses:
+:meth:`KVManager.stream_fractions` measures them (tokens written per recursion stream over tokens
+written to the main stream) once a few hundred tokens went in, and uses the expectation before.
 
 Length: the stream layout, the page pools and the paged layer views share one page layout.
 """
@@ -154,11 +157,11 @@ class KVSpec:
     def blocks_for(self, num_entries: int) -> int:
         return -(-num_entries // self.block_size)
 
-    def reservation_bytes(self, num_tokens: int) -> int:
+    def reservation_bytes(self, num_tokens: int, fractions: tuple[float, ...] | None = None) -> int:
         """Bytes reserved for a sequence of ``num_tokens`` tokens: whole pages of the main stream and
-        of each recursion stream at its expected fraction."""
+        of each recursion stream at its fraction (``fractions``, default the expected ones)."""
         total = self.blocks_for(num_tokens) * self.block_bytes(MAIN)
-        for s, frac in enumerate(self.stream_fractions):
+        for s, frac in enumerate(self.stream_fractions if fractions is None else fractions):
             total += self.blocks_for(math.ceil(frac * num_tokens - 1e-9)) * self.block_bytes(s)
         return total
 
@@ -175,44 +178,115 @@ class KVSpec:
         return "block", (position - pre) % K
 
 
-class BlockPool:
-    """Page storage of one kind of stream: ``k``/``v`` [roles, capacity, block_size, H_kv, D], ``pos``
-    [capacity, block_size]. Allocated lazily on first use and grown by doubling."""
+class KVArena:
+    """K/V storage shared by every pool: ``k``/``v`` [capacity, block_size, H_kv, D]; a *unit* is one
+    layer's page (``block_size`` entries of one layer). Units come from one free list; the tensors
+    grow by doubling (at least 64 units) but never past ``max_units``, so the K/V bytes allocated, all
+    pools together, never exceed the budget. Unit 0 is the null unit (never written), unit 1 the trash
+    unit (filler writes)."""
 
-    def __init__(self, roles: int, spec: KVSpec, max_blocks: int):
-        self.roles, self.spec, self.max_blocks = roles, spec, max_blocks
+    def __init__(self, spec: KVSpec, max_units: int):
+        self.spec, self.max_units = spec, max_units
         self.free: list[int] = []
         self.next_id = _RESERVED_BLOCKS
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+
+    @property
+    def unit_bytes(self) -> int:
+        return self.spec.block_size * self.spec.entry_bytes  # K and V of one layer's page
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.k is None else self.k.shape[0]
+
+    def allocated_bytes(self) -> int:
+        """K/V tensor bytes allocated now (the capacity, used or not)."""
+        return self.capacity * self.unit_bytes
+
+    def take(self, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            if self.free:
+                out.append(self.free.pop())
+                continue
+            if self.next_id >= self.max_units:
+                raise DepthmuxError("KV budget exhausted")  # the scheduler keeps headroom, so this is a bug guard
+            out.append(self.next_id)
+            self.next_id += 1
+        return out
+
+    def ensure(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Make the tensors hold every unit handed out so far (growth capped at ``max_units``)."""
+        need = self.next_id
+        if need <= self.capacity:
+            return
+        cap = min(max(need, 2 * self.capacity, 64), self.max_units)
+        s = self.spec
+        shape = (cap, s.block_size, s.num_kv_heads, s.head_dim)
+        k, v = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        if self.k is not None:
+            old = self.capacity
+            k[:old], v[:old] = self.k, self.v
+        self.k, self.v = k, v
+
+
+class BlockPool:
+    """Pages of one kind of stream (main or block): a page has ``roles`` layers, each an arena unit
+    (``units`` [capacity, roles] long maps page -> units); ``pos`` [capacity, block_size] is the token
+    position of each entry (-1 = empty). Page ids come from a free list; ``units`` / ``pos`` are
+    metadata (8 bytes per entry slot and per unit) that grow by doubling."""
+
+    def __init__(self, roles: int, arena: KVArena):
+        self.roles, self.arena, self.spec = roles, arena, arena.spec
+        self.free: list[int] = []
+        self.next_id = _RESERVED_BLOCKS
+        self.page_units: dict[int, list[int]] = {}
+        self.units: torch.Tensor | None = None
         self.pos: torch.Tensor | None = None
+        self._dirty: list[int] = []
 
     @property
     def capacity(self) -> int:
         return 0 if self.pos is None else self.pos.shape[0]
 
     def take(self) -> int:
-        if self.free:
-            return self.free.pop()
-        if self.next_id >= self.max_blocks + _RESERVED_BLOCKS:
-            raise DepthmuxError("KV budget exhausted")  # the scheduler keeps headroom, so this is a bug guard
-        self.next_id += 1
-        return self.next_id - 1
+        page = self.free.pop() if self.free else self.next_id
+        if page == self.next_id:
+            self.next_id += 1
+        self.page_units[page] = self.arena.take(self.roles)
+        self._dirty.append(page)
+        return page
+
+    def release(self, pages: list[int]) -> None:
+        for page in pages:
+            self.arena.free.extend(self.page_units.pop(page))
+        self.free.extend(pages)
 
     def ensure(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Make the tensors hold every block id handed out so far."""
+        """Make ``units`` / ``pos`` hold every page handed out and the arena every unit."""
+        self.arena.ensure(device, dtype)
         need = self.next_id
-        if need <= self.capacity:
-            return
-        cap = min(max(need, 2 * self.capacity, 64), self.max_blocks + _RESERVED_BLOCKS)
-        s = self.spec
-        shape = (self.roles, cap, s.block_size, s.num_kv_heads, s.head_dim)
-        k, v = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
-        pos = torch.full((cap, s.block_size), -1, dtype=torch.long, device=device)
-        if self.pos is not None:
-            old = self.capacity
-            k[:, :old], v[:, :old], pos[:old] = self.k, self.v, self.pos
-        self.k, self.v, self.pos = k, v, pos
+        if need > self.capacity:
+            cap = max(need, 2 * self.capacity, 64)
+            units = torch.full((cap, self.roles), NULL_BLOCK, dtype=torch.long, device=device)
+            units[TRASH_BLOCK] = TRASH_BLOCK
+            pos = torch.full((cap, self.spec.block_size), -1, dtype=torch.long, device=device)
+            if self.pos is not None:
+                old = self.capacity
+                units[:old], pos[:old] = self.units, self.pos
+            self.units, self.pos = units, pos
+        if self._dirty:
+            live = [p for p in self._dirty if p in self.page_units]
+            if live:
+                idx = torch.tensor(live, dtype=torch.long)
+                self.units[idx.to(device)] = torch.tensor([self.page_units[p] for p in live], dtype=torch.long).to(
+                    device
+                )
+            self._dirty = []
+
+    def metadata_bytes(self) -> int:
+        return 0 if self.pos is None else (self.pos.numel() + self.units.numel()) * 8
 
 
 @dataclass
@@ -250,8 +324,10 @@ class PagedLayerKV:
         col = (dest // bs).clamp(max=b.table.shape[1] - 1)
         block = torch.where(w, b.table.gather(1, col), torch.full_like(col, TRASH_BLOCK))
         off = dest % bs
-        b.pool.k[self.role].index_put_((block, off), k.transpose(1, 2).to(b.pool.k.dtype))
-        b.pool.v[self.role].index_put_((block, off), v.transpose(1, 2).to(b.pool.v.dtype))
+        unit = b.pool.units[block, self.role]  # [R, M] arena units of this layer's pages
+        arena = b.pool.arena
+        arena.k.index_put_((unit, off), k.transpose(1, 2).to(arena.k.dtype))
+        arena.v.index_put_((unit, off), v.transpose(1, 2).to(arena.v.dtype))
         b.pool.pos.index_put_((block, off), torch.where(w, slot, torch.full_like(slot, -1)))
 
     def view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -259,8 +335,9 @@ class PagedLayerKV:
         b = self.binding
         R, nb = b.table.shape
         s = b.pool.spec
-        k = b.pool.k[self.role][b.table].view(R, nb * s.block_size, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        v = b.pool.v[self.role][b.table].view(R, nb * s.block_size, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        unit = b.pool.units[b.table, self.role]  # [R, nb]
+        k = b.pool.arena.k[unit].view(R, nb * s.block_size, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        v = b.pool.arena.v[unit].view(R, nb * s.block_size, s.num_kv_heads, s.head_dim).transpose(1, 2)
         return k, v, b.pool.pos[b.table].view(R, nb * s.block_size)
 
 
@@ -309,12 +386,19 @@ class KVManager:
             raise DepthmuxError(f"kv_budget_bytes must be a positive integer, got {budget_bytes!r}")
         self.spec, self.budget_bytes = spec, budget_bytes
         self.device, self.dtype = torch.device(device), dtype
-        # a pure cycle model (no prefix/suffix layers) has a main stream of 0 roles: its pages cost no
-        # bytes and hold only positions, so they are bounded by the block pool's page count instead
-        page_bytes = spec.block_bytes(MAIN) or spec.block_bytes(0)
-        self.pools = {"main": BlockPool(spec.num_main_layers, spec, budget_bytes // page_bytes)}
+        self.arena = KVArena(spec, budget_bytes // (spec.block_size * spec.entry_bytes))
+        self.page_budget_bytes = (self.arena.max_units - _RESERVED_BLOCKS) * self.arena.unit_bytes
+        if self.page_budget_bytes <= 0:
+            raise DepthmuxError(
+                f"kv_budget_bytes of {budget_bytes} is too small: it must hold at least 3 pages of one layer "
+                f"({3 * self.arena.unit_bytes} bytes)"
+            )
+        # a pure cycle model (no prefix/suffix layers) has a main stream of 0 roles: its pages take no
+        # arena units and cost no bytes (they hold only positions); the block pool's pages bound them
+        self.pools = {"main": BlockPool(spec.num_main_layers, self.arena)}
         if spec.recursion_loop:
-            self.pools["block"] = BlockPool(spec.num_block_layers, spec, budget_bytes // spec.block_bytes(0))
+            self.pools["block"] = BlockPool(spec.num_block_layers, self.arena)
+        self.stream_tokens: dict[int, int] = {}  # stream index -> tokens written over the engine's life
         self.blocks: dict[tuple[str, int], list[int]] = {}
         self.lengths: dict[tuple[str, int], int] = {}
         self.reserved: dict[str, int] = {}
@@ -326,15 +410,39 @@ class KVManager:
     def _pool_of(self, stream: int) -> BlockPool:
         return self.pools["main" if stream == MAIN else "block"]
 
+    MEASURE_AFTER = 256
+    """Main-stream tokens written before the measured stream fractions replace the spec's."""
+
+    def stream_fractions(self) -> tuple[float, ...]:
+        """Fraction of tokens written to each recursion stream: measured (tokens written there over
+        tokens written to the main stream) once :attr:`MEASURE_AFTER` tokens went in, else the spec's
+        expectation."""
+        main = self.stream_tokens.get(MAIN, 0)
+        if main < self.MEASURE_AFTER or not self.spec.recursion_loop:
+            return self.spec.stream_fractions
+        return tuple(min(1.0, self.stream_tokens.get(s, 0) / main) for s in range(self.spec.num_streams))
+
+    def reservation_bytes(self, num_tokens: int) -> int:
+        """Bytes to reserve for a sequence of ``num_tokens`` tokens at the fractions the routing really uses."""
+        return self.spec.reservation_bytes(num_tokens, self.stream_fractions())
+
     def reserve(self, request_id: str, num_tokens: int) -> None:
-        self.reserved[request_id] = self.spec.reservation_bytes(num_tokens)
+        self.reserved[request_id] = self.reservation_bytes(num_tokens)
+
+    def allocated_bytes(self) -> int:
+        """K/V tensor bytes allocated (all pools together; at most the budget)."""
+        return self.arena.allocated_bytes()
+
+    def metadata_bytes(self) -> int:
+        """Bytes of the page tables and entry positions (outside the budget: 8 bytes per unit and per entry slot)."""
+        return sum(p.metadata_bytes() for p in self.pools.values())
 
     @property
     def reserved_bytes(self) -> int:
         return sum(self.reserved.values())
 
     def free_bytes(self) -> int:
-        return self.budget_bytes - self.bytes_in_use
+        return self.page_budget_bytes - self.bytes_in_use
 
     def length(self, request_id: str, stream: int) -> int:
         return self.lengths.get((request_id, stream), 0)
@@ -354,14 +462,29 @@ class KVManager:
         need = self.spec.blocks_for(old + num_new)
         pool = self._pool_of(stream)
         while len(blocks) < need:
-            if self.bytes_in_use + self.spec.block_bytes(stream) > self.budget_bytes:
+            if self.bytes_in_use + self.spec.block_bytes(stream) > self.page_budget_bytes:
                 raise DepthmuxError("KV budget exhausted")
             blocks.append(pool.take())
             self.bytes_in_use += self.spec.block_bytes(stream)
         self.peak_bytes = max(self.peak_bytes, self.bytes_in_use)
         self.lengths[key] = old + num_new
         self.entries_written += num_new * pool.roles
+        self.stream_tokens[stream] = self.stream_tokens.get(stream, 0) + num_new
         return old
+
+    def truncate(self, request_id: str, stream: int, length: int) -> None:
+        """Forget a stream's entries from ``length`` on (rejected speculative drafts): their pages stay with
+        the request, their entries are marked empty, the next write goes to entry ``length``."""
+        key = (request_id, stream)
+        old = self.lengths.get(key, 0)
+        if length >= old:
+            return
+        pool = self._pool_of(stream)
+        bs = self.spec.block_size
+        index = torch.arange(length, old)
+        blocks = torch.tensor(self.blocks[key])[index // bs]
+        pool.pos[blocks.to(pool.pos.device), (index % bs).to(pool.pos.device)] = -1
+        self.lengths[key] = length
 
     def free(self, request_id: str) -> int:
         """Return every page of a request to its pool; returns the bytes freed."""
@@ -373,8 +496,10 @@ class KVManager:
             self.lengths.pop(key, None)
             pool = self._pool_of(stream)
             if blocks and pool.pos is not None:
-                pool.pos[torch.tensor(blocks, device=pool.pos.device)] = -1  # reused pages start empty
-            pool.free.extend(blocks)
+                live = [b for b in blocks if b < pool.capacity]
+                if live:
+                    pool.pos[torch.tensor(live, device=pool.pos.device)] = -1  # reused pages start empty
+            pool.release(blocks)
             freed += len(blocks) * self.spec.block_bytes(stream)
         self.bytes_in_use -= freed
         self.reserved.pop(request_id, None)
@@ -383,6 +508,14 @@ class KVManager:
     def pages_in_use(self) -> int:
         """Pages held by requests, all pools together."""
         return sum(len(b) for b in self.blocks.values())
+
+    def stream_kv(self, request_id: str, stream: int, role: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K and V entries of one role (layer) of a stream, [n, H_kv, D] each (for checks)."""
+        pool = self._pool_of(stream)
+        pool.ensure(self.device, self.dtype)
+        n = self.lengths.get((request_id, stream), 0)
+        units = pool.units[torch.tensor(self.blocks.get((request_id, stream), []), dtype=torch.long), role]
+        return self.arena.k[units].flatten(0, 1)[:n], self.arena.v[units].flatten(0, 1)[:n]
 
     def entries(self, request_id: str) -> dict[int, int]:
         """Stream -> entries held (MAIN = -1)."""

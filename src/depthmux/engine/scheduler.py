@@ -244,8 +244,8 @@ class Scheduler:
     def add_request(self, request: Request) -> None:
         if request.request_id in self.requests:
             raise DepthmuxError(f"request id {request.request_id!r} is already in use")
-        need = self.kv.spec.reservation_bytes(request.reserve_tokens)
-        if need > self.kv.budget_bytes:
+        need = self.kv.reservation_bytes(request.reserve_tokens)
+        if need > self.kv.page_budget_bytes:
             raise DepthmuxError(
                 f"KV budget of {self.kv.budget_bytes} bytes is too small for one request of "
                 f"{request.reserve_tokens} tokens (needs {need} bytes)"
@@ -361,8 +361,8 @@ class Scheduler:
         self.step_count += 1
         while self.waiting and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            need = self.kv.spec.reservation_bytes(req.reserve_tokens)
-            if self.running and self.kv.reserved_bytes + need > self.kv.budget_bytes:
+            need = self.kv.reservation_bytes(req.reserve_tokens)
+            if self.running and self.kv.reserved_bytes + need > self.kv.page_budget_bytes:
                 break
             self.waiting.popleft()
             self.kv.reserve(req.request_id, req.reserve_tokens)

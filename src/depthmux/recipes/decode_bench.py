@@ -229,6 +229,8 @@ def counts(llm: LLM, fc: FlopCounter, summary: dict[str, Any]) -> dict[str, Any]
         "exits_by_depth": list(s.exits_by_depth),
         "tokens_entered": s.prefill_tokens + s.decode_tokens,
         "kv_entries_written": s.kv_entries_written,
+        "kv_page_bytes_peak": s.kv_bytes_peak,  # pages held at most (whole pages, all pools)
+        "kv_tensor_bytes_allocated": llm.kv.allocated_bytes(),  # K/V tensors allocated (at most the budget)
         "generated_tokens": summary["tokens"],
     }
 
