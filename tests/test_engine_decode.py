@@ -162,8 +162,9 @@ def test_tight_budget_preempts_and_recomputes_with_identical_tokens(tiny_recursi
     params = SamplingParams(max_new_tokens=10, ignore_eos=True)
     ref = LLM(model).generate(ps, params)
     # admission at the capacity fractions (0.1, 0.05) under-reserves for routers that send more tokens
-    # deep: a tight budget runs out, so a later request is preempted and recomputed
-    budget = 2 * LLM(model).kv.spec.reservation_bytes(50)
+    # deep: a tight budget (1.5 reservations of the longest request) runs out, so a later request is
+    # preempted and recomputed (prefill chunks alone would only wait for pages)
+    budget = int(1.5 * LLM(model).kv.spec.reservation_bytes(50))
     llm = LLM(model, depth_policy=policy, kv_budget_bytes=budget, max_prefill_tokens=64)
     llm.kv.MEASURE_AFTER = 10**9  # keep the expected fractions (never switch to the measured ones)
     got = llm.generate(ps, params)

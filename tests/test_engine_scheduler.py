@@ -168,39 +168,104 @@ def test_finish_and_cancel_free_kv():
         sched.add_request(
             Request(rid, [1, 2, 3], SamplingParams(max_new_tokens=5, stop_token_ids=(4,)), frozenset({4}), 256, 0)
         )
-    d = sched.schedule()
-    for c in d.prefills:  # what the runner would allocate for the prefill
-        kv.allocate(c.request_id, MAIN, 3)
-        kv.allocate(c.request_id, 0, 3)
-        kv.allocate(c.request_id, 1, 2)
-    used = kv.bytes_in_use
-    assert used == 2 * (kv.spec.block_bytes(MAIN) + 2 * kv.spec.block_bytes(0))
-    sched.update(d, StepResult(sampled={"a": 4, "b": 5}))  # "a" emits its stop token
+    d = sched.schedule()  # the scheduler gives the prefills their pages (worst case: every stream)
+    planned = 2 * (kv.spec.block_bytes(MAIN) + 3 * kv.spec.block_bytes(0))
+    assert kv.bytes_in_use == planned
+    written = {}
+    for c in d.prefills:  # what the runner reports: 3 tokens in the main stream and recursion 0, 2 in recursion 1
+        written.update({(c.request_id, MAIN): 3, (c.request_id, 0): 3, (c.request_id, 1): 2})
+    sched.update(d, StepResult(sampled={"a": 4, "b": 5}, kv_written=written))  # "a" emits its stop token
+    used = 2 * (kv.spec.block_bytes(MAIN) + 2 * kv.spec.block_bytes(0))  # recursion 2's unused pages went back
     assert [r.finish_reason for r in sched.take_finished()] == ["stop"] and kv.bytes_in_use == used // 2
+    assert kv.entries("b") == {MAIN: 3, 0: 3, 1: 2}
     assert sched.abort_request("b") and [r.finish_reason for r in sched.take_finished()] == ["abort"]
     assert kv.bytes_in_use == 0 and kv.reserved_bytes == 0
     assert not sched.abort_request("b") and not sched.abort_request("nope")
 
 
-def test_preemption_frees_the_newest_request_and_recomputes_it():
-    s = spec(**VANILLA)
-    page = s.block_bytes(MAIN)
-    kv = KVManager(s, 3 * page + 2 * s.block_size * s.entry_bytes)  # + the null and trash units
-    sched = Scheduler(kv, "depthwise", max_prefill_tokens=1000)
-    # each reserves 1 page (16 tokens), both fit the 3-page budget
-    sched.add_request(request("old", prompt_len=10, max_new=6))
-    sched.add_request(request("new", prompt_len=10, max_new=6))
+def worst_case_step(sched: Scheduler, d) -> StepResult:
+    """A runner that routes every token through every recursion (writes all the pages planned) and
+    samples token 3 wherever a token is due (lockstep)."""
+    sampled = {c.request_id: 3 for c in d.prefills if c.samples}
+    sampled.update({it.request_id: 3 for it in d.entering})
+    return StepResult(sampled=sampled, kv_written=dict(d.kv_growth))
+
+
+def test_routing_deeper_than_reserved_preempts_the_newest_and_recomputes_it():
+    s = spec(**RECURSION_WISE)
+    kv = KVManager(s, 2 * s.reservation_bytes(32) + 2 * s.block_size * s.entry_bytes)  # + the null and trash units
+    kv.MEASURE_AFTER = 10**9  # reserve at the expected fractions, which this routing exceeds
+    sched = Scheduler(kv, "lockstep", max_prefill_tokens=1000, num_recursion_steps=3)
+    for rid in ("old", "new"):
+        sched.add_request(request(rid, prompt_len=4, max_new=28))  # 32 tokens reserved each, both decode
+    preempted, peak = [], 0
+    for _ in range(200):
+        if not sched.has_unfinished():
+            break
+        d = sched.schedule()
+        preempted += d.preempted
+        if "new" in d.preempted:  # recomputed later from prompt + outputs, outputs kept
+            assert sched.requests["new"].num_computed == 0 and sched.requests["new"].state == "waiting"
+        peak = max(peak, kv.bytes_in_use)
+        assert kv.bytes_in_use <= kv.page_budget_bytes
+        sched.update(d, worst_case_step(sched, d))
+    done = {r.request_id: r for r in sched.take_finished()}
+    assert preempted and set(preempted) == {"new"}  # always the newest
+    assert {r: d.finish_reason for r, d in done.items()} == {"old": "length", "new": "length"}
+    assert all(len(r.output_token_ids) == 28 for r in done.values()) and done["new"].num_preemptions >= 1
+    assert kv.bytes_in_use == 0 and kv.pages_in_use() == 0 and peak <= kv.page_budget_bytes
+
+
+def test_prefill_chunks_are_cut_to_the_free_pages():
+    s = spec(**RECURSION_WISE)
+    # its reservation (9 pages at the expected fractions) holds the worst case of 32 tokens (4 streams x 2
+    # pages), not of the 40-token prompt (4 x 3)
+    budget = s.reservation_bytes(41) + 2 * s.block_size * s.entry_bytes
+    kv = KVManager(s, budget)
+    sched = Scheduler(kv, "lockstep", max_prefill_tokens=1000, num_recursion_steps=3)
+    sched.add_request(request("a", prompt_len=40, max_new=1))
     d = sched.schedule()
-    assert len(d.prefills) == 2
-    for c in d.prefills:
-        kv.allocate(c.request_id, MAIN, 10)
-    kv.allocate("old", MAIN, 6)  # "old" outgrows its reservation (e.g. routed deeper than expected)
-    sched.update(d, StepResult(sampled={"old": 3, "new": 3}))
-    kv.allocate("new", MAIN, 6)  # 2 of 3 pages used, both sequences exactly fill a page
-    d = sched.schedule()  # the next tokens need a page each (2 > 1 free): the newest, "new", is preempted
-    assert d.preempted == ["new"] and sched.requests["new"].state == "waiting"
-    assert sched.requests["new"].num_computed == 0 and sched.requests["new"].output_token_ids == [3]
-    assert kv.bytes_in_use == page and len(d.entering) == 1 and d.entering[0].request_id == "old"
+    assert [len(c.token_ids) for c in d.prefills] == [32] and not d.prefills[0].samples
+    sched.update(d, StepResult(kv_written={("a", MAIN): 32, ("a", 0): 32, ("a", 1): 5}))  # few tokens went deep
+    d = sched.schedule()  # the pages of recursions 1 and 2 came back: the rest of the prompt fits
+    assert [(c.start, len(c.token_ids), c.samples) for c in d.prefills] == [(32, 8, True)]
+
+
+def test_a_request_alone_that_cannot_fit_ends_with_kv_budget():
+    s = spec(**RECURSION_WISE)
+    budget = s.reservation_bytes(20) + 2 * s.block_size * s.entry_bytes
+    kv = KVManager(s, budget)
+    kv.MEASURE_AFTER = 10**9
+    sched = Scheduler(kv, "lockstep", max_prefill_tokens=1000, num_recursion_steps=3)
+    sched.add_request(request("a", prompt_len=8, max_new=12))
+    for _ in range(100):
+        if not sched.has_unfinished():
+            break
+        sched.update(d := sched.schedule(), worst_case_step(sched, d))
+    (r,) = sched.take_finished()
+    assert r.finish_reason == "kv_budget" and 0 < len(r.output_token_ids) < 12  # tokens so far are kept
+    assert kv.bytes_in_use == 0
+
+
+def test_speculative_items_get_pages_for_their_drafts_and_rejected_drafts_are_cut():
+    s = spec(**VANILLA)
+    kv = KVManager(s, 1 << 24)
+    sched = Scheduler(kv, "lockstep", max_draft_tokens=3)
+    sched.add_request(request("a", prompt_len=15, max_new=3))
+    d = sched.schedule()
+    sched.update(d, StepResult(sampled={"a": 7}, kv_written={("a", MAIN): 15}))
+    d = sched.schedule()
+    (it,) = d.entering
+    assert it.drafts == 1 and d.kv_growth == {("a", MAIN): 2}  # capped: 2 tokens remain, the last one is sampled
+    assert kv.entries("a") == {MAIN: 15} and len(kv.blocks[("a", MAIN)]) == 2  # the draft is entry 17: page 2
+    # the runner wrote the token and its draft; the draft was rejected: the stream keeps 16 entries, 1 page
+    sched.update(d, StepResult(sampled={"a": 9}, accepted={"a": []}, kv_written={("a", MAIN): 2}))
+    assert kv.entries("a") == {MAIN: 16} and sched.requests["a"].num_computed == 16
+    assert len(kv.blocks[("a", MAIN)]) == 1 and kv.bytes_in_use == s.block_bytes(MAIN)
+    d = sched.schedule()
+    assert d.entering[0].drafts == 0 and d.kv_growth == {("a", MAIN): 1}
+    with pytest.raises(RuntimeError, match="planned"):  # a runner writing beyond the plan is a bug
+        sched.update(d, StepResult(sampled={"a": 9}, kv_written={("a", MAIN): 2}))
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,8 @@ class EngineCore:
         depth_policy, max_batch_items, max_prefill_tokens, max_num_seqs, kv_budget_bytes, block_size, seed:
             as :class:`~depthmux.engine.LLM`.
         runner_factory: builds the runner (:data:`RunnerFactory`); None: :class:`ModelRunner`.
+        max_draft_tokens: tokens a decode item may draft per step (self-speculative k; 0 otherwise), so
+            the scheduler plans their pages.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class EngineCore:
         block_size: int = 16,
         seed: int = 0,
         runner_factory: RunnerFactory | None = None,
+        max_draft_tokens: int = 0,
     ):
         check_engine_seed("seed", seed)
         self.model = model
@@ -64,7 +67,13 @@ class EngineCore:
         budget = UNLIMITED_KV_BYTES if kv_budget_bytes is None else kv_budget_bytes
         self.kv = KVManager(spec, budget, device=p.device, dtype=p.dtype)
         self.scheduler = Scheduler(
-            self.kv, depth_policy, max_batch_items, max_prefill_tokens, max_num_seqs, model.model.num_recursion_steps
+            self.kv,
+            depth_policy,
+            max_batch_items,
+            max_prefill_tokens,
+            max_num_seqs,
+            model.model.num_recursion_steps,
+            max_draft_tokens,
         )
         if runner_factory is None:
             self.runner = ModelRunner(model, self.kv, depth_policy, self.max_len, seed)

@@ -21,11 +21,12 @@ main stream); then, per :class:`EarlyExitPolicy`:
   runs the shallow layers) verifies them. Greedy requests accept the longest agreeing prefix plus the
   deep model's next token, so the output equals deep greedy decoding; sampled requests draft from the
   shallow exit's distribution and use the standard speculative acceptance rule
-  (:func:`speculative_accept`), which keeps the deep model's sampling distribution. The rejected drafts' entries
-  are cut from the stream (``KVManager.truncate``), so the KV stays exactly the deep model's.
-  The accepted drafts go back to the scheduler as ``StepResult.accepted``. A row drafts at most
-  ``max_new_tokens - generated - 1`` tokens (so its KV stays within its reservation) and never past
-  the context.
+  (:func:`speculative_accept`), which keeps the deep model's sampling distribution. The accepted drafts
+  go back to the scheduler as ``StepResult.accepted``; the scheduler, which planned the pages of the
+  ``1 + drafts`` entries, cuts the rejected drafts' entries from the stream (``KVManager.truncate``),
+  so the KV stays exactly the deep model's. A row drafts at most ``WorkItem.drafts`` tokens (the
+  scheduler's cap: k, ``max_new_tokens - generated - 1`` so its KV stays within its reservation, and
+  the context).
 
 Threshold 1.0 exits nothing (confidence <= 1), so ``mode="exit"`` then decodes exactly as the deep
 model. Host syncs per decode step: exit mode 2-3 (exit decisions, tokens), speculative k + 1.
@@ -159,8 +160,8 @@ class EarlyExitRunner(ModelRunner):
     """The engine's runner with the early-exit decode step (module docstring); prefill is the engine's
     (the full model: deep KV for every prompt token, first token from the deep exit).
 
-    Args: as :class:`ModelRunner` (depth policy "lockstep"), plus ``policy``. Drafts are capped at a
-    request's remaining tokens, which each work item carries (``WorkItem.remaining``).
+    Args: as :class:`ModelRunner` (depth policy "lockstep"), plus ``policy``. Drafts are capped by the
+    scheduler (``WorkItem.drafts``); the runner appends KV only where the scheduler gave pages.
     """
 
     def __init__(
@@ -193,7 +194,7 @@ class EarlyExitRunner(ModelRunner):
         """One new token per row through the shallow layers (entries allocated in the main streams):
         returns h_s [R, d]."""
         dev = self.device
-        base = [self.kv.allocate(r, MAIN, 1) for r in rids]
+        base = [self.append_base(r, MAIN, 1) for r in rids]
         main = self.kv.binding([(r, MAIN) for r in rids], base)
         pos = torch.tensor([[p] for p in positions], device=dev)
         ctx = self._context(pos, torch.ones_like(pos, dtype=torch.bool), self._cache(len(rids), main=main))
@@ -312,9 +313,7 @@ class EarlyExitRunner(ModelRunner):
         ps = [params[r] for r in rids]
         gens = [self._generator(r, p) or self.default_generator for r, p in zip(rids, ps, strict=True)]
         self.stats.decode_tokens += E
-        budget = []
-        for it in items:  # the remaining-token budget travels in the work item
-            budget.append(max(0, min(self.policy.draft_tokens, it.remaining - 1, self.max_len - 1 - it.position)))
+        budget = [it.drafts for it in items]  # the scheduler's cap (k, remaining tokens, context), pages planned
         current = [it.token_id for it in items]
         drafts: list[list[int]] = [[] for _ in range(E)]
         draft_probs: list[list[torch.Tensor]] = [[] for _ in range(E)]  # q of sampled rows' drafts [V]
@@ -341,7 +340,7 @@ class EarlyExitRunner(ModelRunner):
         h_d, _ = self._deep_pass(rids, seqs, [it.position for it in items])
         logits_d = ee.exit_logits(h_d)  # [E, M, V]: the deep model's next-token logits after each position
         greedy = logits_d.argmax(-1).tolist()
-        for i, it in enumerate(items):
+        for i in range(E):
             if ps[i].greedy:
                 a = 0
                 while a < budget[i] and drafts[i][a] == greedy[i][a]:
@@ -352,7 +351,6 @@ class EarlyExitRunner(ModelRunner):
                 a, nxt = speculative_accept(drafts[i], draft_probs[i], p, gens[i])
             st.accepted_tokens += a
             self.stats.generated_tokens += a + 1
-            self.kv.truncate(rids[i], MAIN, it.position + a + 1)  # rejected drafts leave the KV
             result.accepted[rids[i]] = drafts[i][:a]
             result.sampled[rids[i]] = nxt
 
@@ -390,6 +388,7 @@ class EarlyExitLLM(LLM):
         if engine_kwargs.get("depth_policy", "lockstep") != "lockstep":
             raise DepthmuxError("early-exit decoding runs every layer in one step: depth_policy must be 'lockstep'")
         engine_kwargs["depth_policy"] = "lockstep"
+        engine_kwargs["max_draft_tokens"] = policy.draft_tokens if policy.mode == "speculative" else 0
         self.policy = policy
 
         def factory(m, kv, max_len, s):

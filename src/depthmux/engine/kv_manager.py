@@ -165,6 +165,13 @@ class KVSpec:
             total += self.blocks_for(math.ceil(frac * num_tokens - 1e-9)) * self.block_bytes(s)
         return total
 
+    def stream_of(self, recursion: int) -> tuple[int, bool]:
+        """(stream index, writes) of a token running recursion ``recursion`` of the shared block:
+        recursion-wise KV writes stream r; recursive KV sharing reads stream 0 and writes it at r = 0 only."""
+        if self.share_first:
+            return 0, recursion == 0
+        return recursion, True
+
     def locate(self, position: int) -> tuple[str, int]:
         """Which pool and role serve the model's effective layer position ``position`` (a
         ``BlockLayer.kv_position``): ``("main", role)`` or ``("block", j)``."""
@@ -454,27 +461,37 @@ class KVManager:
         need = self.spec.blocks_for(self.lengths.get(key, 0) + num_new)
         return max(0, need - have) * self.spec.block_bytes(stream)
 
-    def allocate(self, request_id: str, stream: int, num_new: int) -> int:
-        """Extend a stream by ``num_new`` entries (taking pages as needed); returns its previous length."""
+    def grow(self, request_id: str, stream: int, num_new: int) -> None:
+        """Give a stream the pages to hold ``num_new`` entries beyond its length (the scheduler's plan,
+        before a step). Its length does not change until :meth:`commit`; pages the runner does not fill
+        go back then."""
         key = (request_id, stream)
-        old = self.lengths.get(key, 0)
         blocks = self.blocks.setdefault(key, [])
-        need = self.spec.blocks_for(old + num_new)
-        pool = self._pool_of(stream)
+        need = self.spec.blocks_for(self.lengths.get(key, 0) + num_new)
+        pool, page_bytes = self._pool_of(stream), self.spec.block_bytes(stream)
         while len(blocks) < need:
-            if self.bytes_in_use + self.spec.block_bytes(stream) > self.page_budget_bytes:
-                raise DepthmuxError("KV budget exhausted")
+            if self.bytes_in_use + page_bytes > self.page_budget_bytes:
+                raise DepthmuxError("KV budget exhausted")  # the scheduler plans within the free bytes: a bug guard
             blocks.append(pool.take())
-            self.bytes_in_use += self.spec.block_bytes(stream)
+            self.bytes_in_use += page_bytes
         self.peak_bytes = max(self.peak_bytes, self.bytes_in_use)
-        self.lengths[key] = old + num_new
-        self.entries_written += num_new * pool.roles
-        self.stream_tokens[stream] = self.stream_tokens.get(stream, 0) + num_new
-        return old
+
+    def commit(self, request_id: str, stream: int, num_written: int) -> None:
+        """The runner wrote ``num_written`` entries after the stream's end (in pages :meth:`grow` gave it):
+        they join the stream; pages beyond its new length go back."""
+        key = (request_id, stream)
+        new = self.lengths.get(key, 0) + num_written
+        if self.spec.blocks_for(new) > len(self.blocks.get(key, ())):
+            raise RuntimeError(f"stream {key} wrote {num_written} entries beyond the pages planned for it")
+        if num_written:
+            self.lengths[key] = new
+            self.entries_written += num_written * self._pool_of(stream).roles
+            self.stream_tokens[stream] = self.stream_tokens.get(stream, 0) + num_written
+        self._trim(key)
 
     def truncate(self, request_id: str, stream: int, length: int) -> None:
-        """Forget a stream's entries from ``length`` on (rejected speculative drafts): their pages stay with
-        the request, their entries are marked empty, the next write goes to entry ``length``."""
+        """Forget a stream's entries from ``length`` on (rejected speculative drafts): they are marked
+        empty, pages beyond the new length go back, the next write goes to entry ``length``."""
         key = (request_id, stream)
         old = self.lengths.get(key, 0)
         if length >= old:
@@ -483,27 +500,43 @@ class KVManager:
         bs = self.spec.block_size
         index = torch.arange(length, old)
         blocks = torch.tensor(self.blocks[key])[index // bs]
-        pool.pos[blocks.to(pool.pos.device), (index % bs).to(pool.pos.device)] = -1
+        live = blocks < pool.capacity  # pages never bound to a step have no tensor rows (host-only use)
+        if bool(live.any()):
+            pool.pos[blocks[live].to(pool.pos.device), (index[live] % bs).to(pool.pos.device)] = -1
         self.lengths[key] = length
+        self._trim(key)
+
+    def _trim(self, key: tuple[str, int]) -> None:
+        """Give back the pages of a stream beyond its length."""
+        blocks = self.blocks.get(key)
+        if blocks is None:
+            return
+        keep = self.spec.blocks_for(self.lengths.get(key, 0))
+        if len(blocks) > keep:
+            self._release(key[1], blocks[keep:])
+            del blocks[keep:]
+        if not blocks:
+            self.blocks.pop(key)
+            self.lengths.pop(key, None)
+
+    def _release(self, stream: int, pages: list[int]) -> None:
+        """Return pages of ``stream`` to their pool, emptied (positions -1) for their next owner."""
+        pool = self._pool_of(stream)
+        if pages and pool.pos is not None:
+            live = [b for b in pages if b < pool.capacity]
+            if live:
+                pool.pos[torch.tensor(live, device=pool.pos.device)] = -1
+        pool.release(pages)
+        self.bytes_in_use -= len(pages) * self.spec.block_bytes(stream)
 
     def free(self, request_id: str) -> int:
         """Return every page of a request to its pool; returns the bytes freed."""
-        freed = 0
-        keys = [k for k in self.blocks if k[0] == request_id]
-        for key in keys:
-            stream = key[1]
-            blocks = self.blocks.pop(key)
+        before = self.bytes_in_use
+        for key in [k for k in self.blocks if k[0] == request_id]:
+            self._release(key[1], self.blocks.pop(key))
             self.lengths.pop(key, None)
-            pool = self._pool_of(stream)
-            if blocks and pool.pos is not None:
-                live = [b for b in blocks if b < pool.capacity]
-                if live:
-                    pool.pos[torch.tensor(live, device=pool.pos.device)] = -1  # reused pages start empty
-            pool.release(blocks)
-            freed += len(blocks) * self.spec.block_bytes(stream)
-        self.bytes_in_use -= freed
         self.reserved.pop(request_id, None)
-        return freed
+        return before - self.bytes_in_use
 
     def pages_in_use(self) -> int:
         """Pages held by requests, all pools together."""

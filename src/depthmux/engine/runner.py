@@ -176,6 +176,7 @@ class ModelRunner:
         self.default_generator = torch.Generator(device=self.device).manual_seed(seed)
         self.generators: dict[str, torch.Generator | None] = {}
         self.carry: _Carry | None = None
+        self.written: dict[tuple[str, int], int] = {}  # entries appended this step, per (request, stream)
         self.stats = EngineStats(exits_by_depth=[0] * (self.n_steps + 1))
 
     # -- helpers ----------------------------------------------------------------------------
@@ -194,16 +195,21 @@ class ModelRunner:
     def _cache(self, rows: int, main=None, block=None) -> PagedCache:
         return PagedCache(self.kv.spec, main, block, rows, self.max_len, self.device)
 
-    def _stream(self, r: int) -> tuple[int, bool]:
-        return (0, r == 0) if self.kv.spec.share_first else (r, True)
+    def append_base(self, request_id: str, stream: int, num_new: int) -> int:
+        """Where a stream's next ``num_new`` entries go (its length plus what this step already appended
+        there), recorded for :attr:`StepResult.kv_written`. The pages were given by the scheduler."""
+        key = (request_id, stream)
+        done = self.written.get(key, 0)
+        self.written[key] = done + num_new
+        return self.kv.length(request_id, stream) + done
 
     def _block_binding(self, request_ids: list[str], recs: list[int], counts: list[int] | None = None):
-        """Allocate the entries each row writes at its recursion and bind the rows' recursion streams."""
+        """Bind the rows' recursion streams, each row appending its entries (1, or ``counts``) there."""
         keys, base, writes = [], [], []
         for i, (rid, r) in enumerate(zip(request_ids, recs, strict=True)):
-            stream, w = self._stream(r)
+            stream, w = self.kv.spec.stream_of(r)
             n = 1 if counts is None else counts[i]
-            base.append(self.kv.allocate(rid, stream, n) if w else self.kv.length(rid, stream))
+            base.append(self.append_base(rid, stream, n) if w else self.kv.length(rid, stream))
             keys.append((rid, stream))
             writes.append(w)
         return self.kv.binding(keys, base, writes)
@@ -259,6 +265,7 @@ class ModelRunner:
         """Run one step; returns what the scheduler needs to advance its bookkeeping."""
         self.forget(decision)
         result = StepResult()
+        self.written = result.kv_written
         self.stats.steps += 1
         for group in prefill_groups(decision.prefills):
             self._prefill(group, decision.params, result)
@@ -271,8 +278,6 @@ class ModelRunner:
                 self._decode_lockstep(decision.entering, decision.params, result)
         else:
             self._decode_depthwise(decision, result)
-        self.stats.kv_bytes_in_use = self.kv.bytes_in_use
-        self.stats.kv_bytes_peak = self.kv.peak_bytes
         return result
 
     def _prefill(self, chunks: list[PrefillChunk], params: dict[str, SamplingParams], result: StepResult) -> None:
@@ -285,7 +290,7 @@ class ModelRunner:
             max=self.max_len - 1
         )
         rids = [c.request_id for c in chunks]
-        base = [self.kv.allocate(c.request_id, MAIN, len(c.token_ids)) for c in chunks]
+        base = [self.append_base(c.request_id, MAIN, len(c.token_ids)) for c in chunks]
         main = self.kv.binding([(r, MAIN) for r in rids], base)
         ctx = self._context(positions, write, self._cache(P, main=main))
         self.stats.prefill_tokens += sum(lengths)
@@ -332,7 +337,7 @@ class ModelRunner:
         """Embed + prefix for decode tokens entering: states [E, 1, d] and their context (main streams)."""
         dev = self.device
         rids = [it.request_id for it in items]
-        base = [self.kv.allocate(it.request_id, MAIN, 1) for it in items]
+        base = [self.append_base(it.request_id, MAIN, 1) for it in items]
         main = self.kv.binding([(r, MAIN) for r in rids], base)
         positions = torch.tensor([[it.position] for it in items], device=dev)
         ctx = self._context(positions, torch.ones_like(positions, dtype=torch.bool), self._cache(len(items), main=main))

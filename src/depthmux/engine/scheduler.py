@@ -21,11 +21,18 @@ the last token samples the next one). When exactly one is pending (the last samp
   layers and the head, and its slot goes to another item. New tokens enter through the prefix
   layers at every step.
 
-Prefill chunks run all their recursions within their step in both policies. Before a step the
-scheduler checks that the pages it may need (worst case: every token reaching every recursion)
-fit the free bytes; if not, it preempts the newest running request (its KV is freed, it is
-recomputed later from prompt + outputs, as vLLM does). A finished or cancelled request frees its
-KV at once.
+Prefill chunks run all their recursions within their step in both policies.
+
+The scheduler owns the KV pages. Each step it plans the entries every stream may receive (worst case:
+every token reaching every recursion; self-speculative items ``1 + drafts`` main entries), gives
+those streams their pages (``KVManager.grow``) and, when the runner reports what it really wrote
+(``StepResult.kv_written``), commits them (``KVManager.commit``: pages planned for tokens routed
+elsewhere go back) and cuts each request's main stream to the tokens it computed
+(``KVManager.truncate``: rejected drafts). The runner only reads stream lengths and page tables.
+Decode items are planned first; prefill chunks are cut to the free bytes left. If the decode items
+alone do not fit (or nothing fits at all), the newest running request is preempted (its KV is
+freed, it is recomputed later from prompt + outputs, as vLLM does); a request alone that cannot fit
+ends with ``"kv_budget"``. A finished or cancelled request frees its KV at once.
 
 Length: requests, admission, the step plan and the result bookkeeping are one state machine.
 """
@@ -111,16 +118,17 @@ class PrefillChunk:
 @dataclass
 class WorkItem:
     """A decode token in the model: ``request_id``'s token ``token_id`` at ``position``, next to run
-    recursion ``depth`` (0-based). ``item_id`` is unique over the engine's life. ``remaining``: tokens
-    the request may still emit (its max_new_tokens budget), so a policy that emits several tokens per
-    step (self-speculation) stays within it without reading the scheduler's request table."""
+    recursion ``depth`` (0-based). ``item_id`` is unique over the engine's life. ``drafts``: tokens a
+    policy that emits several per step (self-speculation) may draft after it, already capped by the
+    scheduler at the request's remaining ``max_new_tokens`` and the context; the scheduler planned main
+    stream pages for ``1 + drafts`` entries (the runner never reads the request table)."""
 
     item_id: int
     request_id: str
     position: int
     token_id: int
     depth: int = 0
-    remaining: int = 1
+    drafts: int = 0
 
 
 @dataclass
@@ -140,6 +148,8 @@ class SchedulerDecision:
         released: request ids finished or cancelled since the last step (the runner drops their
             per-request state).
         params: sampling parameters of every running request (who may sample this step).
+        kv_growth: (request id, stream) -> most entries the step may append there; the scheduler gave
+            those streams the pages (``KVManager.grow``), the runner writes at most that many.
     """
 
     step: int
@@ -150,6 +160,7 @@ class SchedulerDecision:
     preempted: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     params: dict[str, SamplingParams] = field(default_factory=dict)
+    kv_growth: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -167,6 +178,8 @@ class StepResult:
         ran_items: depth-wise, ids of the items that ran the shared block (for bookkeeping checks).
         accepted: request id -> tokens emitted BEFORE ``sampled[request id]`` this step that already
             entered the model (self-speculative decoding's accepted drafts, engine/early_exit.py).
+        kv_written: (request id, stream) -> entries the runner appended there this step (rejected drafts
+            included: the scheduler cuts them, the main stream keeps exactly the tokens computed).
     """
 
     sampled: dict[str, int] = field(default_factory=dict)
@@ -174,6 +187,7 @@ class StepResult:
     exited: list[int] = field(default_factory=list)
     ran_items: list[int] = field(default_factory=list)
     accepted: dict[str, list[int]] = field(default_factory=dict)
+    kv_written: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def admitted_count(reservations: list[int], budget_bytes: int, max_num_seqs: int | None = None) -> int:
@@ -203,6 +217,8 @@ class Scheduler:
         max_prefill_tokens: most prefill tokens per step (longer prompts are chunked).
         max_num_seqs: most running requests.
         num_recursion_steps: recursion steps of the model (N_r; 1 without a recursion loop).
+        max_draft_tokens: tokens a decode item may draft after its own in one step (self-speculative
+            decoding's k; 0 for every other policy): its main stream gets pages for ``1 + drafts``.
     """
 
     def __init__(
@@ -213,6 +229,7 @@ class Scheduler:
         max_prefill_tokens: int = 512,
         max_num_seqs: int = 256,
         num_recursion_steps: int = 1,
+        max_draft_tokens: int = 0,
     ):
         if depth_policy not in DEPTH_POLICIES:
             raise DepthmuxError(f"depth_policy must be one of {', '.join(DEPTH_POLICIES)}, got {depth_policy!r}")
@@ -227,6 +244,7 @@ class Scheduler:
         self.max_batch_items, self.max_prefill_tokens = max_batch_items, max_prefill_tokens
         self.max_num_seqs = max_num_seqs
         self.num_recursion_steps = num_recursion_steps
+        self.max_draft_tokens = max_draft_tokens
         self.requests: dict[str, Request] = {}  # waiting and running only
         self.finished: list[Request] = []  # finished since the last :meth:`take_finished`
         self.waiting: deque[Request] = deque()
@@ -301,18 +319,26 @@ class Scheduler:
         self.waiting.appendleft(req)
 
     # -- one step ---------------------------------------------------------------------------
-    def _stream(self, depth: int) -> tuple[int, bool]:
-        """(stream index, writes) of an item running recursion ``depth``."""
-        if self.kv.spec.share_first:
-            return 0, depth == 0
-        return depth, True
+    def _growth_bytes(self, growth: dict[tuple[str, int], int]) -> int:
+        return sum(self.kv.new_blocks_bytes(rid, stream, n) for (rid, stream), n in growth.items())
 
-    def _plan(self, step: int) -> tuple[SchedulerDecision, int]:
-        """The decision for the current running set and the worst-case bytes of new pages it needs."""
+    def _prefill_growth(self, r: Request, n: int) -> dict[tuple[str, int], int]:
+        """Worst case of a prefill chunk of ``n`` tokens: every token in the main stream and in every
+        recursion stream."""
+        growth = {(r.request_id, MAIN): n}
+        if self.kv.spec.recursion_loop:
+            growth.update({(r.request_id, s): n for s in range(self.kv.spec.num_streams)})
+        return growth
+
+    def _plan(self, step: int) -> tuple[SchedulerDecision, bool]:
+        """The decision for the current running set and the pages it needs (``kv_growth``: the worst
+        case, every token reaching every recursion). Decode items come first; prefill chunks take what
+        the free bytes leave (a chunk is cut to fit). Returns (decision, fits): False when the decode items
+        alone do not fit, or when nothing could be scheduled at all."""
         d = SchedulerDecision(step=step)
         spec = self.kv.spec
         loop = spec.recursion_loop
-        need = 0
+        growth: dict[tuple[str, int], int] = {}
         ready = [r for r in self.running if r.in_flight is None]
         entering = [r for r in ready if r.num_pending == 1]
         if self.depth_policy == "lockstep":
@@ -320,17 +346,36 @@ class Scheduler:
         for offset, r in enumerate(entering):
             pos = r.num_computed
             remaining = r.params.max_new_tokens - len(r.output_token_ids)
-            item = WorkItem(self._next_item + offset, r.request_id, pos, r.all_token_ids[pos], remaining=remaining)
+            drafts = max(0, min(self.max_draft_tokens, remaining - 1, r.max_len - 1 - pos))
+            item = WorkItem(self._next_item + offset, r.request_id, pos, r.all_token_ids[pos], drafts=drafts)
             d.entering.append(item)
-            need += self.kv.new_blocks_bytes(r.request_id, MAIN, 1)
+            growth[(r.request_id, MAIN)] = 1 + drafts
             if loop and self.depth_policy == "lockstep":
-                for s in range(spec.num_streams):
-                    need += self.kv.new_blocks_bytes(r.request_id, s, 1)
+                growth.update({(r.request_id, s): 1 for s in range(spec.num_streams)})
+        if self.depth_policy == "depthwise":
+            pool = list(self.items.values()) + d.entering
+            pool.sort(key=lambda it: (-it.depth, it.item_id))
+            d.block_items = pool[: self.max_batch_items]
+            if loop:
+                for it in d.block_items:
+                    stream, writes = self.kv.spec.stream_of(it.depth)
+                    if writes:
+                        growth[(it.request_id, stream)] = 1
+        free = self.kv.free_bytes() - self._growth_bytes(growth)
+        if free < 0:
+            return d, False
         budget = self.max_prefill_tokens
         for r in ready:
             if r.num_pending <= 1 or budget == 0:
                 continue
             n = min(r.num_pending, budget)
+            if self._growth_bytes(self._prefill_growth(r, n)) > free:
+                n = self._fitting_prefix(r, n, free)
+            if n == 0:
+                continue
+            chunk_growth = self._prefill_growth(r, n)
+            free -= self._growth_bytes(chunk_growth)
+            growth.update(chunk_growth)
             budget -= n
             tokens = r.all_token_ids
             d.prefills.append(
@@ -341,23 +386,22 @@ class Scheduler:
                     samples=r.num_computed + n == len(tokens),
                 )
             )
-            need += self.kv.new_blocks_bytes(r.request_id, MAIN, n)
-            if loop:
-                for s in range(spec.num_streams):
-                    need += self.kv.new_blocks_bytes(r.request_id, s, n)
-        if self.depth_policy == "depthwise":
-            pool = list(self.items.values()) + d.entering
-            pool.sort(key=lambda it: (-it.depth, it.item_id))
-            d.block_items = pool[: self.max_batch_items]
-            if loop:
-                for it in d.block_items:
-                    stream, writes = self._stream(it.depth)
-                    if writes:
-                        need += self.kv.new_blocks_bytes(it.request_id, stream, 1)
-        return d, need
+        d.kv_growth = growth
+        return d, not d.empty
+
+    def _fitting_prefix(self, r: Request, n: int, free: int) -> int:
+        """The longest chunk of at most ``n`` tokens whose worst-case pages fit ``free`` bytes (0 if none)."""
+        lo, hi = 0, n  # lo fits (0 tokens cost nothing), hi does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._growth_bytes(self._prefill_growth(r, mid)) <= free:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def schedule(self) -> SchedulerDecision:
-        """Admit what fits, then plan this step (module docstring)."""
+        """Admit what fits, plan this step and give its streams their pages (module docstring)."""
         self.step_count += 1
         while self.waiting and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
@@ -370,8 +414,8 @@ class Scheduler:
             self.running.append(req)
         preempted = []
         while True:
-            decision, need = self._plan(self.step_count)
-            if need <= self.kv.free_bytes() or not self.running:
+            decision, fits = self._plan(self.step_count)
+            if fits or not self.running:
                 break
             victim = max(self.running, key=lambda r: r.arrival)
             if len(self.running) == 1:  # alone and still too big: the budget cannot hold it
@@ -379,6 +423,8 @@ class Scheduler:
             else:
                 self._preempt(victim)
                 preempted.append(victim.request_id)
+        for (rid, stream), n in decision.kv_growth.items():
+            self.kv.grow(rid, stream, n)
         self._next_item += len(decision.entering)
         if self.depth_policy == "depthwise":
             for it in decision.entering:
@@ -392,7 +438,15 @@ class Scheduler:
 
     def update(self, decision: SchedulerDecision, result: StepResult) -> list[Request]:
         """Apply a step's result: advance the requests, append sampled tokens, finish the done ones
-        (freeing their KV). Returns the requests that received a token this step."""
+        (freeing their KV). The KV the runner wrote is committed first (pages planned for tokens routed
+        elsewhere go back); a request's main stream is then cut to the tokens it computed (rejected
+        drafts leave). Returns the requests that received a token this step."""
+        for (rid, stream), n in decision.kv_growth.items():
+            if rid in self.requests:
+                written = result.kv_written.get((rid, stream), 0)
+                if written > n:
+                    raise RuntimeError(f"the runner wrote {written} entries to {(rid, stream)}, {n} were planned")
+                self.kv.commit(rid, stream, written)
         for it_id in result.ran_items:
             if it_id not in self.items:
                 self.computed_exited += 1
@@ -416,6 +470,7 @@ class Scheduler:
                 continue
             accepted = result.accepted.get(rid, [])
             req.num_computed += len(accepted)  # accepted drafts already entered the model
+            self.kv.truncate(rid, MAIN, req.num_computed)  # rejected drafts leave the KV
             progressed.append(req)
             for t in (*accepted, token):
                 req.output_token_ids.append(t)
