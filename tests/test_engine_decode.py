@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from depthmux.engine import LLM, SamplingParams
-from depthmux.recursion import RecursiveCache
+from depthmux.recursion import RecursiveCache, TokenContext
 
 VOCAB = 61
 N_PROMPTS = 32
@@ -58,6 +58,40 @@ def own_decode(model, prompt: list[int], n: int, stops: set[int]) -> list[int]:
     return tokens
 
 
+class BlockRowCounter:
+    """Counts the tokens entering the model's shared block by wrapping its public stage ``run_block``
+    (every call: the engine's decode rows, and the prefill's compacted chunks through ``recursion``).
+    A decode call ([n, 1, d]) counts every row, whatever it writes; a prefill call counts its real
+    tokens (``ctx.write``; compaction pads rows to the longest)."""
+
+    def __init__(self, model):
+        self.rows = 0
+        self.body, self.inner = model.model, model.model.run_block
+
+        def counted(h: torch.Tensor, r: int, ctx: TokenContext) -> torch.Tensor:
+            self.rows += h.shape[0] if h.shape[1] == 1 else int(ctx.write.sum())
+            return self.inner(h, r, ctx)
+
+        self.body.run_block = counted
+
+    def remove(self) -> None:
+        del self.body.run_block
+
+
+def block_rows_wanted(model, ps: list[list[int]], outs: list[list[int]]) -> int:
+    """The (token, recursion) pairs the causal router asks for: a full forward over each finished
+    sequence (its last token never entered) counts them."""
+    with torch.no_grad():
+        return sum(
+            int(
+                model(torch.tensor([p + o[:-1]]), use_cache=False, routing="causal")
+                .router_stats["tokens_per_recursion"]
+                .sum()
+            )
+            for p, o in zip(ps, outs, strict=True)
+        )
+
+
 def run_staggered(llm: LLM, ps: list[list[int]], first: int = 6) -> list[list[int]]:
     """Submit ``first`` requests, then one more at every step while the others run."""
     ids = [llm.add_request(p, SamplingParams(max_new_tokens=max_new(i))) for i, p in enumerate(ps[:first])]
@@ -79,25 +113,48 @@ def test_engine_matches_the_models_own_causal_decode(tiny_recursive_factory, kin
     if kind not in _REFERENCE:
         _REFERENCE[kind] = [own_decode(model, p, max_new(i), stops) for i, p in enumerate(ps)]
     llm = LLM(model, depth_policy=policy, max_batch_items=5, max_prefill_tokens=48)
-    got = run_staggered(llm, ps)
+    counter = BlockRowCounter(model)
+    try:
+        got = run_staggered(llm, ps)
+    finally:
+        counter.remove()
     assert got == _REFERENCE[kind]
     s = llm.stats
     assert s.max_decode_block_items <= 5 and s.max_prefill_block_tokens <= 48
     assert s.computed_exited == 0 and s.kv_bytes_in_use == 0 and s.kv_bytes_peak > 0
-    # the shared block computed exactly the (token, recursion) pairs the causal router asks for:
-    # a full forward over each finished sequence (its last token never entered) counts them
-    with torch.no_grad():
-        want = sum(
-            int(
-                model(torch.tensor([p + o[:-1]]), use_cache=False, routing="causal")
-                .router_stats["tokens_per_recursion"]
-                .sum()
-            )
-            for p, o in zip(ps, got, strict=True)
-        )
-    assert s.block_items == want
+    # the shared block computed exactly the (token, recursion) pairs the causal router asks for, counted
+    # at the model's own stage (not by the runner's counters)
+    want = block_rows_wanted(model, ps, got)
+    assert counter.rows == want and s.block_items == want
     if kind != "recursive_lora":
         assert s.skipped_recursions > 0 and 1.0 < s.average_depth() < 3.0  # tokens exited early, never computed
+
+
+@pytest.mark.parametrize("policy", ["depthwise", "lockstep"])
+def test_the_block_row_check_catches_exited_rows_run_on_purpose(tiny_recursive_factory, policy):
+    """Mutation: every decode block call also runs its rows a second time, writing no KV and discarding
+    the result (as a runner that masks exited rows instead of skipping them would). Tokens and the
+    runner's own counters are unchanged, the count at the model's stage is not."""
+    model = make(tiny_recursive_factory, "expert_share_kv")
+    ps = prompts(n=12)
+    ref = run_staggered(LLM(model, depth_policy=policy, max_batch_items=5, max_prefill_tokens=48), ps)
+    counter = BlockRowCounter(model)
+    counted = model.model.run_block
+
+    def wasteful(h: torch.Tensor, r: int, ctx: TokenContext) -> torch.Tensor:
+        if h.shape[1] == 1:
+            counted(h, r, TokenContext(**{**ctx.__dict__, "write": torch.zeros_like(ctx.write)}))
+        return counted(h, r, ctx)
+
+    model.model.run_block = wasteful
+    llm = LLM(model, depth_policy=policy, max_batch_items=5, max_prefill_tokens=48)
+    try:
+        got = run_staggered(llm, ps)
+    finally:
+        counter.remove()
+    want = block_rows_wanted(model, ps, got)
+    assert got == ref and llm.stats.block_items == want  # what the old check read: blind to the waste
+    assert counter.rows > want  # the stage count sees it
 
 
 @pytest.mark.parametrize("policy", ["depthwise", "lockstep"])
