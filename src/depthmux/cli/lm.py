@@ -480,3 +480,53 @@ def bench_decode(
                 f"{kv['block_ratio_measured']:.3f}, SPEC 4 {kv['block_ratio_expected_spec4']:.3f}), "
                 f"{kv['admitted_sequences']} sequences admitted in {res['kv']['budget_bytes'] / 2**20:.0f} MiB"
             )
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(float(part))
+        except ValueError:
+            raise DepthmuxError(f"--kv-budgets-mib must be numbers separated by commas, got {text!r}") from None
+    return tuple(out)
+
+
+@app.command("bench-kv")
+def bench_kv(
+    model: str = typer.Option("smollm2", "--model", help="The vanilla model (smollm2 | a folder)."),
+    mor_model: str = typer.Option("runs/smollm2-mor", "--mor-model", help="The MoR model (from `lm build-mor`)."),
+    budgets: str = typer.Option("64,128,256", "--kv-budgets-mib", help="KV budgets to run under, MiB."),
+    quick: bool = typer.Option(False, "--quick", help="The small bench-decode workload (16 requests, B = 16)."),
+    num_requests: int | None = typer.Option(None, "--num-requests", help="Requests (default 128)."),
+    batch: int | None = typer.Option(None, "--batch", help="B: items per block call (default 32)."),
+    seed: int = typer.Option(0, help="Workload seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
+) -> None:
+    """Does the KV budget hold? The bench-decode workload under each budget for vanilla, recursion-wise
+    and shared KV: tensor bytes allocated, pages held, sequences really running, preemptions."""
+    from dataclasses import replace
+
+    from depthmux.recipes.decode_bench import DecodeBenchSpec, quick_spec
+    from depthmux.recipes.kv_budget import KVBudgetSpec, run_kv_budget_table
+    from depthmux.utils.checks import check_output_file
+
+    quiet_transformers()
+    bench = DecodeBenchSpec(model=model, mor_model=mor_model, seed=seed, device=device)
+    if quick:
+        bench = quick_spec(bench)
+    given = dict(num_requests=num_requests, batch=batch)
+    bench = replace(bench, **{k: v for k, v in given.items() if v is not None})
+    spec = KVBudgetSpec(bench, _budgets(budgets)).validate()
+    if out is not None:
+        check_output_file("--out", out)
+    res = run_kv_budget_table(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"every allocation within its budget: {res['all_within_budget']}")

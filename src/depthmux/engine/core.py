@@ -132,4 +132,6 @@ class EngineCore:
         s.kv_bytes_in_use = self.kv.bytes_in_use
         s.kv_bytes_peak = self.kv.peak_bytes
         s.kv_entries_written = self.kv.entries_written
+        s.kv_tensor_bytes = self.kv.allocated_bytes()
+        s.max_running = self.scheduler.max_running
         return s

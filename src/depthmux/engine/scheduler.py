@@ -256,6 +256,7 @@ class Scheduler:
         self._dropped: list[int] = []
         self._released: list[str] = []
         self.preemptions = 0
+        self.max_running = 0  # most requests running at once
         self.computed_exited = 0  # block-call items that were not in flight (must stay 0)
 
     # -- requests ---------------------------------------------------------------------------
@@ -412,6 +413,7 @@ class Scheduler:
             self.kv.reserve(req.request_id, req.reserve_tokens)
             req.state = RUNNING
             self.running.append(req)
+        self.max_running = max(self.max_running, len(self.running))
         preempted = []
         while True:
             decision, fits = self._plan(self.step_count)

@@ -22,7 +22,9 @@ class EngineStats:
         exits_by_depth: tokens by number of recursions they ran (index = recursions).
         preemptions: requests whose KV was taken back and recomputed.
         computed_exited: block-call items that were not in flight (bookkeeping check, stays 0).
-        kv_bytes_in_use, kv_bytes_peak: KV pages held now / at most.
+        max_running: most requests running at once (admitted and not finished).
+        kv_bytes_in_use, kv_bytes_peak: KV pages held now / at most (bytes of whole pages, all pools).
+        kv_tensor_bytes: K/V tensor bytes allocated (the arena, used or not; at most the budget).
         kv_entries_written: (token, layer) KV entries written (K and V of one token at one layer).
     """
 
@@ -39,9 +41,11 @@ class EngineStats:
     exits_by_depth: list[int] = field(default_factory=list)
     preemptions: int = 0
     computed_exited: int = 0
+    max_running: int = 0
     kv_bytes_in_use: int = 0
     kv_bytes_peak: int = 0
     kv_entries_written: int = 0
+    kv_tensor_bytes: int = 0
 
     def copy(self) -> EngineStats:
         """An independent copy (a reader never changes the engine's counters)."""

@@ -362,8 +362,28 @@ def _load(path: str, what: str, hint: str):
     return load_lm(model_dir).eval(), load_saved_tokenizer(model_dir)
 
 
-def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
-    """Measure every configuration (module docstring); returns the JSON-ready result."""
+@dataclass
+class BenchModels:
+    """What :func:`load_bench_models` gives: the vanilla model as transformers (``hf_vanilla``, for HF
+    static batching) and converted (``vanilla``), the MoR model, the tokenizer, the seeded workload and the
+    context both models share."""
+
+    hf_vanilla: Any
+    vanilla: RecursiveForCausalLM
+    mor: RecursiveForCausalLM
+    tokenizer: Any
+    workload: list[BenchRequest]
+    context: int
+
+    def kv_configs(self) -> dict[str, Any]:
+        """Vanilla, recursion-wise MoR and the same MoR weights served with recursive KV sharing."""
+        shared_cfg = copy.deepcopy(self.mor.config)
+        shared_cfg.mor_kv = "share_first"
+        return {"vanilla": self.vanilla.config, "recursion-wise": self.mor.config, "shared": shared_cfg}
+
+
+def load_bench_models(spec: DecodeBenchSpec, log=print) -> BenchModels:
+    """Load and check both models, build the workload (one-line errors before any timing)."""
     spec.validate()
     torch.manual_seed(spec.seed)
     hint = "" if spec.mor_model != DEFAULT_MOR_DIR else " (create it with `depthmux lm build-mor`)"
@@ -385,14 +405,21 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
         log(f"note: effective depths differ ({vanilla.config.num_hidden_layers} vs {mor_lm.config.num_hidden_layers})")
     vocab = min(vanilla.config.vocab_size, mor_lm.config.vocab_size)
     workload = make_workload(spec, tokenizer or mor_tok, vocab)
-    shared_cfg = copy.deepcopy(mor_lm.config)
-    shared_cfg.mor_kv = "share_first"
-    kv_specs = {"vanilla": vanilla.config, "recursion-wise": mor_lm.config, "shared": shared_cfg}
-    spec.check_budget_fits(
-        {k: KVSpec.from_config(c) for k, c in kv_specs.items()},
-        workload,
-        context,
+    return BenchModels(hf_vanilla, vanilla, mor_lm, tokenizer, workload, context)
+
+
+def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
+    """Measure every configuration (module docstring); returns the JSON-ready result."""
+    bm = load_bench_models(spec, log)
+    hf_vanilla, vanilla, mor_lm, tokenizer, workload, context = (
+        bm.hf_vanilla,
+        bm.vanilla,
+        bm.mor,
+        bm.tokenizer,
+        bm.workload,
+        bm.context,
     )
+    spec.check_budget_fits({k: KVSpec.from_config(c) for k, c in bm.kv_configs().items()}, workload, context)
     pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
     models = {"vanilla": (hf_vanilla, vanilla), "mor": (mor_lm, mor_lm)}
     log(
