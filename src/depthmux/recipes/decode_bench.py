@@ -21,7 +21,8 @@ Compute ceiling (SPEC 5): after the timed runs, one more (untimed) depth-wise ru
 :class:`~depthmux.utils.flops.FlopCounter` (the models declare every linear, router, LM head and
 attention over the (query, key) pairs actually read: actual contexts, actual routing, prefill
 included; on CPU the counting costs well under 1% of a step), which gives FLOPs per generated
-token; ``compute_ceiling`` = vanilla / MoR. Two short requests per model warm the engine up first.
+token; ``compute_ceiling`` = vanilla / MoR. Before the timed runs, two short requests per model warm up
+every timed path (HF static and both engine policies), so both sides of each comparison are warm.
 ``fraction_of_ceiling`` = (MoR depth-wise tokens/s / vanilla engine tokens/s) / ceiling, with the
 vanilla engine's default policy (depth-wise); ``speedup_vs_hf_static`` = vanilla engine / vanilla
 HF static. KV memory (:func:`kv_memory`): KV bytes per cached token measured from the entries the
@@ -399,8 +400,11 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
         f"{spec.output_len[1]} (mean {statistics.mean(r.max_new_tokens for r in workload):.0f}), B = {spec.batch}, "
         f"{torch.get_num_threads()} threads"
     )
-    for _, rec in models.values():  # warm-up: two short requests
-        run_engine(rec, [BenchRequest(r.prompt[:8], 2) for r in workload[:2]], "depthwise", spec.batch)
+    warm = [BenchRequest(r.prompt[:8], 2) for r in workload[:2]]
+    for hf, rec in models.values():  # warm-up: two short requests through every timed path
+        run_hf_static(hf, warm, spec.batch, pad)
+        for config in CONFIGS[1:]:
+            run_engine(rec, warm, config.removeprefix("engine_"), spec.batch)
     counted: dict[str, dict] = {}
     runs: dict[str, list[dict]] = defaultdict(list)
     for rep in range(spec.repeats):
