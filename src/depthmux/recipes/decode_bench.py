@@ -64,6 +64,7 @@ from depthmux.recipes.mor_smollm2 import DEFAULT_MOR_DIR
 from depthmux.recursion import RecursiveForCausalLM
 from depthmux.utils.checks import check_device, check_int, check_seed
 from depthmux.utils.flops import FlopCounter
+from depthmux.utils.progress import log_above, progress_bar
 
 CONFIGS = ("hf_static", "engine_lockstep", "engine_depthwise")
 QUICK = dict(num_requests=16, prompt_len=(16, 48), output_len=(8, 24), batch=16, repeats=1)
@@ -361,8 +362,9 @@ def _load(path: str, what: str, hint: str):
     return load_lm(model_dir).eval(), load_saved_tokenizer(model_dir)
 
 
-def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
-    """Measure every configuration (module docstring); returns the JSON-ready result."""
+def run_decode_bench(spec: DecodeBenchSpec, log=print, progress: bool = True) -> dict[str, Any]:
+    """Measure every configuration (module docstring); returns the JSON-ready result. ``progress``: a bar
+    with ETA over the runs (stderr; it is updated between runs, never inside a timed one)."""
     spec.validate()
     torch.manual_seed(spec.seed)
     hint = "" if spec.mor_model != DEFAULT_MOR_DIR else " (create it with `depthmux lm build-mor`)"
@@ -400,6 +402,9 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
         f"{spec.output_len[1]} (mean {statistics.mean(r.max_new_tokens for r in workload):.0f}), B = {spec.batch}, "
         f"{torch.get_num_threads()} threads"
     )
+    runs_total = spec.repeats * len(models) * len(CONFIGS) + len(models) + 1 + (4 if spec.breakdown else 0)
+    bar = progress_bar(runs_total, "bench-decode", "run", progress)
+    log = log_above(bar, log)
     warm = [BenchRequest(r.prompt[:8], 2) for r in workload[:2]]
     for hf, rec in models.values():  # warm-up: two short requests through every timed path
         run_hf_static(hf, warm, spec.batch, pad)
@@ -415,6 +420,7 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
                 else:
                     res, _ = run_engine(rec, workload, config.removeprefix("engine_"), spec.batch)
                 runs[f"{name}/{config}"].append(res)
+                bar.update()
                 log(
                     f"rep {rep + 1}: {name:8s} {config:17s} {res['tokens_per_s']:8.1f} tokens/s, latency median "
                     f"{res['latency_median_s']:.2f} s, p95 {res['latency_p95_s']:.2f} s"
@@ -423,6 +429,7 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
         fc = FlopCounter()
         res, llm = run_engine(rec, workload, "depthwise", spec.batch, flops=fc)
         counted[name] = counts(llm, fc, res)
+        bar.update()
         log(
             f"{name}: {counted[name]['flops_per_generated_token'] / 1e9:.3f} GFLOP per generated "
             f"token, average depth {counted[name]['average_depth']:.3f}"
@@ -456,12 +463,14 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
     }
     budget = int(spec.kv_budget_mib * 2**20)
     result["kv"] = kv_memory(vanilla, mor_lm, workload, spec.batch, budget, counted)
+    bar.update()
     if spec.breakdown:
-        result["breakdown"] = {
-            f"{name}/engine_{p}": time_breakdown(rec, workload, p, spec.batch)
-            for name, (_, rec) in models.items()
-            for p in ("lockstep", "depthwise")
-        }
+        result["breakdown"] = {}
+        for name, (_, rec) in models.items():
+            for p in ("lockstep", "depthwise"):
+                result["breakdown"][f"{name}/engine_{p}"] = time_breakdown(rec, workload, p, spec.batch)
+                bar.update()
+    bar.close()
     return result
 
 
