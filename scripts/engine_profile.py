@@ -34,6 +34,7 @@ def main() -> None:
     work = make_workload(spec, tok, rec.config.vocab_size)
     run_engine(rec, work[:2], args.policy, args.batch)  # warm-up
     if args.hf:
+        run_hf_static(hf, work[:2], args.batch, tok.pad_token_id or 0)  # warm-up, as the engine's
         r = run_hf_static(hf, work, args.batch, tok.pad_token_id or 0)
         print(f"HF static: {r['tokens_per_s']:.1f} tokens/s")
     t = time.perf_counter()

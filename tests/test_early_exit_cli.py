@@ -73,7 +73,7 @@ def train_args(out, corpus, llama_dir, *extra):
     ]
 
 
-def test_train_eval_and_exact_resume(tmp_path, corpus, llama_dir, capsys):
+def test_train_eval_and_exact_resume(tmp_path, corpus, llama_dir, capsys, monkeypatch):
     out = tmp_path / "run"
     code, stdout, err = run_cli(train_args(out, corpus, llama_dir), capsys)
     assert code == 0, err
@@ -101,6 +101,22 @@ def test_train_eval_and_exact_resume(tmp_path, corpus, llama_dir, capsys):
     assert res["deep"]["nll"] > 0 and res["shallow"]["nll"] > 0 and res["deep"]["nll"] != res["shallow"]["nll"]
     assert res["params"]["total"] == model.parameter_counts()["total"]
 
+    from depthmux.engine import LLM
+
+    runs: dict[str, list[int]] = {}  # the tokens each configuration generated, call by call (EarlyExitLLM is an LLM)
+    generate = LLM.generate
+
+    def recorded(self, prompts, params=None, *a, **k):
+        policy = getattr(self, "policy", None)
+        name = (
+            "deep"
+            if policy is None
+            else f"{policy.mode}/{policy.threshold}/{policy.draft_tokens}/{policy.adaptive is None}"
+        )
+        runs.setdefault(name, []).append(params.max_new_tokens)
+        return generate(self, prompts, params, *a, **k)
+
+    monkeypatch.setattr(LLM, "generate", recorded)
     plot = tmp_path / "bench.png"
     code, stdout, err = run_cli(
         [
@@ -132,6 +148,8 @@ def test_train_eval_and_exact_resume(tmp_path, corpus, llama_dir, capsys):
     bench = json.loads(stdout)
     rows = {(r["batch_size"], r["config"]): r for r in bench["results"]}
     assert len(rows) == 2 * 5 and plot.is_file()
+    # at each batch size every policy is warmed up (a few tokens) before its timed run; the deep model on the full run
+    assert runs.pop("deep") == [5] * 4 and len(runs) == 4 and all(r == [4, 5, 4, 5] for r in runs.values()), runs
     for b in (1, 3):  # nothing exits at 1.0 and speculation is exact: both equal the deep model's output
         assert rows[b, "deep"]["speedup_vs_deep"] == 1.0
         assert rows[b, "exit@1.0"]["exact"] == 1.0 and rows[b, "exit@1.0"]["exit_rate"] == 0.0

@@ -82,6 +82,36 @@ def test_bench_decode_json_structure(folders, tmp_path):
     assert all(b["seconds"] > 0 and b["mlp"] > 0 for b in out["breakdown"].values())
 
 
+def test_bench_decode_warms_every_timed_path_before_timing(folders, monkeypatch):
+    """HF static and both engine policies each run a short warm-up on both models before the first timed run."""
+    from depthmux.recipes import decode_bench as db
+
+    calls: list[tuple[str, int, int]] = []  # (path, model, requests) of the runs not counting FLOPs
+    hf_static, engine = db.run_hf_static, db.run_engine
+
+    def hf_recorded(model, work, batch, pad):
+        calls.append(("hf_static", id(model), len(work)))
+        return hf_static(model, work, batch, pad)
+
+    def engine_recorded(model, work, policy, batch, flops=None):
+        if flops is None:  # the FLOP-counting runs are untimed
+            calls.append((f"engine_{policy}", id(model), len(work)))
+        return engine(model, work, policy, batch, flops=flops)
+
+    monkeypatch.setattr(db, "run_hf_static", hf_recorded)
+    monkeypatch.setattr(db, "run_engine", engine_recorded)
+    vanilla, mor = folders
+    spec = db.DecodeBenchSpec(
+        model=str(vanilla), mor_model=str(mor), num_requests=6, prompt_len=(3, 10), output_len=(2, 5), batch=4,
+        repeats=1, kv_budget_mib=1,
+    )  # fmt: skip
+    db.run_decode_bench(spec, log=lambda *a: None)
+    first_timed = next(i for i, c in enumerate(calls) if c[2] == 6)
+    timed = {c[:2] for c in calls[first_timed:] if c[2] == 6}
+    warmed = {c[:2] for c in calls[:first_timed] if c[2] == 2}
+    assert len(timed) == 6 and timed <= warmed, (timed - warmed, calls[:first_timed])
+
+
 def test_bench_decode_missing_mor_model_says_how_to_create_it(folders, tmp_path, capsys, monkeypatch):
     vanilla, _ = folders
     monkeypatch.chdir(tmp_path)  # the default --mor-model is a relative folder: missing here

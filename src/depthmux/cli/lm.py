@@ -147,6 +147,7 @@ def eval_(
     limit: int | None = typer.Option(None, "--limit", help="--tasks: evaluate at most this many examples a task."),
     exit_: str = typer.Option("deep", "--exit", help="--tasks, early-exit models: deep | shallow."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="--tasks: GLUE folder (default ../shared/data/glue)."),
+    progress: opt.ProgressOpt = True,
 ) -> None:
     """Held-out NLL / perplexity (and MoR router statistics) of a saved model, or few-shot accuracy (--tasks)."""
     from depthmux.recipes.lm import eval_data_spec, run_lm_eval
@@ -174,7 +175,7 @@ def eval_(
     spec = eval_data_spec(model, corpus=corpus, block_size=block_size, holdout=holdout, seed=seed)
     if max_blocks is not None:
         spec.max_eval_blocks = max_blocks
-    res = run_lm_eval(model, spec.validate(), batch_size=batch_size, routing=routing)
+    res = run_lm_eval(model, spec.validate(), batch_size=batch_size, routing=routing, progress=progress)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
@@ -336,6 +337,7 @@ def build_mor(
     kd_weight: opt.KdWeightOpt = 0.0,
     kd_temperature: opt.KdTemperatureOpt = 1.0,
     eval_every: opt.EvalEveryOpt = 0,
+    progress: opt.ProgressOpt = True,
 ) -> None:
     """Convert SmolLM2-135M into a middle-cycle MoR model (expert-choice), uptrain it briefly and save it."""
     from depthmux.recipes.mor_smollm2 import MoRSmolLM2Spec, run_mor_smollm2
@@ -356,7 +358,7 @@ def build_mor(
         kd_temperature=kd_temperature,
         eval_every=eval_every,
     )
-    res = run_mor_smollm2(spec, log=typer.echo)
+    res = run_mor_smollm2(spec, log=typer.echo, progress=progress)
     typer.echo(
         f"held-out NLL: SmolLM2 {res['smollm2']['nll']:.4f}, "
         f"recursive-{recursions} {res['recursive']['nll']:.4f}, MoR-{recursions} {res['mor']['nll']:.4f}; "
@@ -374,6 +376,7 @@ def calibrate_router(
     eval_blocks: int = typer.Option(16, "--eval-blocks", help="The next held-out blocks, for the before/after report."),
     batch_size: int = typer.Option(4, "--batch-size", help="Blocks per forward."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    progress: opt.ProgressOpt = True,
 ) -> None:
     """Choose per-recursion thresholds of the causal router rule so decoding depth matches the capacities."""
     from depthmux.recipes.router_calibration import CalibrateRouterSpec, run_calibrate_router
@@ -383,7 +386,9 @@ def calibrate_router(
         model=model, out=str(out), corpus=corpus, block_size=block_size, cal_blocks=cal_blocks,
         eval_blocks=eval_blocks, batch_size=batch_size,
     ).validate()  # fmt: skip
-    res = run_calibrate_router(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo)
+    res = run_calibrate_router(
+        spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo, progress=progress
+    )
     typer.echo(json.dumps(res, indent=2) if as_json else f"calibrated model in {out}")
 
 
@@ -437,6 +442,7 @@ def bench_decode(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     out: Path | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (where the models and the engine run)."),
+    progress: opt.ProgressOpt = True,
 ) -> None:
     """Tokens/s and latency of HF static batching, the engine (lockstep) and the engine (depth-wise) for
     the vanilla and the MoR model; compute ceiling, KV bytes per token, sequences admitted per budget."""
@@ -461,7 +467,7 @@ def bench_decode(
     spec = replace(spec, **{k: v for k, v in given.items() if v is not None}).validate()
     if out is not None:  # every option is checked before the benchmark runs
         check_output_file("--out", out)
-    res = run_decode_bench(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo)
+    res = run_decode_bench(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo, progress=progress)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=2))
@@ -504,6 +510,7 @@ def bench_kv(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     out: Path | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
+    progress: opt.ProgressOpt = True,
 ) -> None:
     """Does the KV budget hold? The bench-decode workload under each budget for vanilla, recursion-wise
     and shared KV: tensor bytes allocated, pages held, sequences really running, preemptions."""
@@ -522,7 +529,9 @@ def bench_kv(
     spec = KVBudgetSpec(bench, _budgets(budgets)).validate()
     if out is not None:
         check_output_file("--out", out)
-    res = run_kv_budget_table(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo)
+    res = run_kv_budget_table(
+        spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo, progress=progress
+    )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=2))

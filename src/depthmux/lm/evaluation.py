@@ -19,6 +19,7 @@ from depthmux.errors import DepthmuxError
 from depthmux.lm.hf_adapter import as_causal_lm
 from depthmux.recursion.stats import RouterStatsAccumulator
 from depthmux.utils.flops import FlopCounter
+from depthmux.utils.progress import progress_bar
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,6 +39,8 @@ def evaluate_lm(
     max_batches: int | None = None,
     accelerator=None,
     routing: str | None = None,
+    progress: bool = False,
+    desc: str = "eval",
 ) -> dict[str, Any]:
     """Held-out next-token NLL (nats per target token), perplexity and MoR router stats.
 
@@ -51,6 +54,7 @@ def evaluate_lm(
         routing: MoR expert-choice only: ``"topk"`` (the training rule; ``causal_agreement``
             then measures how often ``sigmoid(logit) > 0.5`` matches top-k) or ``"causal"``
             (the decoding rule). ``None``: the model's eval default (causal for MoR).
+        progress: show a progress bar over the batches (stderr, removed when done), labelled ``desc``.
 
     Returns:
         ``{"nll", "ppl", "targets", "model_loss", "router_stats"}``; ``model_loss`` is the mean of
@@ -73,7 +77,9 @@ def evaluate_lm(
     n_tgt = torch.zeros((), dtype=torch.float64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     router = RouterStatsAccumulator()
-    for i in range(rank, n_batches, world):
+    mine = range(rank, n_batches, world)
+    bar = progress_bar(len(mine), desc, "batch", progress, leave=False)
+    for i in mine:
         batch = {k: v.to(device) for k, v in blocks.batch(slice(i * batch_size, (i + 1) * batch_size)).items()}
         out = lm(
             input_ids=batch["input_ids"],
@@ -87,6 +93,8 @@ def evaluate_lm(
         n_tgt += cnt.double()
         loss_sum += float(out.lm_loss) * float(cnt)
         router.add(out.router_stats, float(batch["input_ids"].numel()))
+        bar.update()
+    bar.close()
     if accelerator is not None and world > 1:
         nll_sum, n_tgt, loss_sum = (accelerator.reduce(t, reduction="sum") for t in (nll_sum, n_tgt, loss_sum))
         router = router.across_processes(accelerator)

@@ -21,7 +21,8 @@ Compute ceiling (SPEC 5): after the timed runs, one more (untimed) depth-wise ru
 :class:`~depthmux.utils.flops.FlopCounter` (the models declare every linear, router, LM head and
 attention over the (query, key) pairs actually read: actual contexts, actual routing, prefill
 included; on CPU the counting costs well under 1% of a step), which gives FLOPs per generated
-token; ``compute_ceiling`` = vanilla / MoR. Two short requests per model warm the engine up first.
+token; ``compute_ceiling`` = vanilla / MoR. Before the timed runs, two short requests per model warm up
+every timed path (HF static and both engine policies), so both sides of each comparison are warm.
 ``fraction_of_ceiling`` = (MoR depth-wise tokens/s / vanilla engine tokens/s) / ceiling, with the
 vanilla engine's default policy (depth-wise); ``speedup_vs_hf_static`` = vanilla engine / vanilla
 HF static. KV memory (:func:`kv_memory`): KV bytes per cached token measured from the entries the
@@ -63,6 +64,7 @@ from depthmux.recipes.mor_smollm2 import DEFAULT_MOR_DIR
 from depthmux.recursion import RecursiveForCausalLM
 from depthmux.utils.checks import check_device, check_int, check_seed
 from depthmux.utils.flops import FlopCounter
+from depthmux.utils.progress import log_above, progress_bar
 
 CONFIGS = ("hf_static", "engine_lockstep", "engine_depthwise")
 QUICK = dict(num_requests=16, prompt_len=(16, 48), output_len=(8, 24), batch=16, repeats=1)
@@ -408,8 +410,9 @@ def load_bench_models(spec: DecodeBenchSpec, log=print) -> BenchModels:
     return BenchModels(hf_vanilla, vanilla, mor_lm, tokenizer, workload, context)
 
 
-def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
-    """Measure every configuration (module docstring); returns the JSON-ready result."""
+def run_decode_bench(spec: DecodeBenchSpec, log=print, progress: bool = True) -> dict[str, Any]:
+    """Measure every configuration (module docstring); returns the JSON-ready result. ``progress``: a bar
+    with ETA over the runs (stderr; it is updated between runs, never inside a timed one)."""
     bm = load_bench_models(spec, log)
     hf_vanilla, vanilla, mor_lm, tokenizer, workload, context = (
         bm.hf_vanilla,
@@ -428,8 +431,14 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
         f"{spec.output_len[1]} (mean {statistics.mean(r.max_new_tokens for r in workload):.0f}), B = {spec.batch}, "
         f"{torch.get_num_threads()} threads"
     )
-    for _, rec in models.values():  # warm-up: two short requests
-        run_engine(rec, [BenchRequest(r.prompt[:8], 2) for r in workload[:2]], "depthwise", spec.batch)
+    runs_total = spec.repeats * len(models) * len(CONFIGS) + len(models) + 1 + (4 if spec.breakdown else 0)
+    bar = progress_bar(runs_total, "bench-decode", "run", progress)
+    log = log_above(bar, log)
+    warm = [BenchRequest(r.prompt[:8], 2) for r in workload[:2]]
+    for hf, rec in models.values():  # warm-up: two short requests through every timed path
+        run_hf_static(hf, warm, spec.batch, pad)
+        for config in CONFIGS[1:]:
+            run_engine(rec, warm, config.removeprefix("engine_"), spec.batch)
     counted: dict[str, dict] = {}
     runs: dict[str, list[dict]] = defaultdict(list)
     for rep in range(spec.repeats):
@@ -440,6 +449,7 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
                 else:
                     res, _ = run_engine(rec, workload, config.removeprefix("engine_"), spec.batch)
                 runs[f"{name}/{config}"].append(res)
+                bar.update()
                 log(
                     f"rep {rep + 1}: {name:8s} {config:17s} {res['tokens_per_s']:8.1f} tokens/s, latency median "
                     f"{res['latency_median_s']:.2f} s, p95 {res['latency_p95_s']:.2f} s"
@@ -448,6 +458,7 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
         fc = FlopCounter()
         res, llm = run_engine(rec, workload, "depthwise", spec.batch, flops=fc)
         counted[name] = counts(llm, fc, res)
+        bar.update()
         log(
             f"{name}: {counted[name]['flops_per_generated_token'] / 1e9:.3f} GFLOP per generated "
             f"token, average depth {counted[name]['average_depth']:.3f}"
@@ -481,12 +492,14 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print) -> dict[str, Any]:
     }
     budget = int(spec.kv_budget_mib * 2**20)
     result["kv"] = kv_memory(vanilla, mor_lm, workload, spec.batch, budget, counted)
+    bar.update()
     if spec.breakdown:
-        result["breakdown"] = {
-            f"{name}/engine_{p}": time_breakdown(rec, workload, p, spec.batch)
-            for name, (_, rec) in models.items()
-            for p in ("lockstep", "depthwise")
-        }
+        result["breakdown"] = {}
+        for name, (_, rec) in models.items():
+            for p in ("lockstep", "depthwise"):
+                result["breakdown"][f"{name}/engine_{p}"] = time_breakdown(rec, workload, p, spec.batch)
+                bar.update()
+    bar.close()
     return result
 
 

@@ -200,7 +200,8 @@ class EEBenchConfig:
     ``prompt_tokens`` tokens of the first ``num_prompts`` held-out blocks of the run's data (or of
     ``corpus``; blocks are packed documents, so a prompt may span a document boundary). Every
     configuration decodes them greedily for ``max_new_tokens`` tokens at each batch size B (at most B
-    sequences in flight, continuous batching), after a warm-up; configurations alternate within each
+    sequences in flight, continuous batching), after a warm-up of every configuration (the deep model on
+    the whole workload, each policy on B prompts and a few tokens); configurations alternate within each
     of ``rounds`` rounds and the best round counts. ``thresholds``: fixed-threshold FREE runs;
     ``deltas``: adaptive-threshold runs; ``draft_tokens``: self-speculative runs.
     """
@@ -275,7 +276,7 @@ def run_ee_bench(cfg: EEBenchConfig) -> dict[str, Any]:
         for k in cfg.draft_tokens
     ]
 
-    def decode(policy_factory, batch: int):
+    def decode(policy_factory, batch: int, prompts=prompts, params=params):
         kw = dict(depth_policy="lockstep", max_batch_items=batch, max_num_seqs=batch)
         llm = LLM(model, **kw) if policy_factory is None else EarlyExitLLM(model, policy=policy_factory(), **kw)
         if cfg.device.startswith("cuda"):
@@ -289,7 +290,10 @@ def run_ee_bench(cfg: EEBenchConfig) -> dict[str, Any]:
 
     results = []
     for batch in cfg.batch_sizes:
-        decode(None, batch)  # warm-up
+        decode(None, batch)  # warm-up: the deep model on the whole workload, then every policy on a short one
+        warm = replace(params, max_new_tokens=min(params.max_new_tokens, 2 + max(cfg.draft_tokens, default=0)))
+        for _, _, factory in configs[1:]:
+            decode(factory, batch, prompts[:batch], warm)
         best: dict[str, tuple] = {}
         for _ in range(cfg.rounds):
             for name, _, factory in configs:

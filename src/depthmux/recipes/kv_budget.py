@@ -24,12 +24,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from depthmux.engine import LLM, KVSpec, SamplingParams, admitted_count
 from depthmux.errors import DepthmuxError
 from depthmux.recipes.decode_bench import BenchRequest, DecodeBenchSpec, load_bench_models
 from depthmux.recursion import RecursiveForCausalLM
+from depthmux.utils.progress import log_above, progress_bar
 
 MAX_RUNNING = 4096
 """Running sequences are limited by the budget only (this cap is never reached here)."""
@@ -96,8 +95,9 @@ def run_under_budget(
     return cell, outputs
 
 
-def run_kv_budget_table(spec: KVBudgetSpec, log=print) -> dict[str, Any]:
-    """Every (KV kind, budget) cell (module docstring); returns the JSON-ready result."""
+def run_kv_budget_table(spec: KVBudgetSpec, log=print, progress: bool = True) -> dict[str, Any]:
+    """Every (KV kind, budget) cell (module docstring); returns the JSON-ready result. ``progress``: a bar
+    with ETA over the runs (stderr)."""
     spec.validate()
     bm = load_bench_models(spec.bench, log)
     workload, batch = bm.workload, spec.bench.batch
@@ -114,7 +114,8 @@ def run_kv_budget_table(spec: KVBudgetSpec, log=print) -> dict[str, Any]:
                 f"(it needs {need / 2**20:.3g} MiB)"
             )
     table: dict[str, dict[str, Any]] = {}
-    with tqdm(total=len(models) * len(budgets), desc="bench-kv", unit="run") as bar:
+    with progress_bar(len(models) * len(budgets), "bench-kv", "run", progress) as bar:
+        log = log_above(bar, log)
         for name, model in models.items():
             reference = None
             kv_spec = KVSpec.from_config(model.config)

@@ -373,8 +373,10 @@ def run_lm_eval(
     batch_size: int = 8,
     max_batches: int | None = None,
     routing: str | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a saved model on held-out text: what ``depthmux lm eval`` does.
+    """Evaluate a saved model on held-out text: what ``depthmux lm eval`` does (``progress``: a bar per
+    evaluation, on stderr).
 
     ``model`` is a run folder, a checkpoint's ``model/`` or any model folder. Without
     ``data_spec`` the run's stored data settings are reused (the same held-out documents); a
@@ -397,9 +399,14 @@ def run_lm_eval(
     _, _, held = prepare_lm_data(data_spec, tokenizer=load_saved_tokenizer(model_dir))
     if held is None:
         raise DepthmuxError("no held-out documents: use a holdout fraction > 0 and at least two documents")
-    result = evaluate_lm(lm, held, batch_size, max_batches, routing=routing or ("causal" if is_expert else None))
+    rule = routing or ("causal" if is_expert else None)
+    result = evaluate_lm(
+        lm, held, batch_size, max_batches, routing=rule, progress=progress, desc=f"eval {rule or ''}".strip()
+    )
     if is_expert and routing is None:
-        result["topk"] = evaluate_lm(lm, held, batch_size, max_batches, routing="topk")
+        result["topk"] = evaluate_lm(
+            lm, held, batch_size, max_batches, routing="topk", progress=progress, desc="eval topk"
+        )
     result.update(
         model=str(model_dir), params=lm.parameter_counts(), corpus=data_spec.corpus, block_size=data_spec.block_size
     )

@@ -71,8 +71,8 @@ class MoRSmolLM2Spec:
         return self
 
 
-def _nll(model, held, routing: str | None = None) -> dict[str, Any]:
-    ev = evaluate_lm(model, held, batch_size=4, routing=routing)
+def _nll(model, held, routing: str | None = None, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
+    ev = evaluate_lm(model, held, batch_size=4, routing=routing, progress=progress, desc=desc)
     out = {"nll": ev["nll"], "ppl": ev["ppl"]}
     rs = ev.get("router_stats") or {}
     for key in ("share_per_recursion", "causal_agreement"):
@@ -81,9 +81,10 @@ def _nll(model, held, routing: str | None = None) -> dict[str, Any]:
     return out
 
 
-def run_mor_smollm2(spec: MoRSmolLM2Spec, log=print) -> dict[str, Any]:
+def run_mor_smollm2(spec: MoRSmolLM2Spec, log=print, progress: bool = True) -> dict[str, Any]:
     """Convert, uptrain, evaluate and save (module docstring). Returns the results (also in
-    ``<out>/results.json``); the model is in ``<out>/model``."""
+    ``<out>/results.json``); the model is in ``<out>/model``. ``progress``: a bar with ETA (stderr) for
+    each evaluation and for the uptraining (the training loop's own bar)."""
     spec.validate()
     out = Path(spec.out_dir)
     check_out_folder(out)  # the output-folder rule, before the baseline's evaluation
@@ -105,11 +106,11 @@ def run_mor_smollm2(spec: MoRSmolLM2Spec, log=print) -> dict[str, Any]:
         "held_out_tokens": int(held.batch(slice(0, len(held)))["input_ids"].numel()),
     }
     t0 = time.time()
-    results["smollm2"] = _nll(load_lm(base), held)
+    results["smollm2"] = _nll(load_lm(base), held, progress=progress, desc="eval SmolLM2")
     log(f"SmolLM2-135M: held-out NLL {results['smollm2']['nll']:.4f} ({time.time() - t0:.0f} s)")
     t0 = time.time()
     plain = convert_llama_to_recursive(base, num_recursions=spec.recursions, sharing="middle_cycle")
-    results["recursive"] = _nll(plain, held)
+    results["recursive"] = _nll(plain, held, progress=progress, desc="eval recursive")
     log(
         f"middle-cycle recursive-{spec.recursions} (no router): NLL {results['recursive']['nll']:.4f} "
         f"({time.time() - t0:.0f} s)"
@@ -118,7 +119,7 @@ def run_mor_smollm2(spec: MoRSmolLM2Spec, log=print) -> dict[str, Any]:
     mor = convert_llama_to_recursive(
         base, num_recursions=spec.recursions, sharing="middle_cycle", mor_router="expert", mor_bce_coef=spec.bce_coef
     )
-    results["mor_before"] = _nll(mor, held, "causal")
+    results["mor_before"] = _nll(mor, held, "causal", progress, "eval MoR before uptraining")
     t0 = time.time()
     cfg = LMTrainConfig(
         out_dir=str(out),
@@ -131,7 +132,7 @@ def run_mor_smollm2(spec: MoRSmolLM2Spec, log=print) -> dict[str, Any]:
         checkpoint_every=0,
         eval_batch_size=4,
         seed=spec.seed,
-        progress=False,
+        progress=progress,
         teacher=str(base) if spec.kd_weight > 0 else None,  # distil from SmolLM2 itself (issue 19)
         kd_weight=spec.kd_weight,
         kd_temperature=spec.kd_temperature,
@@ -154,8 +155,8 @@ def run_mor_smollm2(spec: MoRSmolLM2Spec, log=print) -> dict[str, Any]:
     }
     log(f"uptrained {res.step} steps ({res.tokens} tokens) in {time.time() - t0:.0f} s, loss {res.train_loss:.4f}")
     trained = load_lm(out / "model")
-    results["mor"] = _nll(trained, held, "causal")
-    results["mor_topk"] = _nll(trained, held, "topk")
+    results["mor"] = _nll(trained, held, "causal", progress, "eval MoR (causal)")
+    results["mor_topk"] = _nll(trained, held, "topk", progress, "eval MoR (top-k)")
     log(
         f"MoR-{spec.recursions} expert: NLL {results['mor']['nll']:.4f} causal / {results['mor_topk']['nll']:.4f} "
         f"top-k (before uptraining {results['mor_before']['nll']:.4f})"

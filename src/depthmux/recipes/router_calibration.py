@@ -21,6 +21,7 @@ from depthmux.recipes.lm import eval_data_spec, prepare_lm_data
 from depthmux.recursion import RecursiveForCausalLM, calibrate_causal_thresholds, depth_distribution
 from depthmux.utils.checkpoint import atomic_directory
 from depthmux.utils.checks import check_int, check_writable_parent
+from depthmux.utils.progress import log_above, progress_bar
 
 
 @dataclass
@@ -51,8 +52,10 @@ def _rows(blocks: PackedBlocks, start: int, stop: int) -> PackedBlocks:
     return PackedBlocks(b["input_ids"], b["position_ids"], b["labels"], blocks.num_documents)
 
 
-def run_calibrate_router(spec: CalibrateRouterSpec, log=print) -> dict[str, Any]:
-    """Calibrate, measure, save (module docstring). Returns the results (also ``<out>/calibration.json``)."""
+def run_calibrate_router(spec: CalibrateRouterSpec, log=print, progress: bool = True) -> dict[str, Any]:
+    """Calibrate, measure, save (module docstring). Returns the results (also ``<out>/calibration.json``).
+    ``progress``: a bar (stderr) over the five passes over the blocks (depth and NLL before, the
+    calibration, depth and NLL after); its ETA is rough, the calibration costing several passes."""
     spec.validate()
     model_dir = resolve_model_dir(spec.model)
     model = load_lm(model_dir)
@@ -68,8 +71,12 @@ def run_calibrate_router(spec: CalibrateRouterSpec, log=print) -> dict[str, Any]
         )
     cal = _rows(held, 0, spec.cal_blocks)
     rep = _rows(held, spec.cal_blocks, spec.cal_blocks + spec.eval_blocks)
+    bar = progress_bar(5, "calibrate-router", "pass", progress)
+    log = log_above(bar, log)
     before = depth_distribution(model, rep, spec.batch_size)
+    bar.update()
     nll_before = evaluate_lm(model, rep, spec.batch_size, routing="causal")["nll"]
+    bar.update()
     log(
         "before: share per recursion "
         + ", ".join(f"{s:.3f}" for s in before["share_per_recursion"])
@@ -77,8 +84,12 @@ def run_calibrate_router(spec: CalibrateRouterSpec, log=print) -> dict[str, Any]
         f"{before['average_depth']:.3f} (target {before['target_average_depth']:.3f}); NLL {nll_before:.4f}"
     )
     fit = calibrate_causal_thresholds(model, cal, spec.batch_size)
+    bar.update()
     after = depth_distribution(model, rep, spec.batch_size)
+    bar.update()
     nll_after = evaluate_lm(model, rep, spec.batch_size, routing="causal")["nll"]
+    bar.update()
+    bar.close()
     log(
         "after:  share per recursion "
         + ", ".join(f"{s:.3f}" for s in after["share_per_recursion"])
