@@ -53,6 +53,8 @@ LBM = ["lm", "build-mor", "--out", "{out}", "--steps", "1", "--batch-size", "1",
        "--eval-blocks", "1", "--corpus", "{corpus}"]
 LBD = ["lm", "bench-decode", "--model", "{tiny_llama}", "--mor-model", "{lmrun}", "--num-requests", "2",
        "--prompt-len", "4-8", "--output-len", "2-4", "--batch", "2", "--repeats", "1"]
+LBK = ["lm", "bench-kv", "--model", "{tiny_llama}", "--mor-model", "{lmrun}", "--num-requests", "3",
+       "--prompt-len", "4-8", "--output-len", "2-4", "--batch", "2", "--kv-budgets-mib", "1,2", "--no-progress"]
 ET = ["ee", "train", "--out", "{out}", "--from", "{tiny_llama}", "--corpus", "{corpus}", "--steps", "2",
       "--batch-size", "2", "--block-size", "16", "--no-progress"]
 EE = ["ee", "eval", "--model", "{eerun}", "--max-blocks", "2"]
@@ -1130,7 +1132,28 @@ def lm_other_cases() -> list[Case]:
         },
         cost=3,
     )
+    # lm bench-kv
+    c += [
+        Case("lm-bench-kv-ok", LBK, "ok", check=stdout_has("within its budget: True"), cost=8, timeout=240),
+        Case("lm-bench-kv-ok-json", [*LBK, "--json"], "ok", check=json_stdout(finite_numbers), cost=8, timeout=240),
+    ]
+    c += bad_values(
+        "lm-bench-kv-",
+        LBK,
+        {
+            "--kv-budgets-mib": ["", "x", "0", "-1", "nan", "inf", "1e400", "1,1", "1,,2", "0.0001"],
+            "--out": ["{emptydir}", "{unwritable}", "{userdir}", ""],
+            "--num-requests": ["0", "-1"],
+            "--prompt-len": ["0-4", "8-4", "4-100000"],
+            "--batch": ["0"],
+            "--model": ["{missing}", "{tiny_bert}"],
+            "--mor-model": ["{missing}", "{tiny_llama}"],
+        },
+        cost=3,
+    )
     for n in c:
+        if n.name.startswith("lm-bench-kv-") and n.expect == "error":
+            n.upfront = True
         if n.name.startswith("lm-bench-decode-") and n.expect == "error":
             n.upfront = True  # every option checked before the benchmark (issue 20)
         if n.name in ("lm-bench-decode-kv-budget-mib-0p0001", "lm-bench-decode-kv-budget-mib-inf"):

@@ -505,6 +505,8 @@ def bench_kv(
     budgets: str = typer.Option("64,128,256", "--kv-budgets-mib", help="KV budgets to run under, MiB."),
     quick: bool = typer.Option(False, "--quick", help="The small bench-decode workload (16 requests, B = 16)."),
     num_requests: int | None = typer.Option(None, "--num-requests", help="Requests (default 128)."),
+    prompt_len: str | None = typer.Option(None, "--prompt-len", help="Prompt lengths, uniform (default 16-256)."),
+    output_len: str | None = typer.Option(None, "--output-len", help="Output lengths, uniform (default 8-128)."),
     batch: int | None = typer.Option(None, "--batch", help="B: items per block call (default 32)."),
     seed: int = typer.Option(0, help="Workload seed."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -524,7 +526,12 @@ def bench_kv(
     bench = DecodeBenchSpec(model=model, mor_model=mor_model, seed=seed, device=device)
     if quick:
         bench = quick_spec(bench)
-    given = dict(num_requests=num_requests, batch=batch)
+    given = dict(
+        num_requests=num_requests,
+        prompt_len=_range(prompt_len, "--prompt-len"),
+        output_len=_range(output_len, "--output-len"),
+        batch=batch,
+    )
     bench = replace(bench, **{k: v for k, v in given.items() if v is not None})
     spec = KVBudgetSpec(bench, _budgets(budgets)).validate()
     if out is not None:

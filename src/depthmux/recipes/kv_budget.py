@@ -26,7 +26,7 @@ from typing import Any
 
 from depthmux.engine import LLM, KVSpec, SamplingParams, admitted_count
 from depthmux.errors import DepthmuxError
-from depthmux.recipes.decode_bench import BenchRequest, DecodeBenchSpec, load_bench_models
+from depthmux.recipes.decode_bench import MAX_KV_BUDGET_MIB, BenchRequest, DecodeBenchSpec, load_bench_models
 from depthmux.recursion import RecursiveForCausalLM
 from depthmux.utils.progress import log_above, progress_bar
 
@@ -46,8 +46,8 @@ class KVBudgetSpec:
         if not self.budgets_mib:
             raise DepthmuxError("--kv-budgets-mib needs at least one budget")
         for b in self.budgets_mib:
-            if isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0 or b != b:
-                raise DepthmuxError(f"--kv-budgets-mib must hold positive numbers, got {b!r}")
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= MAX_KV_BUDGET_MIB:
+                raise DepthmuxError(f"--kv-budgets-mib must hold numbers in (0, {MAX_KV_BUDGET_MIB}], got {b!r}")
         if len(set(self.budgets_mib)) != len(self.budgets_mib):
             raise DepthmuxError(f"--kv-budgets-mib repeats a budget: {list(self.budgets_mib)}")
         return self
