@@ -45,11 +45,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--every", type=int, default=0, help="also sample RSS and objects every K requests")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tok = load_saved_tokenizer(pretrained_model_dir("smollm2"))
     n = args.requests
-    marks = tuple(sorted({max(1, n // 10), n // 2, n}))
+    marks = {max(1, n // 10), n // 2, n}
+    if args.every > 0:
+        marks |= set(range(args.every, n + 1, args.every))
+    marks = tuple(sorted(marks))
     spec = SoakSpec(num_requests=n, checkpoints=marks, log_every=max(1, n // 20))
     t0 = time.monotonic()
     res = run_soak(tiny_model(len(tok)), tok, spec, max_batch_items=32)
