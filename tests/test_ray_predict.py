@@ -16,7 +16,7 @@ from depthmux.cli import main  # noqa: E402
 from depthmux.errors import DepthmuxError  # noqa: E402
 from depthmux.multiplexing import load_classifier  # noqa: E402
 from depthmux.recipes.mux_predict import MuxPredictConfig, predict_file  # noqa: E402
-from depthmux.recipes.ray_predict import RayPredictConfig, predict_with_ray, score_texts  # noqa: E402
+from depthmux.recipes.ray_predict import RayPredictConfig, predict_with_ray  # noqa: E402
 
 TEXTS = [f"sentence number {i} is {'good' if i % 3 else 'bad'} and {'long ' * (i % 5)}" for i in range(53)]
 
@@ -40,7 +40,7 @@ def reference(ckpt, texts, batch):
     model = load_classifier(ckpt).eval()
     labels, probs = [], []
     for i in range(0, len(texts), batch):
-        a, b = score_texts(model, texts[i : i + batch])
+        a, b = model.classify(texts[i : i + batch])
         labels += a
         probs += b
     return labels, probs

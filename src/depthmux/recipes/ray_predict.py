@@ -143,7 +143,7 @@ class Scorer:
         texts = [_text(cells, self.text_columns) for cells in zip(*columns, strict=True)]
         labels, probs = [], []
         for i in range(0, len(texts), self.batch):
-            a, b = score_texts(self.model, texts[i : i + self.batch])
+            a, b = self.model.classify(texts[i : i + self.batch])
             labels += a
             probs += b
         table = table.append_column(self.added[0], pa.array(labels, pa.string()))
@@ -157,17 +157,6 @@ def _text(cells: tuple, columns: list[str]):
         if not isinstance(cell, str) or not cell.strip():
             raise DepthmuxError(f"a row has no text in column {column!r} (got {cell!r})")
     return cells[0] if len(cells) == 1 else (cells[0], cells[1])
-
-
-def score_texts(model, texts: list) -> tuple[list[str], list[list[float]]]:
-    """``(labels, probabilities)`` of one batch of texts through ``model`` in one call (consecutive N
-    share a pass; the last group is completed with dummies)."""
-    import torch
-
-    with torch.no_grad():
-        p = model(model.body.tokenize(texts)).logits.float().softmax(-1).cpu()
-    names = model.config.label_names
-    return [names[j] for j in p.argmax(-1).tolist()], p.tolist()
 
 
 def _read(path: Path, fmt: str):

@@ -31,8 +31,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import torch
-
 from depthmux.errors import DepthmuxError
 from depthmux.serve.errors import APIError, bad_request, overloaded, unknown_model
 from depthmux.serve.grouping import DynamicGrouper
@@ -72,13 +70,9 @@ class ServedClassifier:
         return counts
 
     def __call__(self, texts: list[str]) -> list[tuple[str, list[float]]]:
-        """Labels and probabilities, consecutive N texts per group (runs in a worker thread)."""
-        with self.lock:
-            batch = self.model.body.tokenize(texts)
-        with torch.no_grad():
-            probs = self.model(batch).logits.float().softmax(-1).cpu()
-        labels = self.labels
-        return [(labels[int(p.argmax())], p.tolist()) for p in probs]
+        """(label, probabilities) per text, consecutive N texts per group (runs in a worker thread)."""
+        labels, probs = self.model.classify(texts, self.lock)
+        return list(zip(labels, probs, strict=True))
 
 
 @dataclass
