@@ -1821,6 +1821,52 @@ def serve_predict_cases() -> list[Case]:
         timeout=60,
         requires="serve",
     )
+    sve = ["serve", "--model", "{eerun}", "--port", "9"]  # a valid port: only the early-exit option is wrong
+    c += bad_values(
+        "serve-ee-",
+        sve,
+        {"--exit-threshold": ["nan", "-0.1", "1.5", "inf", "x", ""], "--speculative": ["0", "-1", "x", "2.5"]},
+        timeout=60,
+        requires="serve",
+        message=r"--exit-threshold|--speculative",
+    )
+    c += [
+        Case(
+            "serve-ee-both-modes",
+            [*sve, "--exit-threshold", "0.5", "--speculative", "2"],
+            timeout=60,
+            requires="serve",
+            message="two modes",
+        ),
+        Case(
+            "serve-ee-speculative-on-llama",
+            [*_with(sve, "--model", "{tiny_llama}"), "--speculative", "2"],
+            timeout=60,
+            requires="serve",
+            message="needs an early-exit model",
+            note="a valid K on a model without a shallow exit",
+        ),
+        Case(
+            "serve-ee-threshold-on-recursive",
+            [*_with(sve, "--model", "{lmrun}"), "--exit-threshold", "0.5"],
+            timeout=60,
+            requires="serve",
+            message="needs an early-exit model",
+        ),
+        Case(
+            "serve-ee-speculative-without-model",
+            ["serve", "--classifier", "x={ck3}", "--port", "9", "--speculative", "2"],
+            timeout=60,
+            requires="serve",
+            message="needs --model",
+        ),
+        Case(
+            "serve-ee-speculative-missing-model",
+            [*_with(sve, "--model", "{missing}"), "--speculative", "2"],
+            timeout=60,
+            requires="serve",
+        ),
+    ]
     c += [
         Case(
             "serve-nothing-to-serve",

@@ -27,6 +27,12 @@ ENGINE_VALUES = (
     ("counter", "prompt_tokens", "prompt_tokens", "Prefill tokens processed."),
     ("counter", "generation_tokens", "generation_tokens", "Tokens generated."),
     ("counter", "num_preemptions", "num_preemptions", "Requests preempted for KV memory."),
+    # an early-exit model (--exit-threshold / --speculative) only
+    ("counter", "early_exit_shallow_tokens", "early_exit_shallow_tokens", "Decode tokens through the shallow layers."),
+    ("counter", "early_exit_exited_tokens", "early_exit_exited_tokens", "Tokens emitted from the shallow exit."),
+    ("counter", "early_exit_deep_passes", "early_exit_deep_passes", "Decode rows that ran the deep layers."),
+    ("counter", "early_exit_drafted_tokens", "early_exit_drafted_tokens", "Self-speculative drafts made."),
+    ("counter", "early_exit_accepted_tokens", "early_exit_accepted_tokens", "Self-speculative drafts accepted."),
 )
 FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
 
@@ -45,8 +51,10 @@ class _EngineCollector:
         if s is None:
             return
         for kind, name, key, doc in ENGINE_VALUES:
+            if key not in s:  # e.g. the early-exit counters of a plain engine
+                continue
             family = FAMILIES[kind](PREFIX + name, doc, labels=["model_name"])
-            family.add_metric([self.model], float(s.get(key, 0)))
+            family.add_metric([self.model], float(s[key]))
             yield family
 
 

@@ -192,14 +192,15 @@ def build_ray_app(cfg: ServeConfig, opts: RayServeOptions | None = None):
 def build_app_from_args(args: dict[str, str]):
     """Ray's application builder for ``serve run depthmux.serve.ray_app:build_app_from_args key=value ...``.
 
-    Keys: ``classifiers`` (``name=dir[,name=dir]``), ``model``, ``replicas``, ``max_replicas``,
-    ``max_batch``, ``max_wait_ms``, ``max_queued``, ``max_num_seqs``, ``cpus_per_replica``. Ray's HTTP
-    options (host, port) come from ``serve run``'s own flags or the Serve config file.
+    Keys: ``classifiers`` (``name=dir[,name=dir]``), ``model``, ``exit_threshold``, ``speculative``,
+    ``replicas``, ``max_replicas``, ``max_batch``, ``max_wait_ms``, ``max_queued``, ``max_num_seqs``,
+    ``cpus_per_replica``. Ray's HTTP options (host, port) come from ``serve run``'s own flags or the Serve
+    config file.
     """
     from depthmux.serve.server import parse_classifiers
 
     known = {"classifiers", "model", "replicas", "max_replicas", "max_batch", "max_wait_ms", "max_queued"}
-    known |= {"max_num_seqs", "cpus_per_replica"}
+    known |= {"max_num_seqs", "cpus_per_replica", "exit_threshold", "speculative"}
     unknown = sorted(set(args) - known)
     require(not unknown, f"unknown argument(s) {unknown}: use {sorted(known)}")
     items = [c for c in args.get("classifiers", "").split(",") if c]
@@ -210,6 +211,8 @@ def build_app_from_args(args: dict[str, str]):
         max_wait_ms=float(args.get("max_wait_ms", 10.0)),
         max_queued=int(args.get("max_queued", 256)),
         max_num_seqs=int(args.get("max_num_seqs", 64)),
+        exit_threshold=float(args["exit_threshold"]) if "exit_threshold" in args else None,
+        speculative=int(args["speculative"]) if "speculative" in args else None,
     )
     opts = RayServeOptions(
         replicas=int(args.get("replicas", 1)),
