@@ -30,7 +30,9 @@ def ckpts(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    from depthmux.utils.ray_cluster import start_ray
+
+    start_ray(None, 2)  # loopback only
     yield
     ray.shutdown()
 
@@ -46,7 +48,7 @@ def reference(ckpt, texts, batch):
     return labels, probs
 
 
-# slow: starting Ray costs about a minute here, and Ray's own services listen beyond loopback
+# slow: starting Ray costs about a minute here
 @pytest.mark.slow
 @pytest.mark.parametrize("actors", [1, 2], ids=["1-actor", "2-actors"])
 def test_ray_data_equals_single_process(tmp_path, ckpts, local_ray, actors, capsys):

@@ -203,6 +203,8 @@ def predict_with_ray(cfg: RayPredictConfig) -> RayPredictSummary:
         f"--actors {cfg.actors} x --cpus-per-actor {cfg.cpus_per_actor:g} would take all {cpus:g} CPUs of the Ray "
         "cluster and leave none to read the file: use fewer actors or a fractional --cpus-per-actor",
     )
+    # before the read: a Dataset copies the context when it is made, and the ones derived from it copy its copy
+    DataContext.get_current().execution_options.preserve_order = True
     ds = _read(src, ray_format(src))
     have = list(ds.schema().names)
     missing = [c for c in cfg.text_columns if c not in have]
@@ -210,7 +212,6 @@ def predict_with_ray(cfg: RayPredictConfig) -> RayPredictSummary:
     clash = [c for c in added if c in have]
     require(not clash, f"{src}: already has column(s) {clash} that predict would add")
 
-    DataContext.get_current().execution_options.preserve_order = True
     threads = max(1, round(cfg.cpus_per_actor))
     block = -(-cfg.block_rows // batch) * batch
     scored = ds.repartition(target_num_rows_per_block=block, strict=True).map_batches(

@@ -99,12 +99,33 @@ def ray_serving(cfg: ServeConfig):
     return serving
 
 
+def replica_grpc_on_loopback() -> None:
+    """Ray Serve (2.60) starts an inter-deployment gRPC server in every replica on ``[::]:0``, i.e. on every
+    interface, whatever the node's address (``ray.serve._private.replica``; not configurable). On a
+    loopback-only node (address 127.0.0.1: a local instance of :func:`~depthmux.utils.ray_cluster.start_ray`)
+    bind it to 127.0.0.1 like the rest of Ray; nothing on a cluster node, or where Ray's code differs.
+    Called in the replica before Ray starts that server (it does so once the deployment is built)."""
+    import ray
+    from ray.serve._private import replica
+
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if ray.util.get_node_ip_address() != "127.0.0.1" or bind is None or getattr(bind, "loopback", False):
+        return
+
+    def on_loopback(server, address: str):
+        return bind(server, "127.0.0.1:0" if address == "[::]:0" else address)
+
+    on_loopback.loopback = True
+    replica.add_port_to_grpc_server = on_loopback
+
+
 @serve.deployment(name=APP_NAME)
 @serve.ingress()
 class DepthmuxDeployment:
     """One replica: the models of a :class:`ServeConfig` (given as a dict) and the FastAPI app over them."""
 
     def __init__(self, config: dict) -> None:
+        replica_grpc_on_loopback()
         config = dict(config)
         threads = config.pop("threads", None)
         if threads:
