@@ -246,29 +246,45 @@ def build_app_from_args(args: dict[str, str]):
 def start_ray_server(cfg: ServeConfig, opts: RayServeOptions) -> tuple[str, bool]:
     """Start Ray (or join a cluster), Ray's HTTP proxy on ``cfg.host:cfg.port`` and the application;
     return its URL once every replica is up, and whether a local Ray instance was started here."""
+    local = start_ray_for(cfg, opts)
+    return deploy(cfg, opts), local
+
+
+def start_ray_for(cfg: ServeConfig, opts: RayServeOptions) -> bool:
+    """Check ``cfg`` and ``opts`` and the port, then start Ray or join the cluster; True when a local
+    instance was started here."""
     cfg.validate()
     opts.validate()
     check_port(cfg.host, cfg.port)
-    local = start_ray(opts.address, opts.num_cpus)
+    return start_ray(opts.address, opts.num_cpus)
+
+
+def deploy(cfg: ServeConfig, opts: RayServeOptions) -> str:
+    """Ray's HTTP proxy on ``cfg.host:cfg.port`` and the application on a Ray already started; its URL once
+    every replica is up."""
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_ray_app(cfg, opts), name=APP_NAME, route_prefix="/")
-    return f"http://{cfg.host}:{cfg.port}", local
+    return f"http://{cfg.host}:{cfg.port}"
 
 
 def run_ray_server(cfg: ServeConfig, opts: RayServeOptions, on_ready=None) -> None:
-    """:func:`start_ray_server`, then block until Ctrl-C / SIGTERM. On the way out a local Ray instance is
-    shut down; on a cluster the application is deleted (without waiting: the cluster finishes it)."""
+    """:func:`start_ray_server`, then block until Ctrl-C / SIGTERM (exit 0). On the way out (also from a
+    signal while the replicas start) a local Ray instance is shut down; on a cluster the application is deleted
+    (without waiting: the cluster finishes it)."""
     import ray
 
     def _term(*_):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _term)
-    url, local = start_ray_server(cfg, opts)
-    if on_ready is not None:
-        on_ready(url)
+    local = start_ray_for(cfg, opts)
+    signal.signal(signal.SIGTERM, _term)  # after ray.init, whose own handler aborts the process
     try:
+        url = deploy(cfg, opts)
+        if on_ready is not None:
+            on_ready(url)
         threading.Event().wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a normal end of a server (as under uvicorn)
+        pass
     finally:
         if local:
             ray.shutdown()
