@@ -1831,41 +1831,15 @@ def serve_predict_cases() -> list[Case]:
         message=r"--exit-threshold|--speculative",
     )
     c += [
-        Case(
-            "serve-ee-both-modes",
-            [*sve, "--exit-threshold", "0.5", "--speculative", "2"],
-            timeout=60,
-            requires="serve",
-            message="two modes",
-        ),
-        Case(
-            "serve-ee-speculative-on-llama",
-            [*_with(sve, "--model", "{tiny_llama}"), "--speculative", "2"],
-            timeout=60,
-            requires="serve",
-            message="needs an early-exit model",
-            note="a valid K on a model without a shallow exit",
-        ),
-        Case(
-            "serve-ee-threshold-on-recursive",
-            [*_with(sve, "--model", "{lmrun}"), "--exit-threshold", "0.5"],
-            timeout=60,
-            requires="serve",
-            message="needs an early-exit model",
-        ),
-        Case(
-            "serve-ee-speculative-without-model",
-            ["serve", "--classifier", "x={ck3}", "--port", "9", "--speculative", "2"],
-            timeout=60,
-            requires="serve",
-            message="needs --model",
-        ),
-        Case(
-            "serve-ee-speculative-missing-model",
-            [*_with(sve, "--model", "{missing}"), "--speculative", "2"],
-            timeout=60,
-            requires="serve",
-        ),
+        Case(f"serve-ee-{name}", argv, timeout=60, requires="serve", message=message)
+        for name, argv, message in [
+            ("both-modes", [*sve, "--exit-threshold", "0.5", "--speculative", "2"], "two modes"),
+            # valid values on a model without a shallow exit (LLaMA; a recursive run)
+            ("speculative-on-llama", [*_with(sve, "--model", "{tiny_llama}"), "--speculative", "2"], "early-exit"),
+            ("threshold-on-recursive", [*_with(sve, "--model", "{lmrun}"), "--exit-threshold", "0.5"], "early-exit"),
+            ("speculative-without-model", ["serve", "--classifier", "x={ck3}", "--speculative", "2"], "--model"),
+            ("speculative-missing-model", [*_with(sve, "--model", "{missing}"), "--speculative", "2"], None),
+        ]
     ]
     c += [
         Case(
