@@ -1844,6 +1844,26 @@ def serve_predict_cases() -> list[Case]:
         timeout=60,
         requires="serve",
     )
+    sve = ["serve", "--model", "{eerun}", "--port", "9"]  # a valid port: only the early-exit option is wrong
+    c += bad_values(
+        "serve-ee-",
+        sve,
+        {"--exit-threshold": ["nan", "-0.1", "1.5", "inf", "x", ""], "--speculative": ["0", "-1", "x", "2.5"]},
+        timeout=60,
+        requires="serve",
+        message=r"--exit-threshold|--speculative",
+    )
+    c += [
+        Case(f"serve-ee-{name}", argv, timeout=60, requires="serve", message=message)
+        for name, argv, message in [
+            ("both-modes", [*sve, "--exit-threshold", "0.5", "--speculative", "2"], "two modes"),
+            # valid values on a model without a shallow exit (LLaMA; a recursive run)
+            ("speculative-on-llama", [*_with(sve, "--model", "{tiny_llama}"), "--speculative", "2"], "early-exit"),
+            ("threshold-on-recursive", [*_with(sve, "--model", "{lmrun}"), "--exit-threshold", "0.5"], "early-exit"),
+            ("speculative-without-model", ["serve", "--classifier", "x={ck3}", "--speculative", "2"], "--model"),
+            ("speculative-missing-model", [*_with(sve, "--model", "{missing}"), "--speculative", "2"], None),
+        ]
+    ]
     c += [
         Case(
             "serve-nothing-to-serve",

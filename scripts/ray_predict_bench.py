@@ -96,6 +96,7 @@ def main() -> None:
 
     from depthmux.recipes.mux_predict import MuxPredictConfig, predict_file
     from depthmux.recipes.ray_predict import RayPredictConfig, predict_with_ray
+    from depthmux.utils.ray_cluster import start_ray
 
     torch.set_num_threads(1)
     work = Path(args.work)
@@ -114,7 +115,7 @@ def main() -> None:
                            "rows_per_s": single.rows_per_s, "load_before": before, "load_after": load()})  # fmt: skip
     want = pq.read_table(work / "single.parquet")
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    start_ray(None, args.num_cpus)  # local, on loopback only
     for actors in (1, 2):
         before = load()
         t0 = time.perf_counter()

@@ -127,3 +127,33 @@ def tiny_llama_folder(root: Path) -> Path:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def tiny_early_exit_folder(root: Path, exit_layer: int = 3, layers: int = 4) -> Path:
+    """A run folder as ``depthmux ee train`` leaves it (``<root>/ee-run/model``): a random-initialised
+    LLaMA (context 512) with a shallow exit after ``exit_layer`` layers (``EarlyExitForCausalLM``) and the
+    packaged SmolLM2 tokenizer. Its LM head is scaled so that confidences spread and the shallow token
+    agrees with the deep one only sometimes (self-speculative drafts are both accepted and rejected)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from conftest import build_tiny_llama
+    from depthmux.assets import smollm2_path
+    from depthmux.early_exit import from_llama
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path())
+    llama = build_tiny_llama(
+        vocab_size=len(tok),
+        max_position_embeddings=512,
+        num_hidden_layers=layers,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        seed=0,
+    )
+    model = from_llama(llama, exit_layer=exit_layer)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    folder = root / "ee-run" / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder.parent

@@ -73,6 +73,29 @@ def test_predict_equals_load_classifier_predict(tmp_path, ckpts, fmt, kind):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
+@pytest.mark.parametrize("kind", ["n2", "teacher"])
+def test_classify_is_predict_with_probabilities(ckpts, kind):
+    """The one scoring step (``mux predict``, its Ray version and the server): labels as ``predict``, the
+    softmax of one forward over the batch, the lock held around tokenising only."""
+    model = load_classifier(ckpts[kind]).eval()
+    texts = TEXTS[:7]  # N = 2: the last group is completed with a dummy
+    held = []
+
+    class Lock:
+        def __enter__(self):
+            held.append("in")
+
+        def __exit__(self, *_):
+            held.append("out")
+
+    labels, probs = model.classify(texts, Lock())
+    assert held == ["in", "out"]
+    assert labels == [model.config.label_names[i] for i in model.predict(texts, batch_size=8).tolist()]
+    with torch.no_grad():
+        want = model(model.body.tokenize(texts)).logits.float().softmax(-1)
+    assert torch.equal(torch.tensor(probs), want)
+
+
 def test_grouping_changes_multiplexed_output(tmp_path, ckpts):
     """The equality above is not vacuous: the N = 2 model's probabilities depend on the group mates."""
     model = load_classifier(ckpts["n2"])

@@ -16,7 +16,7 @@ from depthmux.cli import main  # noqa: E402
 from depthmux.errors import DepthmuxError  # noqa: E402
 from depthmux.multiplexing import load_classifier  # noqa: E402
 from depthmux.recipes.mux_predict import MuxPredictConfig, predict_file  # noqa: E402
-from depthmux.recipes.ray_predict import RayPredictConfig, predict_with_ray, score_texts  # noqa: E402
+from depthmux.recipes.ray_predict import RayPredictConfig, predict_with_ray  # noqa: E402
 
 TEXTS = [f"sentence number {i} is {'good' if i % 3 else 'bad'} and {'long ' * (i % 5)}" for i in range(53)]
 
@@ -30,7 +30,9 @@ def ckpts(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    from depthmux.utils.ray_cluster import start_ray
+
+    start_ray(None, 2)  # loopback only
     yield
     ray.shutdown()
 
@@ -40,13 +42,13 @@ def reference(ckpt, texts, batch):
     model = load_classifier(ckpt).eval()
     labels, probs = [], []
     for i in range(0, len(texts), batch):
-        a, b = score_texts(model, texts[i : i + batch])
+        a, b = model.classify(texts[i : i + batch])
         labels += a
         probs += b
     return labels, probs
 
 
-# slow: starting Ray costs about a minute here, and Ray's own services listen beyond loopback
+# slow: starting Ray costs about a minute here
 @pytest.mark.slow
 @pytest.mark.parametrize("actors", [1, 2], ids=["1-actor", "2-actors"])
 def test_ray_data_equals_single_process(tmp_path, ckpts, local_ray, actors, capsys):

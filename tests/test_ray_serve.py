@@ -10,6 +10,7 @@ deployment options map ``--replicas`` / ``--max-replicas`` / limits onto Ray's. 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -134,11 +135,13 @@ def ckpts(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A local Ray head owned by this test process (127.0.0.1, 2 CPUs, no dashboard); the server
+    """A local Ray head owned by this test process (loopback only, 2 CPUs, no dashboard); the server
     subprocess joins it through ``RAY_ADDRESS``, and the test reaches its replicas."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    from depthmux.utils.ray_cluster import start_ray
+
+    start_ray(None, 2)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -216,5 +219,77 @@ def test_two_replicas_answer_as_one_process_and_survive_a_killed_replica(ckpts, 
         after = asyncio.run(load(3))
         assert after and all(c == 200 for c in after)
         assert [classify(served.url, "n2", texts[:k]) for k in (1, 4, 9)] == expected["n2"]
+    finally:
+        served.stop()
+
+
+def loopback_only(addresses: list[str]) -> bool:
+    return all(a.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for a in addresses)
+
+
+def listening(pids: dict[int, str]) -> dict[str, str]:
+    """Address -> process, for the addresses the processes ``pids`` (pid -> name) listen on (TCP) or are
+    bound to (UDP)."""
+    import psutil
+
+    out = {}
+    for c in psutil.net_connections("inet"):
+        if c.pid in pids and c.laddr and (c.status == psutil.CONN_LISTEN or c.type == 2):  # 2: SOCK_DGRAM
+            out[f"{c.laddr.ip}:{c.laddr.port}"] = f"{pids[c.pid]} ({c.pid})"
+    return out
+
+
+def test_loopback_check_sees_other_addresses():
+    assert loopback_only(["127.0.0.1:80", "::ffff:127.0.0.1:9", "::1:5"])
+    assert not loopback_only(["127.0.0.1:80", "0.0.0.0:6379"]) and not loopback_only(["192.0.2.2:1"])
+
+
+@pytest.mark.slow
+def test_completions_through_ray_equal_the_single_process_server_on_loopback(ray_head, tmp_path, monkeypatch):
+    """``/v1/completions`` (plain and streaming) through ``serve --ray`` equals the uvicorn server's greedy
+    completion; meanwhile every process of this test (Ray's GCS, raylet, agents, workers, Serve's controller,
+    proxy and replica, the server) listens on loopback only."""
+    import httpx
+    import psutil
+
+    from serve_fixtures import Server, tiny_llama_folder
+
+    folder = tiny_llama_folder(tmp_path)
+    args = ["--model", str(folder), "--model-name", "tiny"]
+    body = {"model": "tiny", "prompt": ["Once upon a time", "The capital of"], "max_tokens": 12, "temperature": 0}
+
+    def complete(url, **kw):
+        r = httpx.post(url + "/v1/completions", json={**body, **kw}, timeout=120)
+        assert r.status_code == 200, r.text
+        return r
+
+    def streamed(url):
+        r = complete(url, prompt=body["prompt"][0], stream=True)
+        events = [e[6:] for e in r.text.split("\n\n") if e.startswith("data: {")]
+        return "".join(c["text"] for c in (json.loads(e)["choices"][0] for e in events))
+
+    single = Server(args, tmp_path / "single.log")
+    try:
+        want = complete(single.url).json()
+        want_stream = streamed(single.url)
+    finally:
+        single.stop()
+    assert want_stream == want["choices"][0]["text"]
+
+    monkeypatch.setenv("RAY_ADDRESS", ray_head)
+    served = Server(["--ray", "--cpus-per-replica", "0.5", *args], tmp_path / "ray.log", 300)
+    try:
+        got = complete(served.url).json()
+        assert [c["text"] for c in got["choices"]] == [c["text"] for c in want["choices"]]
+        assert [c["finish_reason"] for c in got["choices"]] == [c["finish_reason"] for c in want["choices"]]
+        assert got["usage"] == want["usage"]
+        assert streamed(served.url) == want_stream
+
+        me = psutil.Process()
+        pids = {p.pid: " ".join(p.cmdline()[:3])[:80] for p in [me, *me.children(recursive=True)]}
+        addresses = listening(pids)
+        print("listening:", addresses)
+        assert served.url.rsplit(":", 1)[1] in {a.rsplit(":", 1)[1] for a in addresses}  # the proxy is seen
+        assert loopback_only(list(addresses)), {a: p for a, p in addresses.items() if not loopback_only([a])}
     finally:
         served.stop()

@@ -25,9 +25,19 @@ def serve(
     ctx: typer.Context,
     model: Annotated[
         str | None,
-        typer.Option(help="Language model: 'smollm2' (packaged) or a folder (LLaMA family, recursive / MoR run)."),
+        typer.Option(
+            help="Language model: 'smollm2' (packaged) or a folder (LLaMA family, recursive / MoR run, early exit)."
+        ),
     ] = None,
     model_name: Annotated[str | None, typer.Option(help="Name clients use for --model (default: its name).")] = None,
+    exit_threshold: Annotated[
+        float | None,
+        typer.Option(help="Early-exit --model (from 'ee train'): FREE exit when confidence > T, T in [0, 1]."),
+    ] = None,
+    speculative: Annotated[
+        int | None,
+        typer.Option(help="Early-exit --model: self-speculative decoding with K >= 1 drafts (deep greedy's output)."),
+    ] = None,
     classifier: Annotated[
         list[str] | None,
         typer.Option(help="NAME=DIR: a RevMUX (or teacher) checkpoint served on /v1/classify; repeatable."),
@@ -94,6 +104,8 @@ def serve(
         max_wait_ms=max_wait_ms,
         max_num_seqs=max_num_seqs,
         engine_kwargs=engine_kwargs,
+        exit_threshold=exit_threshold,
+        speculative=speculative,
         allow_remote=allow_remote,
         device=device,
     ).validate()

@@ -7,7 +7,7 @@
   -> mux -> the frozen layers l+1..L once per group of N -> demux -> ``f_up`` -> the same head.
 
 Both share :class:`FrozenBackboneClassifier`: the backbone (held, never saved), the frozen
-:class:`~depthmux.multiplexing.heads.TaskHead`, ``predict`` and persistence. Only ``down``,
+:class:`~depthmux.multiplexing.heads.TaskHead`, ``predict``/``classify`` and persistence. Only ``down``,
 ``mixer`` and ``up`` train; :func:`load_classifier` (or ``from_pretrained``) reloads a folder
 written by ``save_pretrained``, reloading the backbone from the name/path in its config.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar, NamedTuple
 
@@ -207,6 +208,15 @@ class FrozenBackboneClassifier(nn.Module, ABC):
         for i in range(0, len(texts), batch_size):
             preds.append(self(self.body.tokenize(texts[i : i + batch_size])).logits.argmax(-1))
         return torch.cat(preds)
+
+    @torch.no_grad()
+    def classify(self, texts: list, lock: AbstractContextManager | None = None) -> tuple[list[str], list[list[float]]]:
+        """Labels and probabilities of ONE batch (grouped as :meth:`predict`): B texts -> ([B] names, [B][C]).
+        ``lock`` is held while tokenising only (a fast tokenizer used by several threads keeps padding state)."""
+        with lock or nullcontext():
+            batch = self.body.tokenize(texts)
+        probs = self(batch).logits.float().softmax(-1).cpu()
+        return [self.config.label_names[j] for j in probs.argmax(-1).tolist()], probs.tolist()
 
     def save_pretrained(self, directory: str | os.PathLike, extra_state: dict | None = None) -> None:
         """Atomically write ``state.json`` (kind, config, head description, ``extra_state``),

@@ -37,8 +37,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from depthmux.data.classification import MAX_TEXT_CHARS, Text
 from depthmux.errors import DepthmuxError, require
 from depthmux.multiplexing import load_classifier
@@ -389,18 +387,17 @@ def predict_file(cfg: MuxPredictConfig, progress: bool = True) -> PredictSummary
     counts = dict.fromkeys(names, 0)
     start = time.perf_counter()
     try:
-        with tqdm(total=total, unit="row", disable=not progress, desc=src.name) as bar, torch.no_grad():
+        with tqdm(total=total, unit="row", disable=not progress, desc=src.name) as bar:
             for chunk in reader.chunks(rows):
                 labels, probs = [], []
                 for i in range(0, len(chunk.texts), batch):
                     try:
-                        enc = model.body.tokenize(chunk.texts[i : i + batch])
+                        got = model.classify(chunk.texts[i : i + batch])
                     except DepthmuxError as e:  # "text k is too long: ..." -> name the row in the file
                         k = int(str(e).split()[1]) if str(e).startswith("text ") else 0
                         raise DepthmuxError(f"{src}: {chunk.where[i + k]}: {e}") from None
-                    p = model(enc).logits.float().softmax(-1).cpu()
-                    labels += [names[j] for j in p.argmax(-1).tolist()]
-                    probs += p.tolist()
+                    labels += got[0]
+                    probs += got[1]
                 writer.write(chunk, labels, probs)
                 for label in labels:
                     counts[label] += 1

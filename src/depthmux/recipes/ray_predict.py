@@ -143,7 +143,7 @@ class Scorer:
         texts = [_text(cells, self.text_columns) for cells in zip(*columns, strict=True)]
         labels, probs = [], []
         for i in range(0, len(texts), self.batch):
-            a, b = score_texts(self.model, texts[i : i + self.batch])
+            a, b = self.model.classify(texts[i : i + self.batch])
             labels += a
             probs += b
         table = table.append_column(self.added[0], pa.array(labels, pa.string()))
@@ -157,17 +157,6 @@ def _text(cells: tuple, columns: list[str]):
         if not isinstance(cell, str) or not cell.strip():
             raise DepthmuxError(f"a row has no text in column {column!r} (got {cell!r})")
     return cells[0] if len(cells) == 1 else (cells[0], cells[1])
-
-
-def score_texts(model, texts: list) -> tuple[list[str], list[list[float]]]:
-    """``(labels, probabilities)`` of one batch of texts through ``model`` in one call (consecutive N
-    share a pass; the last group is completed with dummies)."""
-    import torch
-
-    with torch.no_grad():
-        p = model(model.body.tokenize(texts)).logits.float().softmax(-1).cpu()
-    names = model.config.label_names
-    return [names[j] for j in p.argmax(-1).tolist()], p.tolist()
 
 
 def _read(path: Path, fmt: str):
@@ -214,6 +203,8 @@ def predict_with_ray(cfg: RayPredictConfig) -> RayPredictSummary:
         f"--actors {cfg.actors} x --cpus-per-actor {cfg.cpus_per_actor:g} would take all {cpus:g} CPUs of the Ray "
         "cluster and leave none to read the file: use fewer actors or a fractional --cpus-per-actor",
     )
+    # before the read: a Dataset copies the context when it is made, and the ones derived from it copy its copy
+    DataContext.get_current().execution_options.preserve_order = True
     ds = _read(src, ray_format(src))
     have = list(ds.schema().names)
     missing = [c for c in cfg.text_columns if c not in have]
@@ -221,7 +212,6 @@ def predict_with_ray(cfg: RayPredictConfig) -> RayPredictSummary:
     clash = [c for c in added if c in have]
     require(not clash, f"{src}: already has column(s) {clash} that predict would add")
 
-    DataContext.get_current().execution_options.preserve_order = True
     threads = max(1, round(cfg.cpus_per_actor))
     block = -(-cfg.block_rows // batch) * batch
     scored = ds.repartition(target_num_rows_per_block=block, strict=True).map_batches(

@@ -8,6 +8,8 @@ RevMUX classifiers with dynamic grouping, and a load generator.
 * :mod:`depthmux.serve.handlers`: :class:`Serving`, every endpoint's logic, independent of the host;
 * :mod:`depthmux.serve.http`: the FastAPI app (:func:`build_app`); :mod:`depthmux.serve.server`:
   :class:`ServeConfig`, :func:`build_serving`, :func:`run_server` (uvicorn);
+* :mod:`depthmux.serve.early_exit`: :class:`AsyncEarlyExitLLM` (an early-exit model, ``--exit-threshold`` /
+  ``--speculative``);
 * :mod:`depthmux.serve.metrics`: Prometheus metrics with vLLM's names;
 * :mod:`depthmux.serve.bench`: :class:`BenchConfig`, :func:`run_bench`.
 """

@@ -31,8 +31,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import torch
-
 from depthmux.errors import DepthmuxError
 from depthmux.serve.errors import APIError, bad_request, overloaded, unknown_model
 from depthmux.serve.grouping import DynamicGrouper
@@ -72,13 +70,9 @@ class ServedClassifier:
         return counts
 
     def __call__(self, texts: list[str]) -> list[tuple[str, list[float]]]:
-        """Labels and probabilities, consecutive N texts per group (runs in a worker thread)."""
-        with self.lock:
-            batch = self.model.body.tokenize(texts)
-        with torch.no_grad():
-            probs = self.model(batch).logits.float().softmax(-1).cpu()
-        labels = self.labels
-        return [(labels[int(p.argmax())], p.tolist()) for p in probs]
+        """(label, probabilities) per text, consecutive N texts per group (runs in a worker thread)."""
+        labels, probs = self.model.classify(texts, self.lock)
+        return list(zip(labels, probs, strict=True))
 
 
 @dataclass
@@ -96,6 +90,26 @@ class _Choice:
     tokens: int = 0
     finish_reason: str | None = None
     closed: bool = False  # its last chunk (with finish_reason) was streamed
+
+
+class _Slots:
+    """``n`` of the server's ``max_running + max_queued`` generation places, or a 503. Taken when a request
+    is checked, before any await, so concurrent requests cannot all pass the check before one of them
+    counts (they did: a burst of 6 on a limit of 2 all ran); given back once, when its engine work ends,
+    or when the response that holds it is dropped unstarted (a client gone before its stream began)."""
+
+    def __init__(self, serving: Serving, n: int) -> None:
+        self.serving, self.n = serving, 0
+        if serving.in_flight + n > serving.max_generation:
+            raise overloaded(f"the request queue ({serving.max_generation} requests)")
+        serving.in_flight += n
+        self.n = n
+
+    def release(self) -> None:
+        self.serving.in_flight -= self.n
+        self.n = 0
+
+    __del__ = release
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
@@ -250,8 +264,6 @@ class Serving:
                     ignore_eos=req.ignore_eos,
                 )
                 choices.append(_Choice(p * req.n + j, p, ids, params, req.stops))
-        if self.in_flight + len(choices) > self.max_generation:
-            raise overloaded(f"the request queue ({self.max_generation} requests)")
         return choices
 
     async def completions(self, raw: bytes) -> dict | AsyncIterator[str]:
@@ -277,14 +289,15 @@ class Serving:
         return self._respond(req, choices, prompts, chat=True)
 
     def _respond(self, req, choices, prompts, chat: bool):
+        slots = _Slots(self, len(choices))  # 503 beyond the limit; taken before the first await
         meta = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
             "created": int(time.time()),
             "model": req.model,
         }
         if req.stream:
-            return self._stream(req, choices, prompts, chat, meta)
-        return self._complete(choices, prompts, chat, meta)
+            return self._stream(req, choices, prompts, chat, meta, slots)
+        return self._complete(choices, prompts, chat, meta, slots)
 
     async def _run(self, choice: _Choice, queue: asyncio.Queue | None) -> None:
         """Drive one engine request, keep ``choice`` current, put it on ``queue`` after each output."""
@@ -299,6 +312,7 @@ class Serving:
                 if first is None and out.token_ids:
                     first = now
                     self.metrics.ttft.labels(name).observe(now - start)
+                    self.metrics.queue_time.labels(name).observe(now - start)  # no admission time: see its help
                 elif out.new_token_ids:
                     self.metrics.itl.labels(name).observe(now - last)
                 last = now
@@ -325,8 +339,7 @@ class Serving:
             self.metrics.tpot.labels(name).observe((end - first) / (choice.tokens - 1))
         self.metrics.request_success.labels(name, choice.finish_reason or "abort").inc()
 
-    async def _gather(self, choices, queue) -> None:
-        self.in_flight += len(choices)
+    async def _gather(self, choices, queue, slots: _Slots) -> None:
         tasks = [asyncio.ensure_future(self._run(c, queue)) for c in choices]
         try:
             await asyncio.gather(*tasks)
@@ -334,15 +347,15 @@ class Serving:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.in_flight -= len(choices)
+            slots.release()
 
     def _usage(self, choices, prompts) -> dict:
         prompt = sum(len(p) for p in prompts)
         completion = sum(c.tokens for c in choices)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    async def _complete(self, choices, prompts, chat, meta) -> dict:
-        await self._gather(choices, None)
+    async def _complete(self, choices, prompts, chat, meta, slots) -> dict:
+        await self._gather(choices, None, slots)
         out = []
         for c in choices:
             if chat:
@@ -357,7 +370,7 @@ class Serving:
             "usage": self._usage(choices, prompts),
         }
 
-    async def _stream(self, req, choices, prompts, chat, meta) -> AsyncIterator[str]:
+    async def _stream(self, req, choices, prompts, chat, meta, slots) -> AsyncIterator[str]:
         obj = "chat.completion.chunk" if chat else "text_completion"
         usage_field = {"usage": None} if req.include_usage else {}
 
@@ -370,7 +383,7 @@ class Serving:
             return _sse({**meta, "object": obj, "choices": [choice], **usage_field})
 
         queue: asyncio.Queue = asyncio.Queue()
-        runner = asyncio.ensure_future(self._gather(choices, queue))
+        runner = asyncio.ensure_future(self._gather(choices, queue, slots))
         runner.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             if chat:

@@ -99,12 +99,33 @@ def ray_serving(cfg: ServeConfig):
     return serving
 
 
+def replica_grpc_on_loopback() -> None:
+    """Ray Serve (2.60) starts an inter-deployment gRPC server in every replica on ``[::]:0``, i.e. on every
+    interface, whatever the node's address (``ray.serve._private.replica``; not configurable). On a
+    loopback-only node (address 127.0.0.1: a local instance of :func:`~depthmux.utils.ray_cluster.start_ray`)
+    bind it to 127.0.0.1 like the rest of Ray; nothing on a cluster node, or where Ray's code differs.
+    Called in the replica before Ray starts that server (it does so once the deployment is built)."""
+    import ray
+    from ray.serve._private import replica
+
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if ray.util.get_node_ip_address() != "127.0.0.1" or bind is None or getattr(bind, "loopback", False):
+        return
+
+    def on_loopback(server, address: str):
+        return bind(server, "127.0.0.1:0" if address == "[::]:0" else address)
+
+    on_loopback.loopback = True
+    replica.add_port_to_grpc_server = on_loopback
+
+
 @serve.deployment(name=APP_NAME)
 @serve.ingress()
 class DepthmuxDeployment:
     """One replica: the models of a :class:`ServeConfig` (given as a dict) and the FastAPI app over them."""
 
     def __init__(self, config: dict) -> None:
+        replica_grpc_on_loopback()
         config = dict(config)
         threads = config.pop("threads", None)
         if threads:
@@ -192,14 +213,15 @@ def build_ray_app(cfg: ServeConfig, opts: RayServeOptions | None = None):
 def build_app_from_args(args: dict[str, str]):
     """Ray's application builder for ``serve run depthmux.serve.ray_app:build_app_from_args key=value ...``.
 
-    Keys: ``classifiers`` (``name=dir[,name=dir]``), ``model``, ``replicas``, ``max_replicas``,
-    ``max_batch``, ``max_wait_ms``, ``max_queued``, ``max_num_seqs``, ``cpus_per_replica``. Ray's HTTP
-    options (host, port) come from ``serve run``'s own flags or the Serve config file.
+    Keys: ``classifiers`` (``name=dir[,name=dir]``), ``model``, ``exit_threshold``, ``speculative``,
+    ``replicas``, ``max_replicas``, ``max_batch``, ``max_wait_ms``, ``max_queued``, ``max_num_seqs``,
+    ``cpus_per_replica``. Ray's HTTP options (host, port) come from ``serve run``'s own flags or the Serve
+    config file.
     """
     from depthmux.serve.server import parse_classifiers
 
     known = {"classifiers", "model", "replicas", "max_replicas", "max_batch", "max_wait_ms", "max_queued"}
-    known |= {"max_num_seqs", "cpus_per_replica"}
+    known |= {"max_num_seqs", "cpus_per_replica", "exit_threshold", "speculative"}
     unknown = sorted(set(args) - known)
     require(not unknown, f"unknown argument(s) {unknown}: use {sorted(known)}")
     items = [c for c in args.get("classifiers", "").split(",") if c]
@@ -210,6 +232,8 @@ def build_app_from_args(args: dict[str, str]):
         max_wait_ms=float(args.get("max_wait_ms", 10.0)),
         max_queued=int(args.get("max_queued", 256)),
         max_num_seqs=int(args.get("max_num_seqs", 64)),
+        exit_threshold=float(args["exit_threshold"]) if "exit_threshold" in args else None,
+        speculative=int(args["speculative"]) if "speculative" in args else None,
     )
     opts = RayServeOptions(
         replicas=int(args.get("replicas", 1)),
@@ -222,29 +246,45 @@ def build_app_from_args(args: dict[str, str]):
 def start_ray_server(cfg: ServeConfig, opts: RayServeOptions) -> tuple[str, bool]:
     """Start Ray (or join a cluster), Ray's HTTP proxy on ``cfg.host:cfg.port`` and the application;
     return its URL once every replica is up, and whether a local Ray instance was started here."""
+    local = start_ray_for(cfg, opts)
+    return deploy(cfg, opts), local
+
+
+def start_ray_for(cfg: ServeConfig, opts: RayServeOptions) -> bool:
+    """Check ``cfg`` and ``opts`` and the port, then start Ray or join the cluster; True when a local
+    instance was started here."""
     cfg.validate()
     opts.validate()
     check_port(cfg.host, cfg.port)
-    local = start_ray(opts.address, opts.num_cpus)
+    return start_ray(opts.address, opts.num_cpus)
+
+
+def deploy(cfg: ServeConfig, opts: RayServeOptions) -> str:
+    """Ray's HTTP proxy on ``cfg.host:cfg.port`` and the application on a Ray already started; its URL once
+    every replica is up."""
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_ray_app(cfg, opts), name=APP_NAME, route_prefix="/")
-    return f"http://{cfg.host}:{cfg.port}", local
+    return f"http://{cfg.host}:{cfg.port}"
 
 
 def run_ray_server(cfg: ServeConfig, opts: RayServeOptions, on_ready=None) -> None:
-    """:func:`start_ray_server`, then block until Ctrl-C / SIGTERM. On the way out a local Ray instance is
-    shut down; on a cluster the application is deleted (without waiting: the cluster finishes it)."""
+    """:func:`start_ray_server`, then block until Ctrl-C / SIGTERM (exit 0). On the way out (also from a
+    signal while the replicas start) a local Ray instance is shut down; on a cluster the application is deleted
+    (without waiting: the cluster finishes it)."""
     import ray
 
     def _term(*_):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _term)
-    url, local = start_ray_server(cfg, opts)
-    if on_ready is not None:
-        on_ready(url)
+    local = start_ray_for(cfg, opts)
+    signal.signal(signal.SIGTERM, _term)  # after ray.init, whose own handler aborts the process
     try:
+        url = deploy(cfg, opts)
+        if on_ready is not None:
+            on_ready(url)
         threading.Event().wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a normal end of a server (as under uvicorn)
+        pass
     finally:
         if local:
             ray.shutdown()

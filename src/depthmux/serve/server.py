@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from depthmux.errors import DepthmuxError, require
+from depthmux.serve.early_exit import AsyncEarlyExitLLM, early_exit_policy
 from depthmux.serve.handlers import ServedClassifier, Serving
 from depthmux.serve.http import DEFAULT_MAX_BODY_BYTES, build_app
 from depthmux.utils.checks import check_device, check_float, check_int
@@ -38,6 +39,9 @@ class ServeConfig:
             its group of N to fill.
         max_num_seqs: generation requests the engine runs at once.
         engine_kwargs: further keyword arguments of ``AsyncLLM`` (e.g. ``kv_budget_bytes``).
+        exit_threshold: an early-exit ``model`` decodes with FREE's exit at this threshold in [0, 1].
+        speculative: ... or self-speculatively with this many draft tokens K >= 1 (the output is deep
+            greedy's); neither: an early-exit model is served as its deep model.
         max_body_bytes: larger request bodies get 413.
         device: where the models run.
     """
@@ -52,6 +56,8 @@ class ServeConfig:
     max_wait_ms: float = 10.0
     max_num_seqs: int = 64
     engine_kwargs: dict = field(default_factory=dict)
+    exit_threshold: float | None = None
+    speculative: int | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     allow_remote: bool = False
     device: str = "cpu"
@@ -76,6 +82,7 @@ class ServeConfig:
         for name, folder in self.classifiers.items():
             require(name.strip() and name == name.strip(), f"--classifier name {name!r} must be a non-blank word")
             require(Path(folder).is_dir(), f"--classifier {name}={folder}: no such folder")
+        early_exit_policy(self.model, self.exit_threshold, self.speculative)
         names = [*self.classifiers, self.served_model_name] if self.model is not None else list(self.classifiers)
         require(len(set(names)) == len(names), f"model names repeat: {names}")
         return self
@@ -123,7 +130,12 @@ def build_serving(cfg: ServeConfig) -> Serving:
     if cfg.model is not None:
         from depthmux.engine import AsyncLLM
 
-        llm = AsyncLLM.from_pretrained(cfg.model, device=cfg.device, max_num_seqs=cfg.max_num_seqs, **cfg.engine_kwargs)
+        policy = early_exit_policy(cfg.model, cfg.exit_threshold, cfg.speculative)
+        kwargs = {"device": cfg.device, "max_num_seqs": cfg.max_num_seqs, **cfg.engine_kwargs}
+        if policy is None:
+            llm = AsyncLLM.from_pretrained(cfg.model, **kwargs)
+        else:
+            llm = AsyncEarlyExitLLM.from_pretrained(cfg.model, policy=policy, **kwargs)
     return Serving(
         llm,
         cfg.served_model_name,
