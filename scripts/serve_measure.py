@@ -812,6 +812,9 @@ def main(argv=None) -> int:
             t = time.monotonic()
             {"classify": classify, "maxwait": maxwait, "generate": generate, "overload": overload}[phase](run, res)
             res.setdefault("phase_seconds", {})[phase] = time.monotonic() - t
+    except KeyboardInterrupt:
+        res["interrupted"] = True
+        print("interrupted: stopping the servers", file=sys.stderr, flush=True)
     finally:
         run.stop_all()
         res["commands"] = run.commands
@@ -824,7 +827,7 @@ def main(argv=None) -> int:
             text = f"(no tables: a phase did not finish: {e!r})\n\n```\n" + "\n".join(run.commands) + "\n```\n"
         (run.out / "serve_measure.md").write_text(text)
         print(f"wrote {run.out / 'serve_measure.json'} and serve_measure.md ({res['seconds']:.0f} s)", flush=True)
-    return 0
+    return 130 if res.get("interrupted") else 0
 
 
 if __name__ == "__main__":
