@@ -13,10 +13,11 @@ Phases (``--phases``, any subset, in this order):
 * ``classify``: offline ``mux bench`` speed of each ``--mux`` checkpoint against its teacher path
   (:func:`depthmux.recipes.mux.benchmark_checkpoint`, in this process, one torch thread, pinned to core 0),
   then one ``depthmux serve --threads 1`` with the teacher and every ``--mux`` checkpoint (pinned to core 0
-  with ``taskset -c 0``; each ``serve bench`` client on core 1), single-input requests of the task's dev
-  texts, interleaved rounds (teacher, N = 2, N = 4, teacher, ...): inputs/s at concurrency 64 and p50/p95
-  latency at concurrency 1 and 64. Served speedup = mean inputs/s / the served teacher's; reported as a
-  fraction of the offline speedup (target >= 0.85).
+  with ``taskset -c 0``; each ``serve bench`` client on core 1), single-input requests of the same dev
+  texts the offline bench times (the first ``--offline-samples``, in turn), interleaved rounds (teacher,
+  N = 2, N = 4, teacher, ...): inputs/s at concurrency 64 and p50/p95 latency at concurrency 1 and 64.
+  Served speedup = mean inputs/s / the served teacher's; reported as a fraction of the offline speedup
+  (target >= 0.85).
 * ``maxwait``: the last ``--mux`` checkpoint alone at concurrency 64 for each ``--max-wait-ms`` value (one
   server each): throughput and p95 latency against max-wait (``serve_maxwait.png``).
 * ``generate``: ``lm bench-decode``'s workload (``--gen-workload``, default its ``--quick`` version) through
@@ -92,6 +93,10 @@ class Run:
     def stop_all(self) -> None:
         for s in list(self.servers):
             s.stop()
+
+
+class OutOfTime(Exception):
+    """--max-minutes ran out inside a phase: the rest of it is skipped."""
 
 
 def free_port() -> int:
@@ -170,6 +175,8 @@ class Server:
 
 def bench(run: Run, url: str, model: str, *opts: str, duration: float | None = None) -> dict:
     """One ``depthmux serve bench`` client (pinned to the client core); its JSON report."""
+    if run.time_left() <= 0:
+        raise OutOfTime
     duration = duration if duration is not None else run.args.bench_duration
     fd, path = tempfile.mkstemp(suffix=".json", dir=run.logs)
     os.close(fd)
@@ -226,7 +233,7 @@ def inputs_file(run: Run) -> Path:
 
     path = run.logs / "inputs.txt"
     if not path.exists():
-        texts = load_task(run.args.task, "dev", run.args.data_dir).texts
+        texts = load_task(run.args.task, "dev", run.args.data_dir).texts[: run.args.offline_samples]
         lines = [" ".join(t.split()) if isinstance(t, str) else " ".join(" ".join(x.split()) for x in t) for t in texts]
         path.write_text("\n".join(ln for ln in lines if ln) + "\n")
     return path
@@ -810,7 +817,12 @@ def main(argv=None) -> int:
                 res["skipped"][phase] = "--max-minutes reached"
                 continue
             t = time.monotonic()
-            {"classify": classify, "maxwait": maxwait, "generate": generate, "overload": overload}[phase](run, res)
+            try:
+                {"classify": classify, "maxwait": maxwait, "generate": generate, "overload": overload}[phase](run, res)
+            except OutOfTime:
+                res["skipped"][phase] = "--max-minutes reached inside the phase (its partial results are dropped)"
+                res.pop(phase, None)
+                continue
             res.setdefault("phase_seconds", {})[phase] = time.monotonic() - t
     except KeyboardInterrupt:
         res["interrupted"] = True
