@@ -1,10 +1,10 @@
 """Issue 17's serving measurements ("What it must show" 2, 3, 4) as one bounded driver: one JSON, markdown
 tables and a PNG.
 
-    # the real run (a quiet machine with >= 2 cores; about 10-15 minutes)
+    # the real run (a quiet machine with >= 2 cores; estimated 12-18 minutes, not yet run)
     python scripts/serve_measure.py --teacher runs/sst2/teacher --mux runs/sst2/n2-l0-reversible/best \\
         --mux runs/sst2/n4-l0-reversible/best --task sst2 --data-dir ../shared/data/glue --lm smollm2 \\
-        --out runs/serve_measure
+        --max-minutes 22 --out runs/serve_measure
     # the tiny-model check of the driver itself (tests/test_serve_measure.py)
     python scripts/serve_measure.py --quick --teacher T --mux N2 --task tweets --lm TINY_LLAMA --out DIR
 
@@ -424,7 +424,7 @@ def plot_maxwait(run: Run, points: list[dict]) -> None:
     ax2 = ax.twinx()
     ax2.plot(w, [p["p95_s"] for p in points], "s--", color="tab:red")
     ax2.set_ylabel("p95 latency (s)", color="tab:red")
-    ax.set_title(f"served N = {run.args.mux[-1].rstrip('/').split('/')[-2:]}: throughput and p95 vs max-wait")
+    ax.set_title(f"{'/'.join(Path(run.args.mux[-1]).parts[-2:])}: c = 64, throughput and p95 vs max-wait", fontsize=9)
     fig.tight_layout()
     fig.savefig(run.out / "serve_maxwait.png", dpi=100)
     plt.close(fig)
