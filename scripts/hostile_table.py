@@ -1819,6 +1819,7 @@ def _abort_mid(ctx):
 SV = ["serve", "--model", "{tiny_llama}", "--port", "0"]
 SB = ["serve", "bench", "--url", "http://127.0.0.1:9", "--model", "m", "--num-requests", "2", "--duration", "5"]
 MP = ["mux", "predict", "{ck3}", "--input", "{dev3}", "--out", "{tmp}/scored.csv"]
+HB = ["serve", "hf-baseline", "--model", "{tiny_llama}", "--port", "65531"]
 
 
 def serve_predict_cases() -> list[Case]:
@@ -1900,6 +1901,30 @@ def serve_predict_cases() -> list[Case]:
         },
         timeout=60,
         requires="serve bench",
+    )
+    c += bad_values(
+        "serve-bench-", SB, {"--warmup": ["-1", "x"], "--workload": ["bogus", ""]}, timeout=60, requires="serve bench"
+    )
+    c += [
+        Case(
+            "serve-hf-baseline-ok-usage",
+            ["serve", "hf-baseline", "--help"],
+            "ok",
+            requires="serve hf-baseline",
+            check=stdout_has("--model"),
+        )
+    ]
+    c += bad_values(
+        "serve-hf-baseline-",
+        HB,
+        {
+            "--model": ["{missing}", "{emptydir}", "{tiny_bert}", ""],
+            "--host": ["0.0.0.0", ""],
+            "--port": ["-1", "70000", "x"],
+            "--threads": ["0"],
+        },
+        timeout=60,
+        requires="serve hf-baseline",
     )
     c += [
         Case(

@@ -155,6 +155,22 @@ def bench(
     inputs_per_request: Annotated[int, typer.Option(help="Classification inputs per request.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the arrival times.")] = 0,
     timeout: Annotated[float, typer.Option(help="Seconds before one request counts as failed.")] = 120.0,
+    warmup: Annotated[
+        int, typer.Option(help="Requests sent first, one at a time, and left out of the statistics.")
+    ] = 3,
+    workload: Annotated[
+        str | None,
+        typer.Option(
+            help="decode | decode-quick: `lm bench-decode`'s seeded workload (/ --quick) as token-id prompts, "
+            "max_tokens = its output lengths, ignore_eos, greedy (--endpoint completions)."
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str, typer.Option(help="--workload: the model ('smollm2' or a folder) whose tokenizer makes the prompts.")
+    ] = "smollm2",
+    stream: Annotated[
+        bool, typer.Option(help="Stream generation requests (TTFT, TPOT, ITL); --no-stream: plain requests.")
+    ] = True,
     out: Annotated[
         Path | None, typer.Option(help="Write the JSON report here too (a file; checked before the run).")
     ] = None,
@@ -180,9 +196,42 @@ def bench(
         inputs_per_request=inputs_per_request,
         seed=seed,
         timeout_s=timeout,
+        warmup=warmup,
+        workload=workload,
+        tokenizer=tokenizer,
+        stream=stream,
     )
     report = run_bench(cfg)
     text = json.dumps(report, indent=2)
     if out is not None:
         out.write_text(text + "\n")
     print(text)
+
+
+@app.command("hf-baseline")
+def hf_baseline(
+    model: Annotated[str, typer.Option(help="'smollm2' (packaged) or a LLaMA-family folder.")],
+    model_name: Annotated[str | None, typer.Option(help="Name clients use for --model (default: its name).")] = None,
+    host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8001,
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads, 1 to 4x the cores (at most 1024); default: torch's choice.")
+    ] = None,
+) -> None:
+    """The baseline a user would otherwise write: transformers generate once per request, one request at a
+    time, behind the same HTTP stack (POST /v1/completions, greedy, no streaming; /health, /v1/models)."""
+    from depthmux.serve.hf_baseline import run_hf_baseline
+    from depthmux.utils.checks import check_threads
+
+    check_threads("--threads", threads)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    def ready(baseline) -> None:
+        print(
+            f"hf-baseline serving {baseline.name} on http://{host}:{port} (Ctrl-C stops)", file=sys.stderr, flush=True
+        )
+
+    run_hf_baseline(model, host, port, model_name, on_ready=ready)

@@ -6,7 +6,15 @@ It stops by itself: after ``num_requests`` requests or ``duration_s`` seconds of
 first, and each request gives up after ``timeout_s``. Generation requests stream (with
 ``include_usage``): TTFT = time to the first chunk with text, ITL = gaps between chunks with text,
 TPOT = (latency - TTFT) / (output tokens - 1), e2e = the whole request. Classification: latency per
-request and inputs/s. Every failure is counted by HTTP status ("timeout", "connection" otherwise).
+request and inputs/s. Every failure is counted by HTTP status ("timeout", "connection" otherwise), with the
+latency of the failed requests by status (how fast a 503 comes back under overload).
+
+``warmup`` requests are sent first, one at a time, and left out of every statistic (a cold server's
+first requests pay for lazy initialisation). ``workload="decode"`` / ``"decode-quick"`` sends the
+seeded workload of ``depthmux lm bench-decode`` (/ ``--quick``), built by
+:func:`depthmux.recipes.decode_bench.make_workload` with ``tokenizer``'s tokenizer: token-id prompts,
+``max_tokens`` = each request's output length, ``ignore_eos``, greedy; request i is workload[i mod size].
+``stream=False`` sends plain requests (tokens from ``usage``; no TTFT).
 """
 
 from __future__ import annotations
@@ -44,7 +52,12 @@ class BenchConfig:
     inputs_per_request: int = 1
     seed: int = 0
     timeout_s: float = 120.0
+    warmup: int = 3
+    workload: str | None = None  # "decode" | "decode-quick": bench-decode's seeded workload (completions)
+    tokenizer: str = "smollm2"  # whose tokenizer makes the workload's prompts ("smollm2" or a model folder)
+    stream: bool = True
     inputs: list[str] = field(default_factory=list, repr=False)  # filled by validate()
+    requests: list[tuple[list[int], int]] = field(default_factory=list, repr=False)  # (prompt ids, max_tokens)
 
     def validate(self) -> BenchConfig:
         parsed = urlparse(self.url)
@@ -59,6 +72,12 @@ class BenchConfig:
         check_int("--inputs-per-request", self.inputs_per_request, 1)
         check_seed("--seed", self.seed)
         check_float("--timeout", self.timeout_s, 0.0, low_open=True)
+        check_int("--warmup", self.warmup, 0)
+        if self.workload is not None:
+            require(self.workload in WORKLOADS, f"--workload must be one of {list(WORKLOADS)}, got {self.workload!r}")
+            require(self.endpoint == "completions", "--workload is a generation workload: --endpoint completions")
+            require(self.inputs_file is None, "--workload and --inputs-file exclude each other")
+            self.requests = decode_workload(self.workload, self.tokenizer)
         if self.inputs_file is not None:
             path = Path(self.inputs_file)
             require(path.is_file(), f"--inputs-file not found: {path}")
@@ -77,6 +96,22 @@ class BenchConfig:
             require(self.prompt.strip() != "", "--prompt must not be blank")
             self.inputs = [self.prompt]
         return self
+
+
+WORKLOADS = ("decode", "decode-quick")
+
+
+def decode_workload(name: str, tokenizer: str, seed: int = 0) -> list[tuple[list[int], int]]:
+    """``[(prompt ids, output length), ...]``: ``lm bench-decode``'s workload (``"decode-quick"``: its
+    ``--quick`` version) with the tokenizer of ``tokenizer`` ("smollm2" or a model folder)."""
+    from depthmux.lm import load_saved_tokenizer, pretrained_model_dir
+    from depthmux.recipes.decode_bench import DecodeBenchSpec, make_workload, quick_spec
+
+    spec = DecodeBenchSpec(seed=seed)
+    if name == "decode-quick":
+        spec = quick_spec(spec)
+    tok = load_saved_tokenizer(pretrained_model_dir(tokenizer))
+    return [(r.prompt, r.max_new_tokens) for r in make_workload(spec.validate(), tok, len(tok) if tok else 32000)]
 
 
 def summary(values: list[float]) -> dict | None:
@@ -105,7 +140,11 @@ class _Result:
 async def _one(client, cfg: BenchConfig, i: int) -> _Result:
     path = ENDPOINTS[cfg.endpoint]
     text = cfg.inputs[i % len(cfg.inputs)]
-    if cfg.endpoint == "classify":
+    max_tokens = cfg.max_tokens
+    if cfg.requests:
+        ids, max_tokens = cfg.requests[i % len(cfg.requests)]
+        body = {"model": cfg.model, "prompt": ids, "ignore_eos": True}
+    elif cfg.endpoint == "classify":
         k = cfg.inputs_per_request
         body = {"model": cfg.model, "input": [cfg.inputs[(i * k + j) % len(cfg.inputs)] for j in range(k)]}
     elif cfg.endpoint == "chat":
@@ -113,8 +152,9 @@ async def _one(client, cfg: BenchConfig, i: int) -> _Result:
     else:
         body = {"model": cfg.model, "prompt": text}
     if cfg.endpoint != "classify":
-        body |= {"max_tokens": cfg.max_tokens, "temperature": 0.0, "stream": True}
-        body["stream_options"] = {"include_usage": True}
+        body |= {"max_tokens": max_tokens, "temperature": 0.0}
+        if cfg.stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     try:
         async with asyncio.timeout(cfg.timeout_s):
@@ -123,6 +163,12 @@ async def _one(client, cfg: BenchConfig, i: int) -> _Result:
                 if r.status_code != 200:
                     return _Result(False, str(r.status_code), time.perf_counter() - start)
                 return _Result(True, "200", time.perf_counter() - start, inputs=len(r.json()["data"]))
+            if not cfg.stream:
+                r = await client.post(path, json=body)
+                if r.status_code != 200:
+                    return _Result(False, str(r.status_code), time.perf_counter() - start)
+                tokens = r.json()["usage"]["completion_tokens"]
+                return _Result(True, "200", time.perf_counter() - start, output_tokens=tokens)
             res = _Result(False, "200", 0.0)
             last = None
             async with client.stream("POST", path, json=body) as r:
@@ -154,12 +200,14 @@ async def _one(client, cfg: BenchConfig, i: int) -> _Result:
         return _Result(False, f"connection:{type(e).__name__}", time.perf_counter() - start)
 
 
-async def _drive(cfg: BenchConfig) -> tuple[list[_Result], float]:
+async def _drive(cfg: BenchConfig) -> tuple[list[_Result], float, list[_Result]]:
     import httpx
 
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
     results: list[_Result] = []
     async with httpx.AsyncClient(base_url=cfg.url, timeout=None, limits=limits) as client:
+        # warm-up: one at a time, the last requests of the cycle (the timed run starts at request 0)
+        warm = [await _one(client, cfg, cfg.num_requests + j) for j in range(cfg.warmup)]
         start = time.perf_counter()
         deadline = start + cfg.duration_s
         if cfg.rate is not None:
@@ -182,20 +230,26 @@ async def _drive(cfg: BenchConfig) -> tuple[list[_Result], float]:
                     results.append(await _one(client, cfg, i))
 
             await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
-        return results, time.perf_counter() - start
+        return results, time.perf_counter() - start, warm
 
 
 def run_bench(cfg: BenchConfig) -> dict:
     """Run the load and report (see the module docstring); the report is a plain dict (JSON)."""
     cfg.validate()
-    results, wall = asyncio.run(_drive(cfg))
+    results, wall, warm = asyncio.run(_drive(cfg))
     ok = [r for r in results if r.ok]
+    failed: dict[str, list[float]] = {}
+    for r in results:
+        if not r.ok:
+            failed.setdefault(r.status, []).append(r.latency)
     report = {
-        "config": {k: v for k, v in asdict(cfg).items() if k != "inputs"},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("inputs", "requests")},
         "mode": f"poisson {cfg.rate}/s" if cfg.rate is not None else f"concurrency {cfg.concurrency}",
+        "warmup": {"requests": len(warm), "completed": sum(r.ok for r in warm), "excluded_from_statistics": True},
         "requests": len(results),
         "completed": len(ok),
         "errors_by_status": dict(Counter(r.status for r in results if not r.ok)),
+        "error_latency_s": {status: summary(lat) for status, lat in failed.items()},
         "duration_s": wall,
         "request_throughput": len(ok) / wall if wall > 0 else None,
         "e2e_latency_s": summary([r.latency for r in ok]),
