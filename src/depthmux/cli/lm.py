@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -426,22 +427,36 @@ def _range(text: str | None, name: str) -> tuple[int, int] | None:
     return int(lo), int(hi)
 
 
+# options the two engine benchmarks share (bench-decode, bench-kv): one declaration each
+BenchModel = Annotated[str, typer.Option("--model", help="The vanilla model (smollm2 | a folder).")]
+BenchMorModel = Annotated[str, typer.Option("--mor-model", help="The MoR model (from `lm build-mor`).")]
+BenchRequests = Annotated[int | None, typer.Option("--num-requests", help="Requests (default 128).")]
+BenchPromptLen = Annotated[str | None, typer.Option("--prompt-len", help="Prompt lengths, uniform (default 16-256).")]
+BenchOutputLen = Annotated[str | None, typer.Option("--output-len", help="Output lengths, uniform (default 8-128).")]
+BenchSeed = Annotated[int, typer.Option(help="Workload seed.")]
+BenchJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+BenchOut = Annotated[Path | None, typer.Option("--out", help="Also write the JSON result to this file.")]
+BenchDevice = Annotated[
+    str, typer.Option("--device", help="cpu | cuda | cuda:N (where the models and the engine run).")
+]
+
+
 @app.command("bench-decode")
 def bench_decode(
-    model: str = typer.Option("smollm2", "--model", help="The vanilla model (smollm2 | a folder)."),
-    mor_model: str = typer.Option("runs/smollm2-mor", "--mor-model", help="The MoR model (from `lm build-mor`)."),
+    model: BenchModel = "smollm2",
+    mor_model: BenchMorModel = "runs/smollm2-mor",
     quick: bool = typer.Option(False, "--quick", help="A small version of the workload (16 requests, B = 16)."),
-    num_requests: int | None = typer.Option(None, "--num-requests", help="Requests (default 128)."),
-    prompt_len: str | None = typer.Option(None, "--prompt-len", help="Prompt lengths, uniform (default 16-256)."),
-    output_len: str | None = typer.Option(None, "--output-len", help="Output lengths, uniform (default 8-128)."),
+    num_requests: BenchRequests = None,
+    prompt_len: BenchPromptLen = None,
+    output_len: BenchOutputLen = None,
     batch: int | None = typer.Option(None, "--batch", help="B: static batch size / engine sequences (default 32)."),
     repeats: int | None = typer.Option(None, "--repeats", help="Interleaved repetitions (default 2)."),
     kv_budget_mib: float = typer.Option(256.0, "--kv-budget-mib", help="KV budget for the admission numbers."),
-    seed: int = typer.Option(0, help="Workload seed."),
+    seed: BenchSeed = 0,
     breakdown: bool = typer.Option(False, "--breakdown", help="Add a time breakdown of the engine runs."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    out: Path | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (where the models and the engine run)."),
+    as_json: BenchJson = False,
+    out: BenchOut = None,
+    device: BenchDevice = "cpu",
     progress: opt.ProgressOpt = True,
 ) -> None:
     """Tokens/s and latency of HF static batching, the engine (lockstep) and the engine (depth-wise) for
@@ -500,18 +515,18 @@ def _budgets(text: str) -> tuple[float, ...]:
 
 @app.command("bench-kv")
 def bench_kv(
-    model: str = typer.Option("smollm2", "--model", help="The vanilla model (smollm2 | a folder)."),
-    mor_model: str = typer.Option("runs/smollm2-mor", "--mor-model", help="The MoR model (from `lm build-mor`)."),
+    model: BenchModel = "smollm2",
+    mor_model: BenchMorModel = "runs/smollm2-mor",
     budgets: str = typer.Option("64,128,256", "--kv-budgets-mib", help="KV budgets to run under, MiB."),
     quick: bool = typer.Option(False, "--quick", help="The small bench-decode workload (16 requests, B = 16)."),
-    num_requests: int | None = typer.Option(None, "--num-requests", help="Requests (default 128)."),
-    prompt_len: str | None = typer.Option(None, "--prompt-len", help="Prompt lengths, uniform (default 16-256)."),
-    output_len: str | None = typer.Option(None, "--output-len", help="Output lengths, uniform (default 8-128)."),
+    num_requests: BenchRequests = None,
+    prompt_len: BenchPromptLen = None,
+    output_len: BenchOutputLen = None,
     batch: int | None = typer.Option(None, "--batch", help="B: items per block call (default 32)."),
-    seed: int = typer.Option(0, help="Workload seed."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    out: Path | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
+    seed: BenchSeed = 0,
+    as_json: BenchJson = False,
+    out: BenchOut = None,
+    device: BenchDevice = "cpu",
     progress: opt.ProgressOpt = True,
 ) -> None:
     """Does the KV budget hold? The bench-decode workload under each budget for vanilla, recursion-wise
