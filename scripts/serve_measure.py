@@ -109,7 +109,7 @@ class Server:
     """``depthmux serve [SUB] ARGS --port P --threads 1`` pinned to the server core; waits for /health."""
 
     def __init__(self, run: Run, args: list[str], label: str, sub: tuple[str, ...] = ()) -> None:
-        import httpx
+        from depthmux.serve import wait_until_healthy
 
         self.run, self.port = run, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -120,20 +120,10 @@ class Server:
         self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=run.env)
         run.servers.append(self)
-        deadline = time.monotonic() + run.args.server_start_timeout
-        while True:
-            if self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"{label} exited with {self.proc.returncode}: {self.log_path.read_text()[-1500:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{label} not healthy after {run.args.server_start_timeout} s")
-            time.sleep(0.2)
+        why = wait_until_healthy(self.url, self.proc, run.args.server_start_timeout)
+        if why is not None:
+            self.stop()
+            raise RuntimeError(f"{label} {why}: {self.log_path.read_text()[-1500:]}")
 
     def rss_mib(self) -> float | None:
         try:
@@ -171,6 +161,14 @@ class Server:
             self.log.close()
         if self in self.run.servers:
             self.run.servers.remove(self)
+
+
+def classify_bench(
+    run: Run, url: str, model: str, texts: str, load: tuple[str, str], requests: int, warmup: int, **kw
+) -> dict:
+    """A ``serve bench --endpoint classify`` run: ``load`` = ("--concurrency", C) or ("--rate", R)."""
+    opts = ("--endpoint", "classify", *load, "--num-requests", str(requests), "--inputs-file", texts)
+    return bench(run, url, model, *opts, "--warmup", str(warmup), **kw)
 
 
 def bench(run: Run, url: str, model: str, *opts: str, duration: float | None = None) -> dict:
@@ -291,37 +289,9 @@ def classify(run: Run, res: dict) -> None:
         for rnd in range(a.rounds):
             for name in names:
                 s0, c0 = server.histogram_mean("depthmux:classify_forward_inputs", name)
-                c64 = bench(
-                    run,
-                    server.url,
-                    name,
-                    "--endpoint",
-                    "classify",
-                    "--concurrency",
-                    "64",
-                    "--num-requests",
-                    str(a.c64_requests),
-                    "--inputs-file",
-                    texts,
-                    "--warmup",
-                    str(a.warmup),
-                )
+                c64 = classify_bench(run, server.url, name, texts, ("--concurrency", "64"), a.c64_requests, a.warmup)
                 s1, c1n = server.histogram_mean("depthmux:classify_forward_inputs", name)
-                c1 = bench(
-                    run,
-                    server.url,
-                    name,
-                    "--endpoint",
-                    "classify",
-                    "--concurrency",
-                    "1",
-                    "--num-requests",
-                    str(a.c1_requests),
-                    "--inputs-file",
-                    texts,
-                    "--warmup",
-                    str(a.warmup),
-                )
+                c1 = classify_bench(run, server.url, name, texts, ("--concurrency", "1"), a.c1_requests, a.warmup)
                 rounds[name].append(
                     {
                         "c64_inputs_per_s": c64["inputs_per_s"],
@@ -377,21 +347,7 @@ def maxwait(run: Run, res: dict) -> None:
             f"maxwait-{w:g}",
         )
         try:
-            r = bench(
-                run,
-                server.url,
-                "m",
-                "--endpoint",
-                "classify",
-                "--concurrency",
-                "64",
-                "--num-requests",
-                str(a.c64_requests),
-                "--inputs-file",
-                texts,
-                "--warmup",
-                str(a.warmup),
-            )
+            r = classify_bench(run, server.url, "m", texts, ("--concurrency", "64"), a.c64_requests, a.warmup)
             fs, fc = server.histogram_mean("depthmux:classify_forward_inputs", "m")
         finally:
             server.stop()
@@ -571,21 +527,7 @@ def overload(run: Run, res: dict) -> None:
             name = list(known["offline"])[-1]
             rate, source = known["summary"][name]["c64_inputs_per_s"], f"classify phase, {name} at c = 64"
         else:
-            probe = bench(
-                run,
-                server.url,
-                "m",
-                "--endpoint",
-                "classify",
-                "--concurrency",
-                "32",
-                "--num-requests",
-                str(a.c64_requests),
-                "--inputs-file",
-                texts,
-                "--warmup",
-                str(a.warmup),
-            )
+            probe = classify_bench(run, server.url, "m", texts, ("--concurrency", "32"), a.c64_requests, a.warmup)
             rate, source = probe["inputs_per_s"], "measured here at c = 32 (--max-queued 32)"
         target = 4 * rate
         rss_before = server.rss_mib()
@@ -602,21 +544,9 @@ def overload(run: Run, res: dict) -> None:
         t = threading.Thread(target=sample, daemon=True)
         t.start()
         try:
-            r = bench(
-                run,
-                server.url,
-                "m",
-                "--endpoint",
-                "classify",
-                "--rate",
-                f"{target:.6g}",
-                "--num-requests",
-                str(math.ceil(target * a.overload_seconds) + 1),
-                "--inputs-file",
-                texts,
-                "--warmup",
-                "0",
-                duration=a.overload_seconds,
+            requests = math.ceil(target * a.overload_seconds) + 1
+            r = classify_bench(
+                run, server.url, "m", texts, ("--rate", f"{target:.6g}"), requests, 0, duration=a.overload_seconds
             )
         finally:
             stop.set()

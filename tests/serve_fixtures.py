@@ -52,9 +52,8 @@ class Server:
         import os
         import subprocess
         import sys
-        import time
 
-        import httpx
+        from depthmux.serve import wait_until_healthy
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -62,20 +61,11 @@ class Server:
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
         cmd = [sys.executable, "-m", "depthmux", "serve", "--port", str(self.port), "--threads", "1", *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                self.log.flush()
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {Path(log_path).read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server not healthy after {timeout_s} s: {Path(log_path).read_text()[-2000:]}")
-            time.sleep(0.2)
+        why = wait_until_healthy(self.url, self.proc, timeout_s)
+        if why is not None:
+            self.log.flush()
+            self.stop()
+            raise RuntimeError(f"server {why}: {Path(log_path).read_text()[-2000:]}")
 
     def metric(self, name: str, **labels) -> float:
         """The value of one sample of ``/metrics`` (0.0 when absent)."""

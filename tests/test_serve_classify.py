@@ -77,8 +77,10 @@ def test_concurrent_single_inputs_share_full_groups(server, ckpts):
     fill_sum = server.metric("depthmux:classify_group_fill_sum", model_name="n2") - fill_sum_before
     inputs = server.metric("depthmux:classify_forward_inputs_sum", model_name="n2") - inputs_before
     assert inputs == 8  # every input went through a forward exactly once
-    assert 1 <= forwards < 8  # grouped: one forward per request would be 8
     assert fill_sum == pytest.approx(forwards)  # every forward's groups were full
+    # full groups of N = 2 from single-input requests: each forward joined inputs of several requests, so at
+    # most 8 / 2 forwards (one forward per request, each completed with a dummy, would be 8 at fill 0.5)
+    assert 1 <= forwards <= inputs // 2
     teacher = torch.tensor(asyncio.run(main("teacher")))
     assert torch.allclose(teacher, offline_probs(ckpts["teacher"], TEXTS[:8]), atol=1e-5)
 

@@ -441,6 +441,34 @@ BenchDevice = Annotated[
 ]
 
 
+def _workload(spec, quick: bool, num_requests, prompt_len, output_len, **more):
+    """A bench spec (DecodeBenchSpec or with its fields) with ``--quick`` and the given workload options
+    applied (None: keep the spec's)."""
+    from dataclasses import replace
+
+    from depthmux.recipes.decode_bench import quick_spec
+
+    if quick:
+        spec = quick_spec(spec)
+    given = dict(
+        num_requests=num_requests,
+        prompt_len=_range(prompt_len, "--prompt-len"),
+        output_len=_range(output_len, "--output-len"),
+        **more,
+    )
+    return replace(spec, **{k: v for k, v in given.items() if v is not None})
+
+
+def _emit_json(res: dict, out: Path | None, as_json: bool) -> bool:
+    """Write ``res`` to ``out`` (checked free before the run) and print it with ``--json``; True if printed."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+    return as_json
+
+
 @app.command("bench-decode")
 def bench_decode(
     model: BenchModel = "smollm2",
@@ -461,33 +489,18 @@ def bench_decode(
 ) -> None:
     """Tokens/s and latency of HF static batching, the engine (lockstep) and the engine (depth-wise) for
     the vanilla and the MoR model; compute ceiling, KV bytes per token, sequences admitted per budget."""
-    from dataclasses import replace
-
-    from depthmux.recipes.decode_bench import DecodeBenchSpec, quick_spec, run_decode_bench
+    from depthmux.recipes.decode_bench import DecodeBenchSpec, run_decode_bench
     from depthmux.utils.checks import check_output_file
 
     quiet_transformers()
     spec = DecodeBenchSpec(
         model=model, mor_model=mor_model, kv_budget_mib=kv_budget_mib, seed=seed, breakdown=breakdown, device=device
     )
-    if quick:
-        spec = quick_spec(spec)
-    given = dict(
-        num_requests=num_requests,
-        prompt_len=_range(prompt_len, "--prompt-len"),
-        output_len=_range(output_len, "--output-len"),
-        batch=batch,
-        repeats=repeats,
-    )
-    spec = replace(spec, **{k: v for k, v in given.items() if v is not None}).validate()
+    spec = _workload(spec, quick, num_requests, prompt_len, output_len, batch=batch, repeats=repeats).validate()
     if out is not None:  # every option is checked before the benchmark runs
         check_output_file("--out", out)
     res = run_decode_bench(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo, progress=progress)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2))
-    if as_json:
-        typer.echo(json.dumps(res, indent=2))
+    if _emit_json(res, out, as_json):
         return
     typer.echo(
         f"compute ceiling {res['compute_ceiling']:.3f} (average depth {res['average_depth']:.3f} of "
@@ -531,33 +544,19 @@ def bench_kv(
 ) -> None:
     """Does the KV budget hold? The bench-decode workload under each budget for vanilla, recursion-wise
     and shared KV: tensor bytes allocated, pages held, sequences really running, preemptions."""
-    from dataclasses import replace
-
-    from depthmux.recipes.decode_bench import DecodeBenchSpec, quick_spec
+    from depthmux.recipes.decode_bench import DecodeBenchSpec
     from depthmux.recipes.kv_budget import KVBudgetSpec, run_kv_budget_table
     from depthmux.utils.checks import check_output_file
 
     quiet_transformers()
     bench = DecodeBenchSpec(model=model, mor_model=mor_model, seed=seed, device=device)
-    if quick:
-        bench = quick_spec(bench)
-    given = dict(
-        num_requests=num_requests,
-        prompt_len=_range(prompt_len, "--prompt-len"),
-        output_len=_range(output_len, "--output-len"),
-        batch=batch,
-    )
-    bench = replace(bench, **{k: v for k, v in given.items() if v is not None})
+    bench = _workload(bench, quick, num_requests, prompt_len, output_len, batch=batch)
     spec = KVBudgetSpec(bench, _budgets(budgets)).validate()
     if out is not None:
         check_output_file("--out", out)
     res = run_kv_budget_table(
         spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo, progress=progress
     )
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2))
-    if as_json:
-        typer.echo(json.dumps(res, indent=2))
+    if _emit_json(res, out, as_json):
         return
     typer.echo(f"every allocation within its budget: {res['all_within_budget']}")

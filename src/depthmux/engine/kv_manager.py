@@ -292,9 +292,6 @@ class BlockPool:
                 )
             self._dirty = []
 
-    def metadata_bytes(self) -> int:
-        return 0 if self.pos is None else (self.pos.numel() + self.units.numel()) * 8
-
 
 @dataclass
 class StreamBinding:
@@ -439,10 +436,6 @@ class KVManager:
     def allocated_bytes(self) -> int:
         """K/V tensor bytes allocated (all pools together; at most the budget)."""
         return self.arena.allocated_bytes()
-
-    def metadata_bytes(self) -> int:
-        """Bytes of the page tables and entry positions (outside the budget: 8 bytes per unit and per entry slot)."""
-        return sum(p.metadata_bytes() for p in self.pools.values())
 
     @property
     def reserved_bytes(self) -> int:

@@ -11,10 +11,10 @@ RevMUX classifiers with dynamic grouping, and a load generator.
 * :mod:`depthmux.serve.early_exit`: :class:`AsyncEarlyExitLLM` (an early-exit model, ``--exit-threshold`` /
   ``--speculative``);
 * :mod:`depthmux.serve.metrics`: Prometheus metrics with vLLM's names;
-* :mod:`depthmux.serve.bench`: :class:`BenchConfig`, :func:`run_bench`.
+* :mod:`depthmux.serve.bench`: :class:`BenchConfig`, :func:`run_bench`, :func:`wait_until_healthy`.
 """
 
-from depthmux.serve.bench import BenchConfig, run_bench
+from depthmux.serve.bench import BenchConfig, run_bench, wait_until_healthy
 from depthmux.serve.errors import APIError
 from depthmux.serve.grouping import DynamicGrouper
 from depthmux.serve.handlers import ServedClassifier, Serving
@@ -40,4 +40,5 @@ __all__ = [
     "parse_classifiers",
     "run_bench",
     "run_server",
+    "wait_until_healthy",
 ]

@@ -233,6 +233,25 @@ async def _drive(cfg: BenchConfig) -> tuple[list[_Result], float, list[_Result]]
         return results, time.perf_counter() - start, warm
 
 
+def wait_until_healthy(url: str, proc, timeout_s: float) -> str | None:
+    """Poll ``GET url/health`` of a server started as ``proc`` (a ``subprocess.Popen``) until it answers
+    200. Returns None once healthy, else why not: the process exited, or no 200 within ``timeout_s``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            return f"exited with {proc.returncode}"
+        try:
+            if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                return None
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            return f"not healthy after {timeout_s:g} s"
+        time.sleep(0.2)
+
+
 def run_bench(cfg: BenchConfig) -> dict:
     """Run the load and report (see the module docstring); the report is a plain dict (JSON)."""
     cfg.validate()
