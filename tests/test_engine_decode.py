@@ -260,3 +260,19 @@ def test_stream_yields_every_token_once(tiny_recursive_factory):
         seen.setdefault(out.request_id, []).extend(out.new_token_ids)
     ref = LLM(model).generate(ps, params)
     assert sorted(seen.values()) == sorted(o.token_ids for o in ref)
+
+
+def test_outputs_carry_the_engines_admission_time(tiny_recursive_factory):
+    """``scheduled_time`` is when the scheduler first admitted a request: with one running sequence the
+    second request waits for the first to finish, and the queue time is arrival -> admission."""
+    model = make(tiny_recursive_factory, "expert")
+    llm = LLM(model, max_num_seqs=1)
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    a, b = (llm.add_request(p, params) for p in prompts(n=2))
+    while llm.has_unfinished_requests():
+        llm.step()
+    oa, ob = llm.output(a), llm.output(b)
+    for o in (oa, ob):
+        assert o.arrival_time <= o.scheduled_time <= o.first_token_time <= o.finish_time
+    assert ob.scheduled_time >= oa.finish_time  # it queued behind the only running sequence
+    assert ob.scheduled_time - ob.arrival_time > oa.scheduled_time - oa.arrival_time

@@ -112,9 +112,10 @@ class EngineCore:
             result = self.runner.execute(decision)
             before = {r.request_id: len(r.output_token_ids) for r in self.scheduler.running}
             for req in self.scheduler.update(decision, result):  # several tokens: accepted speculative drafts
-                outputs[req.request_id] = CoreOutput(req.request_id, req.output_token_ids[before[req.request_id] :])
+                new = req.output_token_ids[before[req.request_id] :]
+                outputs[req.request_id] = CoreOutput(req.request_id, new, scheduled_time=req.scheduled_time)
         for req in self.scheduler.take_finished():
-            out = outputs.setdefault(req.request_id, CoreOutput(req.request_id, []))
+            out = outputs.setdefault(req.request_id, CoreOutput(req.request_id, [], scheduled_time=req.scheduled_time))
             out.finished, out.finish_reason = True, req.finish_reason
         return list(outputs.values())
 

@@ -44,8 +44,9 @@ class RequestOutput:
         finish_reason: "stop" (stop token or stop string), "length", "abort", "kv_budget" (the budget
             cannot hold the request alone, rare) or None.
         new_text: the text added to ``text`` by this output (None without a tokenizer).
-        arrival_time, first_token_time, finish_time: ``time.monotonic()`` when the request was added,
-            its first token came out and it finished (None until then).
+        arrival_time, first_token_time, finish_time, scheduled_time: ``time.monotonic()`` when the request
+            was added, its first token came out, it finished and the scheduler first admitted it (None
+            until then). ``scheduled_time - arrival_time`` is its queue time.
     """
 
     request_id: str
@@ -60,6 +61,7 @@ class RequestOutput:
     arrival_time: float = 0.0
     first_token_time: float | None = None
     finish_time: float | None = None
+    scheduled_time: float | None = None
 
 
 @dataclass
@@ -70,6 +72,7 @@ class CoreOutput:
     new_token_ids: list[int]
     finished: bool = False
     finish_reason: str | None = None
+    scheduled_time: float | None = None  # when the scheduler first admitted it (``time.monotonic()``)
 
 
 def prompt_token_ids(prompt, tokenizer) -> tuple[str | None, list[int]]:
@@ -108,6 +111,7 @@ class _State:
     prefix_offset: int = 0
     read_offset: int = 0
     first_token_time: float | None = None
+    scheduled_time: float | None = None
 
 
 class OutputProcessor:
@@ -187,6 +191,8 @@ class OutputProcessor:
             finished, reason = co.finished, co.finish_reason
             if co.new_token_ids and st.first_token_time is None:
                 st.first_token_time = now
+            if st.scheduled_time is None:
+                st.scheduled_time = co.scheduled_time
             new_ids = list(co.new_token_ids)
             if self.tokenizer is not None:
                 cut = False
@@ -231,6 +237,7 @@ class OutputProcessor:
             arrival_time=st.arrival_time,
             first_token_time=st.first_token_time,
             finish_time=now if finished else None,
+            scheduled_time=st.scheduled_time,
         )
 
     def current(self, request_id: str) -> RequestOutput | None:
@@ -254,4 +261,5 @@ class OutputProcessor:
             st.arrival_time,
             st.first_token_time,
             None,
+            st.scheduled_time,
         )

@@ -39,6 +39,7 @@ Length: requests, admission, the step plan and the result bookkeeping are one st
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -67,6 +68,7 @@ class Request:
         in_flight: depth-wise policy, the id of its work item in the model (None when none).
         finish_reason: "stop", "length", "abort" or "kv_budget" once finished.
         num_preemptions: times its KV was taken back and recomputed.
+        scheduled_time: ``time.monotonic()`` when it was first admitted (None while it waits).
     """
 
     request_id: str
@@ -81,6 +83,7 @@ class Request:
     in_flight: int | None = None
     finish_reason: str | None = None
     num_preemptions: int = 0
+    scheduled_time: float | None = None
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -412,6 +415,8 @@ class Scheduler:
             self.waiting.popleft()
             self.kv.reserve(req.request_id, req.reserve_tokens)
             req.state = RUNNING
+            if req.scheduled_time is None:
+                req.scheduled_time = time.monotonic()
             self.running.append(req)
         self.max_running = max(self.max_running, len(self.running))
         preempted = []

@@ -303,16 +303,18 @@ class Serving:
         """Drive one engine request, keep ``choice`` current, put it on ``queue`` after each output."""
         name = self.model_name
         start = last = time.monotonic()
-        first = None
+        first = queued = None
         hold = max((len(s) for s in choice.stops), default=1) - 1
         gen = self.llm.generate(choice.ids, choice.params, request_id=f"{uuid.uuid4().hex}-{choice.index}")
         try:
             async for out in _engine_errors(gen, self.llm):
                 now = time.monotonic()
+                if queued is None and out.scheduled_time is not None:  # the engine's admission time
+                    queued = out.scheduled_time - out.arrival_time
+                    self.metrics.queue_time.labels(name).observe(max(0.0, queued))
                 if first is None and out.token_ids:
                     first = now
                     self.metrics.ttft.labels(name).observe(now - start)
-                    self.metrics.queue_time.labels(name).observe(now - start)  # no admission time: see its help
                 elif out.new_token_ids:
                     self.metrics.itl.labels(name).observe(now - last)
                 last = now

@@ -77,9 +77,8 @@ class ServerMetrics:
         self.ttft = histogram("time_to_first_token_seconds", "Time to first token.")
         self.queue_time = histogram(
             "request_queue_time_seconds",
-            "Time a generation request waited from its arrival at the server until its first token. The engine "
-            "does not report when it admits a request, so this is an upper bound on vLLM's queue time: it "
-            "includes the prefill (here it equals the time to first token of each request).",
+            "Time a generation request waited in the engine's queue: from its arrival at the engine until the "
+            "scheduler first admitted it (as vLLM's queue time).",
         )
         self.itl = histogram("inter_token_latency_seconds", "Gap between tokens.")
         self.tpot = histogram("request_time_per_output_token_seconds", "(latency - TTFT) / (output tokens - 1).")
