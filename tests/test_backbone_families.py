@@ -184,3 +184,14 @@ def test_every_supported_family_is_tested():
     supported = {t for t, f in BACKBONE_FAMILIES.items() if f.backbone_class is not None}
     same_code = {"xlm-roberta": "roberta", "camembert": "roberta", "mistral": "llama", "qwen3": "llama", "mt5": "t5"}
     assert {same_code.get(t, t) for t in supported} == set(ALL_FAMILIES)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_token_counts_equal_what_tokenize_counts(tokenizer, family):
+    """The server's cheap count (the Rust encoder) = the real batch's lengths, also right after a padded
+    call left padding state in the tokenizer, and with a prompt template."""
+    for prompt in (None, "Review: {text}\nSentiment:"):
+        backbone = tiny_backbone_of(family, tokenizer, prompt=prompt)
+        expected = backbone.tokenize(TEXTS).attention_mask.sum(-1).tolist()
+        assert backbone.token_counts(TEXTS) == expected
+        assert backbone.token_counts(TEXTS[:1]) == expected[:1]  # alone: no padding to the batch's longest

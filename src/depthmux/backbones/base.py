@@ -150,6 +150,19 @@ class FrozenBackbone(nn.Module, ABC):
             )
         return enc.to(self.device)
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each (formatted) text with the special tokens, as :meth:`tokenize` would count them,
+        without padding or tensors: the fast tokenizer's Rust encoder when there is one (a fraction of the
+        Python call's cost; a server counts every request). Not thread-safe (the tokenizer's padding
+        state): callers that share the tokenizer across threads hold their lock."""
+        formatted = self.format_texts(texts)
+        backend = getattr(self.tokenizer, "backend_tokenizer", None) if self.tokenizer.is_fast else None
+        if backend is None:
+            return [len(x) for x in self.tokenizer(formatted)["input_ids"]]
+        backend.no_padding()
+        backend.no_truncation()
+        return [len(e.ids) for e in backend.encode_batch(formatted, add_special_tokens=True)]
+
     def _tokenize(self, texts: list) -> EncodedBatch:
         """Formatted texts -> right-padded batch. Pairs go to the tokenizer as pairs (segment ids)."""
         if isinstance(texts[0], tuple):

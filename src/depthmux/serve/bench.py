@@ -157,41 +157,36 @@ async def _one(client, cfg: BenchConfig, i: int) -> _Result:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     try:
-        async with asyncio.timeout(cfg.timeout_s):
+        async with asyncio.timeout(cfg.timeout_s), client.post(path, json=body) as r:
+            if r.status != 200:
+                await r.read()
+                return _Result(False, str(r.status), time.perf_counter() - start)
             if cfg.endpoint == "classify":
-                r = await client.post(path, json=body)
-                if r.status_code != 200:
-                    return _Result(False, str(r.status_code), time.perf_counter() - start)
-                return _Result(True, "200", time.perf_counter() - start, inputs=len(r.json()["data"]))
+                data = await r.json()
+                return _Result(True, "200", time.perf_counter() - start, inputs=len(data["data"]))
             if not cfg.stream:
-                r = await client.post(path, json=body)
-                if r.status_code != 200:
-                    return _Result(False, str(r.status_code), time.perf_counter() - start)
-                tokens = r.json()["usage"]["completion_tokens"]
+                tokens = (await r.json())["usage"]["completion_tokens"]
                 return _Result(True, "200", time.perf_counter() - start, output_tokens=tokens)
             res = _Result(False, "200", 0.0)
             last = None
-            async with client.stream("POST", path, json=body) as r:
-                if r.status_code != 200:
-                    await r.aread()
-                    return _Result(False, str(r.status_code), time.perf_counter() - start)
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if "error" in chunk:
-                        return _Result(False, "stream_error", time.perf_counter() - start)
-                    if chunk.get("usage"):
-                        res.output_tokens = chunk["usage"]["completion_tokens"]
-                    choices = chunk.get("choices") or []
-                    has_text = any(c.get("text") or (c.get("delta") or {}).get("content") for c in choices)
-                    if has_text:
-                        now = time.perf_counter()
-                        if last is None:
-                            res.ttft = now - start
-                        else:
-                            res.itl.append(now - last)
-                        last = now
+            async for raw in r.content:  # one SSE line at a time
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    return _Result(False, "stream_error", time.perf_counter() - start)
+                if chunk.get("usage"):
+                    res.output_tokens = chunk["usage"]["completion_tokens"]
+                choices = chunk.get("choices") or []
+                has_text = any(c.get("text") or (c.get("delta") or {}).get("content") for c in choices)
+                if has_text:
+                    now = time.perf_counter()
+                    if last is None:
+                        res.ttft = now - start
+                    else:
+                        res.itl.append(now - last)
+                    last = now
             res.ok, res.latency = True, time.perf_counter() - start
             return res
     except TimeoutError:
@@ -201,11 +196,12 @@ async def _one(client, cfg: BenchConfig, i: int) -> _Result:
 
 
 async def _drive(cfg: BenchConfig) -> tuple[list[_Result], float, list[_Result]]:
-    import httpx
+    import aiohttp
 
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
     results: list[_Result] = []
-    async with httpx.AsyncClient(base_url=cfg.url, timeout=None, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(base_url=cfg.url, connector=connector, timeout=timeout) as client:
         # warm-up: one at a time, the last requests of the cycle (the timed run starts at request 0)
         warm = [await _one(client, cfg, cfg.num_requests + j) for j in range(cfg.warmup)]
         start = time.perf_counter()

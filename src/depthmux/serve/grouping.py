@@ -67,6 +67,9 @@ class DynamicGrouper:
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
 
+    def full(self) -> bool:
+        return len(self.queue) >= self.max_queued
+
     async def submit(self, texts: list[str]) -> list:
         """Queue ``texts`` and wait for their results (in order)."""
         if len(self.queue) + len(texts) > self.max_queued:

@@ -62,8 +62,7 @@ class ServedClassifier:
         """Tokens per text; a text over the backbone's limit is a 400 naming it."""
         body = self.model.body
         with self.lock:
-            ids = body.tokenizer(body.format_texts(texts))["input_ids"]
-        counts = [len(x) for x in ids]
+            counts = body.token_counts(texts)
         for i, c in enumerate(counts):
             if c > body.max_length:
                 raise bad_request(f"input {i} has {c} tokens, over the model's limit of {body.max_length}", "input")
@@ -196,6 +195,12 @@ class Serving:
             await self.llm.shutdown()
 
     # -- classification -----------------------------------------------------------------------
+    def refuse_classify_if_full(self) -> None:
+        """503 when every classifier's queue is full (any classify request would get it): callers answer
+        before reading the body."""
+        if self.groupers and all(g.full() for g in self.groupers.values()):
+            raise overloaded("every classification queue")
+
     async def classify(self, raw: bytes) -> dict:
         req = parse(ClassifyRequest, raw)
         served = self.classifiers.get(req.model)
