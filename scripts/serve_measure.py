@@ -27,9 +27,10 @@ Phases (``--phases``, any subset, in this order):
   of the sustained request rate); the same workload through ``depthmux serve hf-baseline`` (transformers
   ``generate`` per request, one at a time, same HTTP stack).
 * ``overload``: the last classifier with ``--max-queued 32`` under Poisson arrivals at 4x its sustainable
-  rate (its served c = 64 inputs/s from ``classify``, else measured at c = 32 first): 503 latency p99
-  (target < 0.1 s), every admitted request finished, the server's RSS sampled from /proc during the load,
-  ``/health`` and a normal request afterwards.
+  rate (its served c = 64 inputs/s from ``classify``, else measured at c = 32 first), then (with ``--lm``)
+  ``serve --model LM --max-queued 32`` under the generation workload at 4x its sustained streamed request
+  rate (from ``generate``, else measured first): 503 latency p99 (target < 0.1 s), every admitted request
+  finished, the server's RSS sampled from /proc during the load, ``/health`` and a normal request afterwards.
 
 Every server listens on 127.0.0.1 on a free port and is stopped at the end, on an error or on Ctrl-C; every
 client run is bounded by a request count, a duration and a timeout; ``--max-minutes`` bounds the whole run
@@ -515,56 +516,87 @@ def _gen(r: dict) -> dict:
 
 
 def overload(run: Run, res: dict) -> None:
+    """Classification (the last classifier) and, with ``--lm``, completions (bench-decode's workload)."""
+    a = run.args
+    res["overload"] = {}
+    ckpt = a.mux[-1] if a.mux else a.teacher
+    if ckpt:
+        texts = str(inputs_file(run))
+        args = ["--classifier", f"m={ckpt}", "--max-batch", "64", "--max-queued", "32"]
+        server = Server(run, args, "overload-server")
+        try:
+            known = res.get("classify", {})
+            if a.mux and "summary" in known:  # the same checkpoint's served c = 64 rate from the classify phase
+                name = list(known["offline"])[-1]
+                rate, source = known["summary"][name]["c64_inputs_per_s"], f"classify phase, {name} at c = 64"
+            else:
+                probe = classify_bench(run, server.url, "m", texts, ("--concurrency", "32"), a.c64_requests, a.warmup)
+                rate, source = probe["inputs_per_s"], "measured here at c = 32 (--max-queued 32)"
+            load = ("--endpoint", "classify", "--inputs-file", texts)
+            normal = ("/v1/classify", {"model": "m", "input": "a normal request"})
+            res["overload"]["classify"] = {"checkpoint": ckpt, **_overload_run(run, server, load, rate, source, normal)}
+        finally:
+            server.stop()
+    if a.lm:
+        from depthmux.recipes.decode_bench import QUICK, DecodeBenchSpec
+
+        batch = QUICK["batch"] if a.gen_workload == "decode-quick" else DecodeBenchSpec().batch
+        args = ["--model", a.lm, "--model-name", "lm", "--max-num-seqs", str(batch), "--max-queued", "32"]
+        server = Server(run, args, "overload-lm-server")
+        load = ("--endpoint", "completions", "--workload", a.gen_workload, "--tokenizer", a.lm)
+        try:
+            known = res.get("generate", {}).get("rates", {})
+            if "sustained_request_rate" in known:
+                rate, source = known["sustained_request_rate"], f"generate phase, streamed at c = {batch}"
+            else:
+                probe = bench(run, server.url, "lm", *load, "--concurrency", str(batch), "--num-requests", str(batch))
+                rate, source = probe["request_throughput"], f"measured here, streamed at c = {batch}"
+            normal = ("/v1/completions", {"model": "lm", "prompt": "Hello", "max_tokens": 4, "temperature": 0})
+            res["overload"]["completions"] = {"model": a.lm, **_overload_run(run, server, load, rate, source, normal)}
+        finally:
+            server.stop()
+
+
+def _overload_run(run: Run, server: Server, load: tuple[str, ...], rate: float, source: str, normal) -> dict:
+    """Poisson arrivals at 4x ``rate`` for ``--overload-seconds`` against ``server`` (``--max-queued 32``):
+    503s and their latency, whether every admitted request finished, the server's RSS during the load,
+    ``/health`` and one ``normal`` (path, body) request afterwards."""
     import httpx
 
     a = run.args
-    ckpt = a.mux[-1] if a.mux else a.teacher
-    texts = str(inputs_file(run))
-    server = Server(run, ["--classifier", f"m={ckpt}", "--max-batch", "64", "--max-queued", "32"], "overload-server")
+    target = 4 * rate
+    rss_before = server.rss_mib()
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            v = server.rss_mib()
+            if v is not None:
+                samples.append(v)
+            stop.wait(0.25)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
     try:
-        known = res.get("classify", {})
-        if a.mux and "summary" in known:  # the same checkpoint's served c = 64 rate from the classify phase
-            name = list(known["offline"])[-1]
-            rate, source = known["summary"][name]["c64_inputs_per_s"], f"classify phase, {name} at c = 64"
-        else:
-            probe = classify_bench(run, server.url, "m", texts, ("--concurrency", "32"), a.c64_requests, a.warmup)
-            rate, source = probe["inputs_per_s"], "measured here at c = 32 (--max-queued 32)"
-        target = 4 * rate
-        rss_before = server.rss_mib()
-        samples: list[float] = []
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                v = server.rss_mib()
-                if v is not None:
-                    samples.append(v)
-                stop.wait(0.25)
-
-        t = threading.Thread(target=sample, daemon=True)
-        t.start()
-        try:
-            requests = math.ceil(target * a.overload_seconds) + 1
-            r = classify_bench(
-                run, server.url, "m", texts, ("--rate", f"{target:.6g}"), requests, 0, duration=a.overload_seconds
-            )
-        finally:
-            stop.set()
-            t.join()
-        time.sleep(1.0)
-        health = httpx.get(server.url + "/health", timeout=10).status_code
-        t0 = time.perf_counter()
-        after = httpx.post(server.url + "/v1/classify", json={"model": "m", "input": "a normal request"}, timeout=60)
-        after_s = time.perf_counter() - t0
-        rss_after = server.rss_mib()
+        requests = math.ceil(target * a.overload_seconds) + 1
+        opts = (*load, "--rate", f"{target:.6g}", "--num-requests", str(requests), "--warmup", "0")
+        r = bench(run, server.url, "m" if "classify" in load else "lm", *opts, duration=a.overload_seconds)
     finally:
-        server.stop()
+        stop.set()
+        t.join()
+    time.sleep(1.0)
+    health = httpx.get(server.url + "/health", timeout=10).status_code
+    t0 = time.perf_counter()
+    after = httpx.post(server.url + normal[0], json=normal[1], timeout=60)
+    after_s = time.perf_counter() - t0
+    rss_after = server.rss_mib()
     errors = r["errors_by_status"]
     lat503 = (r.get("error_latency_s") or {}).get("503") or {}
     unfinished = sum(v for k, v in errors.items() if k != "503")
-    res["overload"] = {
-        "checkpoint": ckpt,
-        "sustainable_inputs_per_s": rate,
+    print(f"overload {load[1]}: {errors}, 503 p99 {lat503.get('p99')}, RSS max {max(samples or [0])} MiB", flush=True)
+    return {
+        "sustainable_rate": rate,
         "sustainable_source": source,
         "offered_rate": target,
         "max_queued": 32,
@@ -585,7 +617,6 @@ def overload(run: Run, res: dict) -> None:
         "health_after": health,
         "normal_request_after": {"status": after.status_code, "seconds": after_s},
     }
-    print(f"overload: {errors}, 503 p99 {lat503.get('p99')}, RSS {rss_before} -> {max(samples or [0])} MiB", flush=True)
 
 
 # ---------------------------------------------------------------- report
@@ -653,19 +684,19 @@ def markdown(res: dict) -> str:
             )
         lines.append("")
     if "overload" in res:
-        o = res["overload"]
-        lines += [
-            "## Overload (--max-queued 32)",
-            "",
-            f"offered {_f(o['offered_rate'], 1)} requests/s (4x {_f(o['sustainable_inputs_per_s'], 1)}, "
-            f"{o['sustainable_source']}): {o['requests']} requests, {o['completed']} completed, "
-            f"{o['rejected_503']} got 503 (p50 {_f(o['latency_503_s']['p50'], 4)} s, p99 "
-            f"{_f(o['latency_503_s']['p99'], 4)} s), other errors {o['other_errors']}; RSS "
-            f"{_f(o['rss_mib']['before'], 0)} -> max {_f(o['rss_mib']['max_during'], 0)} -> "
-            f"{_f(o['rss_mib']['after'], 0)} MiB; /health after: {o['health_after']}, a normal request after: "
-            f"{o['normal_request_after']['status']} in {_f(o['normal_request_after']['seconds'], 3)} s",
-            "",
-        ]
+        lines += ["## Overload (--max-queued 32, Poisson arrivals at 4x the sustainable rate)", ""]
+        for what, o in res["overload"].items():
+            lines += [
+                f"**{what}**: offered {_f(o['offered_rate'], 2)} requests/s (4x {_f(o['sustainable_rate'], 2)}, "
+                f"{o['sustainable_source']}): {o['requests']} requests, {o['completed']} completed, "
+                f"{o['rejected_503']} got 503 (p50 {_f(o['latency_503_s']['p50'], 4)} s, p99 "
+                f"{_f(o['latency_503_s']['p99'], 4)} s), other errors {o['other_errors']}; admitted p50/p99 "
+                f"{_f(o['admitted_latency_s']['p50'], 3)} / {_f(o['admitted_latency_s']['p99'], 3)} s; RSS "
+                f"{_f(o['rss_mib']['before'], 0)} -> max {_f(o['rss_mib']['max_during'], 0)} -> "
+                f"{_f(o['rss_mib']['after'], 0)} MiB; /health after: {o['health_after']}, a normal request after: "
+                f"{o['normal_request_after']['status']} in {_f(o['normal_request_after']['seconds'], 3)} s",
+                "",
+            ]
     if res.get("skipped"):
         lines += [f"Skipped: {res['skipped']}", ""]
     lines += ["## Commands", "", "```", *res["commands"], "```", ""]

@@ -64,10 +64,12 @@ def test_serve_measure_quick_end_to_end(tmp_path, tokenizer):
     assert all(h["completed"] == 16 for h in g["hf_baseline"])
     assert g["summary"]["server_over_in_process"] > 0 and g["summary"]["hf_baseline_tokens_per_s"] > 0
     assert len(g["rates"]["points"]) == 3 and all(p["ttft_s"]["p50"] > 0 for p in g["rates"]["points"])
-    o = res["overload"]
-    assert o["health_after"] == 200 and o["normal_request_after"]["status"] == 200
-    assert o["rss_mib"]["samples"] > 0 and o["rss_mib"]["max_during"] > 0
-    assert o["requests"] == o["completed"] + o["rejected_503"] + sum(o["other_errors"].values())
+    assert set(res["overload"]) == {"classify", "completions"}
+    for o in res["overload"].values():
+        assert o["health_after"] == 200 and o["normal_request_after"]["status"] == 200
+        assert o["rss_mib"]["samples"] > 0 and o["rss_mib"]["max_during"] > 0
+        assert o["requests"] == o["completed"] + o["rejected_503"] + sum(o["other_errors"].values())
+        assert o["offered_rate"] == pytest.approx(4 * o["sustainable_rate"])
     assert (out / "serve_maxwait.png").stat().st_size > 1000
     md = (out / "serve_measure.md").read_text()
     assert "## Classification" in md and "## Overload" in md and "serve bench" in md
