@@ -1326,6 +1326,7 @@ def ee_cases() -> list[Case]:
             "--block-size": ["0", "1", "100000"],
             "--thresholds": ["1.5", "-0.1", "nan", "x", "", ","],
             "--seed": [U64, "-1"],
+            "--l2": ["-1", "nan", "inf", "x"],
             "--corpus": ["{missing}", "{c_binary_txt}", "{c_empty_txt}"],
         },
     )

@@ -13,6 +13,7 @@ import torch
 from depthmux.cli import main
 from depthmux.data.text import PackedBlocks, load_corpus, train_bpe_tokenizer
 from depthmux.early_exit import (
+    L2_GRID,
     EarlyExitConfig,
     EarlyExitForCausalLM,
     ExitConfidenceHead,
@@ -54,11 +55,26 @@ def synthetic_features(n: int, d: int = 16, seed: int = 0) -> ExitFeatures:
 def test_fit_lowers_the_bce_and_learns_a_linear_rule():
     train, held = synthetic_features(4000), synthetic_features(2000, seed=1)
     head = ExitConfidenceHead(16)
-    losses = fit_exit_head(head, train, steps=200, lr=0.05, token_batch=512)
+    seen = []
+    fit = fit_exit_head(head, train, steps=200, lr=0.05, token_batch=512, on_step=lambda s, _: seen.append(s))
+    losses = fit["losses"]
     assert len(losses) == 200 and sum(losses[-10:]) / 10 < 0.5 * losses[0]
+    assert set(fit["validation_bce"]) == set(L2_GRID) and fit["l2"] in L2_GRID
+    assert seen == list(range(1, 200 * (len(L2_GRID) + 1) + 1))  # every step of every fit is reported
     rep = exit_head_report(head, held, [0.5, 0.9])
     assert rep["accuracy"] > 0.9 and rep["auc_head"] > 0.95 and 0.4 < rep["auc_margin"] < 0.6  # margin: noise here
     assert rep["head"][1]["exit_agreement"] > 0.95
+
+
+def test_the_validation_choice_prefers_a_penalty_when_the_head_would_overfit():
+    """Few positions, many dimensions, labels unrelated to the states: no penalty fits noise, and the
+    validation slice picks the largest penalty; a given ``l2`` skips the choice."""
+    g = torch.Generator().manual_seed(0)
+    feats = ExitFeatures(torch.randn(300, 64, generator=g), torch.rand(300, generator=g) < 0.2, torch.rand(300))
+    fit = fit_exit_head(ExitConfidenceHead(64), feats, steps=150, lr=0.05, token_batch=300)
+    assert fit["l2"] > 0 and fit["validation_bce"][fit["l2"]] < fit["validation_bce"][0.0]
+    fixed = fit_exit_head(ExitConfidenceHead(64), feats, steps=5, l2=0.0)
+    assert fixed["l2"] == 0.0 and fixed["validation_bce"] == {} and len(fixed["losses"]) == 5
 
 
 def test_fit_rejects_features_of_another_width():
@@ -185,7 +201,7 @@ def test_train_head_then_bench_and_generate(tmp_path, ee_dir, corpus, capsys):
     assert res["exit_layer"] == 2 and res["train_positions"] > 0 and held["positions"] > 0
     assert 0.0 <= held["auc_head"] <= 1.0 and 0.0 <= held["accuracy"] <= 1.0
     assert [r["threshold"] for r in held["head"]] == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
-    assert res["train_bce_last20"] < res["train_bce_first"]
+    assert res["train_bce_last20"] < res["train_bce_first"] and res["l2"] in L2_GRID
     assert (out / "exit_head.json").is_file() and (out / "tokenizer.json").is_file()
     model = load_lm(out)
     assert model.has_exit_head and model.config.exit_confidence == "head"
@@ -226,6 +242,7 @@ def test_bench_confidence_head_on_a_margin_model_is_one_line(ee_dir, corpus, cap
         ("--thresholds", "1.5", "exit threshold must be a finite number in"),
         ("--thresholds", "", "--thresholds needs at least one threshold"),
         ("--block-size", "1", "--block-size must be an integer >= 2"),
+        ("--l2", "-1", "--l2 must be a finite number"),
         ("--model", "/nonexistent/model", "model not found"),
         ("--model", "{llama}", "without a shallow exit"),
         ("--corpus", "/nonexistent.txt", "nonexistent"),

@@ -205,6 +205,9 @@ def train_head(
         "0.5,0.6,0.7,0.8,0.9,0.95", help="Thresholds to report exit rate and agreement at (held-out)."
     ),
     seed: int = typer.Option(0, help="Seed of the head's minibatches."),
+    l2: float | None = typer.Option(
+        None, "--l2", help="L2 penalty on the head's standardised weights (default: chosen on a validation slice)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     progress: opt.ProgressOpt = True,
 ) -> None:
@@ -215,7 +218,7 @@ def train_head(
     spec = ExitHeadSpec(
         model=model, out=str(out), corpus=corpus, block_size=block_size, train_blocks=train_blocks,
         eval_blocks=eval_blocks, steps=steps, lr=lr, batch_size=batch_size, token_batch=token_batch, seed=seed,
-        thresholds=_numbers("--thresholds", thresholds, float),
+        thresholds=_numbers("--thresholds", thresholds, float), l2=l2,
     ).validate()  # fmt: skip
     res = run_ee_train_head(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo, progress=progress)
     if as_json:

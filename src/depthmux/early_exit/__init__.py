@@ -21,6 +21,7 @@ from depthmux.early_exit.config import EarlyExitConfig, check_exit_layer
 from depthmux.early_exit.head import EXIT_CONFIDENCES, ExitConfidenceHead, exit_table, roc_auc
 from depthmux.early_exit.head_training import (
     DEFAULT_THRESHOLDS,
+    L2_GRID,
     ExitFeatures,
     collect_exit_features,
     collect_layer_features,
@@ -45,6 +46,7 @@ AutoModelForCausalLM.register(EarlyExitConfig, EarlyExitForCausalLM, exist_ok=Tr
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "EXIT_CONFIDENCES",
+    "L2_GRID",
     "AdaptiveThreshold",
     "EarlyExitCausalLMOutput",
     "EarlyExitConfig",

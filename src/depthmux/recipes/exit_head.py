@@ -22,6 +22,7 @@ from typing import Any
 
 from depthmux.early_exit import (
     DEFAULT_THRESHOLDS,
+    L2_GRID,
     EarlyExitConfig,
     ExitConfidenceHead,
     ExitFeatures,
@@ -81,6 +82,11 @@ class ExitHeadSpec:
     token_batch: int = 4096
     seed: int = 0
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    l2: float | None = None
+
+    def fit_steps(self) -> int:
+        """Adam steps in all (one fit per penalty of the grid, then the final one, when ``l2`` is None)."""
+        return self.steps * (1 if self.l2 is not None else len(L2_GRID) + 1)
 
     def validate(self) -> ExitHeadSpec:
         check_int("--train-blocks", self.train_blocks, 1)
@@ -91,6 +97,7 @@ class ExitHeadSpec:
         check_int("--token-batch", self.token_batch, 1)
         check_int("--block-size", self.block_size, 2, allow_none=True)
         check_seed("--seed", self.seed)
+        check_float("--l2", self.l2, 0.0, allow_none=True)
         _check_thresholds(self.thresholds)
         check_new_folder("--out", self.out)
         return self
@@ -114,7 +121,7 @@ def run_ee_train_head(spec: ExitHeadSpec, log: Callable[[str], object] = print, 
     if held is None:
         raise DepthmuxError("no held-out documents: use a holdout fraction > 0 and at least two documents")
     model = require_early_exit(load_lm(model_dir))
-    bar = progress_bar(len(train) + len(held) + spec.steps, "train-head", "it", progress)
+    bar = progress_bar(len(train) + len(held) + spec.fit_steps(), "train-head", "it", progress)
     say = log_above(bar, log)
     done = {"n": 0}
 
@@ -127,9 +134,10 @@ def run_ee_train_head(spec: ExitHeadSpec, log: Callable[[str], object] = print, 
     held_features = collect_exit_features(model, held, spec.batch_size, on_batch=lambda n: advance(base + n))
     base += len(held)
     head = model.attach_exit_head()
-    losses = fit_exit_head(
-        head, features, spec.steps, spec.lr, spec.token_batch, spec.seed, on_step=lambda s, _: advance(base + s)
+    fit = fit_exit_head(
+        head, features, spec.steps, spec.lr, spec.token_batch, spec.seed, lambda s, _: advance(base + s), spec.l2
     )
+    losses = fit["losses"]
     bar.close()
     report = exit_head_report(head, held_features, spec.thresholds)
     tail = losses[-min(20, len(losses)) :]
@@ -144,11 +152,14 @@ def run_ee_train_head(spec: ExitHeadSpec, log: Callable[[str], object] = print, 
         "train_agreement": float(features.agree.float().mean()),
         "train_bce_first": losses[0],
         "train_bce_last20": sum(tail) / len(tail),
+        "l2": fit["l2"],
+        "validation_bce": {str(k): v for k, v in fit["validation_bce"].items()},
         "held_out": report,
     }
     say(
         f"held-out ({report['positions']} positions, shallow == deep at {report['agreement']:.3f}): head AUC "
-        f"{_fmt(report['auc_head'])} (margin {_fmt(report['auc_margin'])}), accuracy {report['accuracy']:.3f}"
+        f"{_fmt(report['auc_head'])} (margin {_fmt(report['auc_margin'])}), accuracy {report['accuracy']:.3f} "
+        f"(always guessing the commoner label: {report['majority_accuracy']:.3f}); L2 penalty {fit['l2']:g}"
     )
     with atomic_directory(Path(spec.out)) as tmp:
         model.save_pretrained(str(tmp))
@@ -172,7 +183,8 @@ class SweepLayersSpec:
 
     ``model``: ``"smollm2"``, a LLaMA-family folder (converted with ``from_llama``, untrained exit) or an
     early-exit run/model. ``head_steps`` > 0 also fits a confidence head per layer on ``train_blocks``
-    training blocks (``head_steps`` Adam steps) and reports it on the same held-out blocks.
+    training blocks (``head_steps`` Adam steps per fit, the L2 penalty chosen as in ``fit_exit_head``) and
+    reports it on the same held-out blocks.
     """
 
     model: str = "smollm2"
@@ -258,7 +270,7 @@ def run_ee_sweep_layers(
     trained = config.get("model_type") == EarlyExitConfig.model_type
     model = require_early_exit(load_lm(path)) if trained else from_llama(path, exit_layer=layers[0])
     L = model.config.num_hidden_layers
-    total = len(held) + (len(train) + spec.head_steps * len(layers) if spec.head_steps else 0)
+    total = len(held) + (len(train) + spec.head_steps * (len(L2_GRID) + 1) * len(layers) if spec.head_steps else 0)
     bar = progress_bar(total, "sweep-layers", "it", progress)
     say = log_above(bar, log)
     seen = {"n": 0}
@@ -289,7 +301,7 @@ def run_ee_sweep_layers(
         if spec.head_steps:
             head = ExitConfidenceHead(model.config.hidden_size)
             base = seen["n"]
-            fit_exit_head(
+            fit = fit_exit_head(
                 head,
                 train_feats[p],
                 spec.head_steps,
@@ -298,7 +310,8 @@ def run_ee_sweep_layers(
                 on_step=lambda s, _, base=base: advance(base + s),
             )
             rep = exit_head_report(head, f, spec.thresholds)
-            row["head"] = {k: rep[k] for k in ("auc_head", "accuracy", "head")}
+            row["head"] = {k: rep[k] for k in ("auc_head", "accuracy", "majority_accuracy", "head")}
+            row["head"]["l2"] = fit["l2"]
         rows.append(row)
         say(
             f"L_s {p:>3}/{L}: shallow == deep at {row['agreement']:.3f}, shallow NLL {nll[p]:.3f} (deep "
