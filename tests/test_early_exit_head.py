@@ -275,7 +275,7 @@ def test_sweep_layers_measures_every_layer(ee_dir, corpus, capsys):
         assert 0.0 <= r["head"]["accuracy"] <= 1.0
         assert all(r["exit_layer"] / 4 <= c <= 1.0 for c in r["layer_compute"])
     code, stdout, err = run_cli(args, capsys)
-    assert code == 0 and "L_s   2:" in stdout, err
+    assert code == 0 and "L_s   2 margin:" in stdout and "L_s   2 head  :" in stdout, err
 
 
 @pytest.mark.parametrize(

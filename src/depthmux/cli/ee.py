@@ -270,7 +270,9 @@ def sweep_layers(
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
-    typer.echo(f"margin thresholds {', '.join(f'{t:g}' for t in res['thresholds'])}: exit rate / agreement of exits")
+    typer.echo(f"thresholds {', '.join(f'{t:g}' for t in res['thresholds'])}: exit rate / agreement of exits")
     for row in res["layers"]:
-        cells = ", ".join(f"{r['exit_rate']:.2f}/{_opt(r['exit_agreement'])}" for r in row["margin"])
-        typer.echo(f"  L_s {row['exit_layer']:>3}: {cells}")
+        for kind, table in (("margin", row["margin"]), ("head", row.get("head", {}).get("head"))):
+            if table:
+                cells = ", ".join(f"{r['exit_rate']:.2f}/{_opt(r['exit_agreement'])}" for r in table)
+                typer.echo(f"  L_s {row['exit_layer']:>3} {kind:<6}: {cells}")
