@@ -60,6 +60,10 @@ ET = ["ee", "train", "--out", "{out}", "--from", "{tiny_llama}", "--corpus", "{c
 EE = ["ee", "eval", "--model", "{eerun}", "--max-blocks", "2"]
 EB = ["ee", "bench", "--model", "{eerun}", "--prompts", "2", "--prompt-tokens", "4", "--max-new-tokens", "4",
       "--batch-sizes", "1", "--thresholds", "0.9", "--draft-tokens", ""]
+ETH = ["ee", "train-head", "--model", "{eerun}", "--out", "{out}", "--train-blocks", "2", "--eval-blocks", "1",
+       "--steps", "3", "--batch-size", "1", "--no-progress"]
+ESL = ["ee", "sweep-layers", "--model", "{tiny_llama}", "--layers", "1,2", "--corpus", "{corpus}", "--block-size",
+       "16", "--eval-blocks", "1", "--no-progress"]
 # fmt: on
 
 
@@ -1286,6 +1290,61 @@ def ee_cases() -> list[Case]:
             "--rounds": ["0"],
             "--corpus": ["{missing}", "{c_binary_txt}", "{c_empty_txt}"],
             "--device": ["cuda:99", "bogus"],
+            "--confidence": ["head", "bogus", ""],
+        },
+    )
+    # ee train-head / ee sweep-layers (issue 19 point 3: cheaper exit tests)
+    c += [
+        Case("ee-train-head-ok", ETH, "ok", check=exists("out/config.json", "out/exit_head.json"), cost=2),
+        Case("ee-train-head-ok-json", [*ETH, "--json"], "ok", check=json_stdout(finite_numbers), cost=2),
+        Case("ee-train-head-lm-run", _with(ETH, "--model", "{lmrun}")),
+        Case("ee-train-head-llama", _with(ETH, "--model", "{tiny_llama}"), note="no shallow exit: refuse"),
+        Case("ee-train-head-out-ee-run", _with(ETH, "--out", "{copy:eerun}")),
+        Case("ee-sweep-layers-ok", ESL, "ok", check=stdout_has(r"L_s"), cost=2),
+        Case(
+            "ee-sweep-layers-ok-heads",
+            [*ESL, "--head-steps", "3", "--json"],
+            "ok",
+            check=json_stdout(finite_numbers),
+            cost=2,
+        ),
+        Case("ee-sweep-layers-ee-run", _with(ESL, "--model", "{eerun}"), "ok", cost=2),
+        Case("ee-sweep-layers-lm-run", _with(ESL, "--model", "{lmrun}")),
+    ]
+    c += bad_values(
+        "ee-train-head-",
+        ETH,
+        {
+            "--model": ["{missing}", "{emptydir}", "{file}", "", "{llama_trunc}"],
+            "--out": ["{userdir}", "{userfile}", "", "{unwritable}"],
+            "--train-blocks": ["0", "-1", "x"],
+            "--eval-blocks": ["0"],
+            "--steps": ["0", "-1"],
+            "--lr": ["0", "-1", "nan", "inf"],
+            "--batch-size": ["0"],
+            "--token-batch": ["0"],
+            "--block-size": ["0", "1", "100000"],
+            "--thresholds": ["1.5", "-0.1", "nan", "x", "", ","],
+            "--seed": [U64, "-1"],
+            "--l2": ["-1", "nan", "inf", "x"],
+            "--corpus": ["{missing}", "{c_binary_txt}", "{c_empty_txt}"],
+        },
+    )
+    c += bad_values(
+        "ee-sweep-layers-",
+        ESL,
+        {
+            "--model": ["{missing}", "{emptydir}", "{file}", "", "{llama_trunc}"],
+            "--layers": ["0", "4", "-1", "x", "", ",", "1.5"],
+            "--block-size": ["0", "1", "100000"],
+            "--holdout": ["0", "1", "nan"],
+            "--eval-blocks": ["0"],
+            "--batch-size": ["0"],
+            "--thresholds": ["1.5", "nan", ""],
+            "--head-steps": ["-1"],
+            "--train-blocks": ["0"],
+            "--seed": [U64],
+            "--corpus": ["{missing}", "{c_binary_txt}", "{c_empty_txt}"],
         },
     )
     return c

@@ -2,7 +2,9 @@
 threshold 1.0 = deep greedy; synchronized parallel decoding batches rows with different numbers of kept
 tokens and leaves the deep KV equal to a full recompute; self-speculative decoding = deep greedy on 32
 prompts (KV equal to a recompute, rejected drafts cut) and its sampling acceptance rule keeps the target
-distribution; the adaptive threshold moves; bad input is one line."""
+distribution; the adaptive threshold moves; bad input is one line. With a learned confidence head (CALM's
+early-exit classifier): threshold 1.0 = deep greedy, the output equals a recompute-per-token reference, the
+deep KV equals a full recompute, and rows that do not exit never compute the LM head on their shallow state."""
 
 from __future__ import annotations
 
@@ -141,11 +143,14 @@ def check_kv_against_recompute(llm, model) -> int:
     return checked
 
 
-@pytest.mark.parametrize("mode", ["exit", "exit_bounded", "speculative"])
+@pytest.mark.parametrize("mode", ["exit", "exit_bounded", "speculative", "exit_head"])
 def test_deep_kv_equals_a_full_recompute(model_and_reference, mode):
     model, ps, _ = model_and_reference
     if mode == "exit_bounded":  # every token is confident enough, but at most 2 are kept: forced deep passes
         policy = EarlyExitPolicy(threshold=0.0, max_kept=2)
+    elif mode == "exit_head":
+        model = with_head(model)
+        policy = EarlyExitPolicy(threshold=head_threshold(model, ps[:8]))
     else:
         policy = EarlyExitPolicy(mode=mode, threshold=median_confidence(model, ps[:8]), draft_tokens=3)
     llm = EarlyExitLLM(model, policy=policy, max_batch_items=8)
@@ -157,7 +162,7 @@ def test_deep_kv_equals_a_full_recompute(model_and_reference, mode):
         checked += check_kv_against_recompute(llm, model)
     st = llm.early_exit_stats
     assert checked > 0
-    if mode == "exit":
+    if mode in ("exit", "exit_head"):
         assert st.exited_tokens > 0 and st.max_kept >= 2  # deep passes filled in several kept tokens
     if mode == "exit_bounded":
         # 39 decode steps per request (the first token comes from the prefill): exit, exit, deep, ... 13 times
@@ -234,6 +239,8 @@ def test_a_model_without_an_exit_head_is_one_line(tmp_path, tiny_recursive_facto
         (dict(mode="sometimes"), "early-exit mode must be one of exit, speculative"),
         (dict(mode="speculative", draft_tokens=0), "draft tokens k must be an integer >= 1"),
         (dict(max_kept=0), "max kept tokens must be an integer >= 1"),
+        (dict(confidence="sure"), "exit confidence must be one of margin, head"),
+        (dict(confidence="head"), "needs a model with a trained confidence head"),
     ],
 )
 def test_bad_policies_are_one_line(model_and_reference, policy, match):
@@ -241,6 +248,145 @@ def test_bad_policies_are_one_line(model_and_reference, policy, match):
     with pytest.raises(DepthmuxError, match=match) as e:
         EarlyExitLLM(model, policy=EarlyExitPolicy(**policy))
     one_line(e)
+
+
+# -- the learned exit confidence (CALM's early-exit classifier, issue 19 point 3) --------------------------
+
+
+def with_head(model, seed: int = 5):
+    """A copy of ``model`` with a confidence head of random weights (logits spread over about +-3)."""
+    import copy
+
+    m = copy.deepcopy(model)
+    head = m.attach_exit_head()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        d = head.linear.in_features
+        head.linear.weight.copy_(torch.randn(1, d, generator=g) * 3.0 / d**0.5)
+    return m.eval()
+
+
+@torch.no_grad()
+def head_confidences(model, ps) -> torch.Tensor:
+    out = []
+    for p in ps:
+        ids = torch.tensor([p])
+        ctx = model.model.make_context(ids, None, None, RecursiveCache())
+        out.append(model.head_confidence(model.shallow(model.model.embed(ids), ctx))[0])
+    return torch.cat(out)
+
+
+def head_threshold(model, ps) -> float:
+    """Half-way between the two middle head confidences of the prompts' tokens (no token sits on it)."""
+    c = head_confidences(model, ps).sort().values
+    k = c.numel() // 2
+    return float((c[k - 1] + c[k]) / 2)
+
+
+@torch.no_grad()
+def head_reference(model, prompt: list[int], n: int, threshold: float) -> list[int]:
+    """Token by token with a full recompute: the first token from the deep model (the prefill), then the
+    shallow argmax where the head's confidence of the last token is above ``threshold``, else the deep one."""
+    seq, out = list(prompt), []
+    for i in range(n):
+        ids = torch.tensor([seq])
+        ctx = model.model.make_context(ids, None, None, RecursiveCache())
+        h_s = model.shallow(model.model.embed(ids), ctx)
+        if i > 0 and float(model.head_confidence(h_s[0, -1])) > threshold:
+            t = int(model.exit_logits(h_s[:, -1:])[0, -1].argmax())
+        else:
+            t = int(model.exit_logits(model.deep(h_s, ctx))[0, -1].argmax())
+        out.append(t)
+        seq.append(t)
+    return out
+
+
+def test_head_threshold_one_exits_nothing_and_equals_deep_greedy(model_and_reference):
+    model, ps, ref = model_and_reference
+    model = with_head(model)
+    llm = EarlyExitLLM(model, policy=EarlyExitPolicy(threshold=1.0), max_batch_items=6, max_prefill_tokens=48)
+    assert llm.runner.use_head
+    assert run_staggered(llm, ps) == ref
+    st = llm.early_exit_stats
+    assert st.exited_tokens == 0 and st.deep_passes == st.shallow_tokens > 0 and llm.kv.bytes_in_use == 0
+
+
+def test_head_mode_equals_a_recompute_reference(model_and_reference):
+    model, ps, ref = model_and_reference
+    model = with_head(model)
+    t = head_threshold(model, ps[:8])
+    llm = EarlyExitLLM(model, policy=EarlyExitPolicy(threshold=t, max_kept=None), max_batch_items=6)
+    got = run_staggered(llm, ps[:12])
+    assert got == [head_reference(model, p, max_new(i), t) for i, p in enumerate(ps[:12])]
+    st = llm.early_exit_stats
+    assert 0 < st.exited_tokens < st.shallow_tokens and got != ref[:12]  # some exits, and they changed tokens
+
+
+def shallow_lm_head_rows(llm, model, run, waste: bool = False) -> int:
+    """Rows the LM head computed on a decode token's shallow state during ``run()``: every LM-head input
+    row is matched against the final-normed shallow states of every decode step. ``waste``: a planted
+    mutation that also computes the shallow logits of every row (as the margin test does)."""
+    shallow: list[torch.Tensor] = []
+    inputs: list[torch.Tensor] = []
+    step = llm.runner._shallow_step
+
+    def recorded(*a, **k):
+        h = step(*a, **k)
+        shallow.append(model.model.norm(h).detach().clone())
+        if waste:
+            model.exit_logits(h[:, None])
+        return h
+
+    def hook(_module, args):
+        inputs.append(args[0].detach().reshape(-1, args[0].shape[-1]).clone())
+
+    llm.runner._shallow_step = recorded
+    handle = model.lm_head.register_forward_pre_hook(hook)
+    try:
+        run()
+    finally:
+        handle.remove()
+        del llm.runner._shallow_step
+    states, rows = torch.cat(shallow), torch.cat(inputs)
+    return int(((rows[:, None] - states[None]).abs().amax(-1).min(1).values < 1e-5).sum())
+
+
+@pytest.mark.parametrize("waste", [False, True])
+def test_head_mode_computes_the_lm_head_only_for_exiting_rows(model_and_reference, waste):
+    model, ps, _ = model_and_reference
+    model = with_head(model)
+    llm = EarlyExitLLM(model, policy=EarlyExitPolicy(threshold=head_threshold(model, ps[:8])), max_batch_items=8)
+    sp = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    rows = shallow_lm_head_rows(llm, model, lambda: llm.generate(ps[:8], sp), waste=waste)
+    st = llm.early_exit_stats
+    assert 0 < st.exited_tokens < st.shallow_tokens
+    if waste:  # the checker sees a step that computes the shallow LM head for rows that stay
+        assert rows == st.exited_tokens + st.shallow_tokens
+    else:
+        assert rows == st.exited_tokens
+
+
+def test_margin_mode_computes_the_lm_head_for_every_row(model_and_reference):
+    model, ps, _ = model_and_reference
+    model = with_head(model)  # the same model, asked for FREE's margin instead of its head
+    policy = EarlyExitPolicy(threshold=median_confidence(model, ps[:8]), confidence="margin")
+    llm = EarlyExitLLM(model, policy=policy, max_batch_items=8)
+    sp = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    rows = shallow_lm_head_rows(llm, model, lambda: llm.generate(ps[:8], sp))
+    assert not llm.runner.use_head and rows == llm.early_exit_stats.shallow_tokens > llm.early_exit_stats.exited_tokens
+
+
+def test_head_mode_measures_wrong_exits_and_refuses_the_adaptive_threshold(model_and_reference):
+    model, ps, _ = model_and_reference
+    model = with_head(model)
+    with pytest.raises(DepthmuxError, match="adaptive threshold needs the shallow exit's token") as e:
+        EarlyExitLLM(model, policy=EarlyExitPolicy(adaptive=AdaptiveThreshold(0.1)))
+    one_line(e)
+    policy = EarlyExitPolicy(threshold=head_threshold(model, ps[:8]), measure=True)
+    llm = EarlyExitLLM(model, policy=policy, max_batch_items=8)
+    llm.generate(ps[:8], SamplingParams(max_new_tokens=16, ignore_eos=True))
+    st = llm.early_exit_stats
+    assert st.verified_exits > 0 and 0 < st.verified_exits <= st.exited_tokens
 
 
 def test_depthwise_policy_is_refused(model_and_reference):

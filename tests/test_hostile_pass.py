@@ -82,6 +82,8 @@ def test_the_table_is_large_unique_and_covers_every_command():
         "ee train",
         "ee eval",
         "ee bench",
+        "ee train-head",
+        "ee sweep-layers",
     ]:
         assert command in argv, command
     assert sum(c.api is not None for c in cases) >= 50

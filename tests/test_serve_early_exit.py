@@ -2,7 +2,8 @@
 ``EarlyExitForCausalLM`` saved as ``depthmux ee train`` saves it): greedy output through the server equals
 the deep model's greedy output (``LLM.generate``), streaming too, and ``/metrics`` shows that the shallow
 exit drafted (some drafts accepted, some rejected: the equality is not vacuous); threshold 1.0 is deep
-greedy; bad combinations are one line, exit 2, before anything loads."""
+greedy (with FREE's margin and with a learned confidence head); bad combinations are one line, exit 2, before
+anything loads."""
 
 from __future__ import annotations
 
@@ -73,6 +74,30 @@ def test_exit_threshold_one_is_deep_greedy(folder, deep):
     snap = serving.llm.snapshot()
     assert snap["early_exit_shallow_tokens"] > 0 and snap["early_exit_exited_tokens"] == 0  # the exit ran, kept none
     assert snap["early_exit_drafted_tokens"] == 0
+
+
+def test_a_model_with_a_confidence_head_is_served_with_it(folder, deep, tmp_path):
+    """``--exit-threshold`` on a model from ``ee train-head``: the engine decides exits with the learned head
+    (no shallow LM head for rows that stay); at 1.0 nothing exits and the output is deep greedy."""
+    from depthmux.lm import load_lm, load_saved_tokenizer
+
+    model = load_lm(folder / "model")
+    model.attach_exit_head()  # an untrained head (confidence 0.5 everywhere) is enough to route through it
+    model.save_pretrained(tmp_path / "head")
+    load_saved_tokenizer(folder / "model").save_pretrained(tmp_path / "head")
+    serving = build_serving(ServeConfig(model=str(tmp_path / "head"), model_name="ee", exit_threshold=1.0))
+
+    async def run():
+        try:
+            return await (await serving.completions(json.dumps(body()).encode()))
+        finally:
+            await serving.close()
+
+    out = asyncio.run(run())
+    assert serving.llm.runner.use_head
+    assert [c["text"] for c in out["choices"]] == [d.text for d in deep]
+    snap = serving.llm.snapshot()
+    assert snap["early_exit_shallow_tokens"] > 0 and snap["early_exit_exited_tokens"] == 0
 
 
 def test_without_an_option_an_early_exit_model_is_served_deep(folder):

@@ -1,7 +1,8 @@
 """``depthmux ee``: early exiting with a shallow-deep decoder (FREE, SPEC 2).
 
-Thin over :mod:`depthmux.recipes.early_exit` (``run_ee_train``, ``run_ee_eval``, ``run_ee_bench``): options become
-validated specs (every number checked up front: one line, exit 2).
+Thin over :mod:`depthmux.recipes.early_exit` (``run_ee_train``, ``run_ee_eval``, ``run_ee_bench``) and
+:mod:`depthmux.recipes.exit_head` (``run_ee_train_head``, ``run_ee_sweep_layers``: issue 19 point 3): options
+become validated specs (every number checked up front: one line, exit 2).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from depthmux.cli.loop_options import loop_specs, quiet_transformers
 
 app = typer.Typer(
     help="Early exit (FREE): train a shallow exit on a pretrained LLaMA (SmolLM2 by default) with the FREE "
-    "loss, evaluate the held-out NLL of both exits, benchmark early-exit decoding in the engine.",
+    "loss, evaluate the held-out NLL of both exits, benchmark early-exit decoding in the engine, learn a cheap "
+    "exit test (train-head), measure candidate exit layers (sweep-layers).",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -143,6 +145,9 @@ def bench(
     corpus: str | None = typer.Option(None, help="Prompt corpus (default: the run's held-out split)."),
     device: str = typer.Option("cpu", help="Device: cpu, cuda, cuda:1, ..."),
     plot: Path | None = typer.Option(None, "--plot", help="Write speed-up vs agreement to this image."),
+    confidence: str | None = typer.Option(
+        None, help="Exit test: margin (FREE) | head (from `ee train-head`); default: the model's own."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
     """Early-exit decoding in the engine against the deep model: tokens/s, exit rate, agreement (SPEC 2)."""
@@ -162,14 +167,15 @@ def bench(
         corpus=corpus,
         device=device,
         plot=str(plot) if plot else None,
+        confidence=confidence,
     )
     res = run_ee_bench(cfg.validate())
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
     typer.echo(
-        f"{res['model']}: exit after {res['exit_layer']}/{res['num_layers']} layers, {res['prompts']} prompts, "
-        f"{res['max_new_tokens']} new tokens each, {res['device']}"
+        f"{res['model']}: exit after {res['exit_layer']}/{res['num_layers']} layers ({res['confidence']} "
+        f"confidence), {res['prompts']} prompts, {res['max_new_tokens']} new tokens each, {res['device']}"
     )
     for r in res["results"]:
         extra = "".join(
@@ -179,3 +185,94 @@ def bench(
             f"  batch {r['batch_size']:>3} {r['config']:<18} {r['tokens_per_s']:8.1f} tok/s  "
             f"x{r['speedup_vs_deep']:.2f}  agreement {r['token_agreement']:.3f}{extra}"
         )
+
+
+@app.command("train-head")
+def train_head(
+    model: str = typer.Option(..., "--model", help="An early-exit model (run, checkpoint or model folder)."),
+    out: Path = typer.Option(
+        ..., "--out", help="New folder for the model with its confidence head (+ exit_head.json)."
+    ),
+    corpus: str | None = typer.Option(None, help="Corpus (default: the run's; required for a bare model folder)."),
+    block_size: int | None = typer.Option(None, "--block-size", help="Override the block size."),
+    train_blocks: int = typer.Option(64, "--train-blocks", help="Training blocks that give the labels."),
+    eval_blocks: int = typer.Option(32, "--eval-blocks", help="Held-out blocks that judge the head."),
+    steps: int = typer.Option(300, help="Adam steps of the head (on stored states: cheap)."),
+    lr: float = typer.Option(1e-2, help="Learning rate of the head."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Blocks per frozen forward."),
+    token_batch: int = typer.Option(4096, "--token-batch", help="Positions per head step."),
+    thresholds: str = typer.Option(
+        "0.5,0.6,0.7,0.8,0.9,0.95", help="Thresholds to report exit rate and agreement at (held-out)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the head's minibatches."),
+    l2: float | None = typer.Option(
+        None, "--l2", help="L2 penalty on the head's standardised weights (default: chosen on a validation slice)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    progress: opt.ProgressOpt = True,
+) -> None:
+    """Learn a confidence head (CALM's early-exit classifier) so non-exiting tokens skip the shallow LM head."""
+    from depthmux.recipes.exit_head import ExitHeadSpec, run_ee_train_head
+
+    quiet_transformers()
+    spec = ExitHeadSpec(
+        model=model, out=str(out), corpus=corpus, block_size=block_size, train_blocks=train_blocks,
+        eval_blocks=eval_blocks, steps=steps, lr=lr, batch_size=batch_size, token_batch=token_batch, seed=seed,
+        thresholds=_numbers("--thresholds", thresholds, float), l2=l2,
+    ).validate()  # fmt: skip
+    res = run_ee_train_head(spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    held = res["held_out"]
+    typer.echo(f"train BCE {res['train_bce_first']:.4f} -> {res['train_bce_last20']:.4f} (mean of the last steps)")
+    typer.echo("  threshold  head: exit rate  agreement of exits   margin: exit rate  agreement of exits")
+    for h, m in zip(held["head"], held["margin"], strict=True):
+        typer.echo(
+            f"  {h['threshold']:9.2f}  {h['exit_rate']:15.3f}  {_opt(h['exit_agreement']):>18}   "
+            f"{m['exit_rate']:17.3f}  {_opt(m['exit_agreement']):>18}"
+        )
+    typer.echo(f"model with its confidence head in {out}")
+
+
+def _opt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+@app.command("sweep-layers")
+def sweep_layers(
+    model: str = typer.Option("smollm2", "--model", help="smollm2, a LLaMA model folder, or an early-exit model."),
+    layers: str = typer.Option("4,8,12,16", help="Candidate exit layers L_s (each 1..L-1)."),
+    corpus: str = typer.Option("shakespeare", help="Held-out text (shakespeare[:play] | kjv[:book] | PATH)."),
+    block_size: int = typer.Option(128, "--block-size", help="Tokens per block."),
+    holdout: float = typer.Option(0.1, help="Held-out share of documents (seeded split)."),
+    seed: int = typer.Option(0, help="Split seed (and the heads' minibatches)."),
+    eval_blocks: int = typer.Option(16, "--eval-blocks", help="Held-out blocks measured."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Blocks per forward."),
+    thresholds: str = typer.Option("0.2,0.4,0.6,0.8,0.9", help="Margin (and head) thresholds to report."),
+    head_steps: int = typer.Option(0, "--head-steps", help="Also fit a confidence head per layer (0: no heads)."),
+    train_blocks: int = typer.Option(32, "--train-blocks", help="Training blocks for the heads' labels."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+    progress: opt.ProgressOpt = True,
+) -> None:
+    """Measure candidate exit layers without training: shallow-deep agreement, NLL, exit rate per threshold."""
+    from depthmux.recipes.exit_head import SweepLayersSpec, run_ee_sweep_layers
+
+    quiet_transformers()
+    spec = SweepLayersSpec(
+        model=model, layers=_numbers("--layers", layers, int), corpus=corpus, block_size=block_size,
+        holdout=holdout, seed=seed, eval_blocks=eval_blocks, batch_size=batch_size,
+        thresholds=_numbers("--thresholds", thresholds, float), head_steps=head_steps, train_blocks=train_blocks,
+    ).validate()  # fmt: skip
+    res = run_ee_sweep_layers(
+        spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo, progress=progress
+    )
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    typer.echo(f"thresholds {', '.join(f'{t:g}' for t in res['thresholds'])}: exit rate / agreement of exits")
+    for row in res["layers"]:
+        for kind, table in (("margin", row["margin"]), ("head", row.get("head", {}).get("head"))):
+            if table:
+                cells = ", ".join(f"{r['exit_rate']:.2f}/{_opt(r['exit_agreement'])}" for r in table)
+                typer.echo(f"  L_s {row['exit_layer']:>3} {kind:<6}: {cells}")

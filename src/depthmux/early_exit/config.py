@@ -6,6 +6,12 @@ decoder (``sharing="none"``, one recursion: every layer unique) plus the shallow
 * ``exit_layer`` = L_s: the shallow model is the first L_s layers followed by the model's own
   final norm and LM head (shared, no new parameters); 1 <= L_s <= L - 1.
 * ``exit_mse_weight`` = alpha of the FREE loss (0.5 in the public scripts, SPEC 2).
+* ``exit_confidence``: how the engine decides that a token exits. ``"margin"`` (default; every model
+  saved before the field existed): FREE's p_top1 - p_top2 of the shallow exit's softmax (SPEC 2), which
+  needs the full LM head on every token. ``"head"``: CALM's early-exit classifier, a learned
+  ``sigmoid(w . norm(h_s) + b)`` (:class:`~depthmux.early_exit.ExitConfidenceHead`, the model's
+  ``exit_head``, trained by ``depthmux ee train-head``), so a token that does not exit never computes
+  the shallow LM head (issue 19 point 3).
 
 Every invalid value is a one-line :class:`~depthmux.errors.DepthmuxError`.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+from depthmux.early_exit.head import EXIT_CONFIDENCES
 from depthmux.errors import DepthmuxError
 from depthmux.recursion import RecursiveConfig
 
@@ -35,11 +42,12 @@ class EarlyExitConfig(RecursiveConfig):
     ``num_recursions`` 1):
         exit_layer: L_s, layers of the shallow model (1 <= L_s <= L - 1).
         exit_mse_weight: alpha >= 0 of ``alpha * MSE(h_shallow, h_deep)`` in the FREE loss (SPEC 2).
+        exit_confidence: "margin" (FREE's top-2 margin) or "head" (a learned confidence head; module docstring).
     """
 
     model_type = "depthmux_early_exit"
 
-    def __init__(self, exit_layer: int = 1, exit_mse_weight: float = 0.5, **kwargs):
+    def __init__(self, exit_layer: int = 1, exit_mse_weight: float = 0.5, exit_confidence: str = "margin", **kwargs):
         for key, value in (("sharing", "none"), ("num_recursions", 1), ("relaxation_rank", 0), ("mor_router", None)):
             if kwargs.get(key, value) != value:
                 raise DepthmuxError(
@@ -48,8 +56,13 @@ class EarlyExitConfig(RecursiveConfig):
             kwargs[key] = value
         self.exit_layer = exit_layer
         self.exit_mse_weight = exit_mse_weight
+        self.exit_confidence = exit_confidence
         super().__init__(**kwargs)
         check_exit_layer(self.exit_layer, self.num_hidden_layers)
         w = self.exit_mse_weight
         if not (isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w >= 0):
             raise DepthmuxError(f"exit_mse_weight (alpha) must be a finite number >= 0, got {w!r}")
+        if self.exit_confidence not in EXIT_CONFIDENCES:
+            raise DepthmuxError(
+                f"exit_confidence must be one of {', '.join(EXIT_CONFIDENCES)}, got {self.exit_confidence!r}"
+            )

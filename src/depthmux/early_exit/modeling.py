@@ -3,8 +3,11 @@
 :class:`EarlyExitForCausalLM` is a :class:`~depthmux.recursion.RecursiveForCausalLM` with
 ``sharing="none"`` (exactly a LLaMA: :func:`from_llama` copies SmolLM2 losslessly) whose first
 ``exit_layer`` = L_s layers, followed by the SAME final norm and LM head, form the shallow model.
-It adds no parameters. Its stages (the early-exit decoders in :mod:`depthmux.early_exit.decoding`
-call them; ``ctx`` is a :class:`~depthmux.recursion.TokenContext` from ``model.model.make_context``)::
+It adds no parameters, except with ``config.exit_confidence == "head"``: then ``model.exit_head``
+(:class:`~depthmux.early_exit.ExitConfidenceHead`, d + 1 parameters) scores the shallow exit
+(``model.head_confidence(h_s)``), so the engine decides an exit without the LM head (issue 19 point 3).
+Its stages (the early-exit decoders in :mod:`depthmux.early_exit.decoding` call them;
+``ctx`` is a :class:`~depthmux.recursion.TokenContext` from ``model.model.make_context``)::
 
     x   = model.model.embed(input_ids)        # [B, T, d]
     h_s = model.shallow(x, ctx)               # layers 0 .. L_s-1, raw residual stream [B, T, d]
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthmux.early_exit.config import EarlyExitConfig, check_exit_layer
+from depthmux.early_exit.head import ExitConfidenceHead
 from depthmux.errors import DepthmuxError
 from depthmux.recursion import (
     RecursiveCache,
@@ -74,6 +78,35 @@ class EarlyExitForCausalLM(RecursiveForCausalLM):
 
     config_class = EarlyExitConfig
     config: EarlyExitConfig
+
+    def __init__(self, config: EarlyExitConfig):
+        super().__init__(config)
+        self.exit_head: ExitConfidenceHead | None = None
+        if config.exit_confidence == "head":
+            self.exit_head = ExitConfidenceHead(config.hidden_size)
+
+    # -- the learned exit confidence (CALM's early-exit classifier) ---------------------------
+    @property
+    def has_exit_head(self) -> bool:
+        """Whether the model decides exits with its learned head (``config.exit_confidence == "head"``)."""
+        return self.exit_head is not None
+
+    def attach_exit_head(self) -> ExitConfidenceHead:
+        """Give the model a (new, untrained) confidence head and set ``config.exit_confidence = "head"``;
+        an existing head is replaced. Returns the head (on the model's device, float32)."""
+        self.exit_head = ExitConfidenceHead(self.config.hidden_size).to(self.lm_head.weight.device)
+        self.config.exit_confidence = "head"
+        return self.exit_head
+
+    def head_confidence(self, h_shallow: torch.Tensor) -> torch.Tensor:
+        """The learned exit confidence of raw shallow states: ``exit_head(norm(h_s))``. [..., d] -> [...]
+        in [0, 1]. No LM head is computed."""
+        if self.exit_head is None:
+            raise DepthmuxError(
+                "this early-exit model has no confidence head (exit_confidence 'margin'): train one with "
+                "'depthmux ee train-head'"
+            )
+        return self.exit_head(self.model.norm(h_shallow))
 
     # -- stages ----------------------------------------------------------------------------
     @property

@@ -16,6 +16,12 @@ main stream); then, per :class:`EarlyExitPolicy`:
   layers entirely. With an :class:`~depthmux.early_exit.AdaptiveThreshold` the deep pass also
   compares each kept token with the deep model's token at its position (and the current token's
   shallow and deep tokens): those (confidence, agreement) pairs refresh the threshold.
+  With a learned confidence (``EarlyExitPolicy.confidence`` "head", the default for a model whose
+  ``config.exit_confidence`` is "head": CALM's early-exit classifier, issue 19 point 3) the confidence
+  is ``model.head_confidence(h_s)`` (d + 1 multiply-adds a row) and only the EXITING rows compute the
+  shallow LM head, for their token; the other rows go to the deep pass without it. The adaptive
+  threshold is refused there (its pairs need the shallow token of every deep row, the very LM head the
+  head avoids); ``measure`` works (it compares the kept tokens only).
 * ``mode="speculative"`` (LayerSkip's self-speculation). The shallow exit drafts up to k tokens (k
   shallow steps, batched over rows); one deep pass over [current token + drafts] (the last draft first
   runs the shallow layers) verifies them. Greedy requests accept the longest agreeing prefix plus the
@@ -28,8 +34,8 @@ main stream); then, per :class:`EarlyExitPolicy`:
   scheduler's cap: k, ``max_new_tokens - generated - 1`` so its KV stays within its reservation, and
   the context).
 
-Threshold 1.0 exits nothing (confidence <= 1), so ``mode="exit"`` then decodes exactly as the deep
-model. Host syncs per decode step: exit mode 2-3 (exit decisions, tokens), speculative k + 1.
+Threshold 1.0 exits nothing (either confidence is <= 1), so ``mode="exit"`` then decodes exactly as the
+deep model. Host syncs per decode step: exit mode 2-3 (exit decisions, tokens), speculative k + 1.
 
 Length: the exit and speculative policies share one runner extension and one KV bookkeeping;
 splitting them would duplicate the ragged-batch plumbing.
@@ -43,6 +49,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from depthmux.early_exit import (
+    EXIT_CONFIDENCES,
     AdaptiveThreshold,
     EarlyExitForCausalLM,
     check_threshold,
@@ -74,6 +81,9 @@ class EarlyExitPolicy:
         max_kept: exit mode, a row holding this many kept tokens runs the deep layers at its next token
             whatever its confidence (None: no bound, as FREE). It bounds the deep pass and makes sure
             the adaptive threshold keeps receiving verified pairs even when nearly every token exits.
+        confidence: exit mode, "margin" (FREE's p_top1 - p_top2: the shallow LM head on every row), "head"
+            (the model's learned confidence head: the LM head on exiting rows only), or None: the model's
+            own (``config.exit_confidence``).
     """
 
     mode: str = "exit"
@@ -82,6 +92,7 @@ class EarlyExitPolicy:
     draft_tokens: int = 4
     measure: bool = False
     max_kept: int | None = 16
+    confidence: str | None = None
 
     def validate(self) -> EarlyExitPolicy:
         if self.mode not in EARLY_EXIT_MODES:
@@ -91,7 +102,28 @@ class EarlyExitPolicy:
         check_int("max kept tokens", self.max_kept, 1, allow_none=True)
         if self.adaptive is not None and not isinstance(self.adaptive, AdaptiveThreshold):
             raise DepthmuxError(f"adaptive must be an AdaptiveThreshold, got {type(self.adaptive).__name__}")
+        if self.confidence is not None and self.confidence not in EXIT_CONFIDENCES:
+            raise DepthmuxError(
+                f"exit confidence must be one of {', '.join(EXIT_CONFIDENCES)}, got {self.confidence!r}"
+            )
         return self
+
+    def uses_head(self, model: EarlyExitForCausalLM) -> bool:
+        """Whether exit mode decides with ``model``'s learned confidence head (``confidence`` or the model's
+        own); a head asked of a model without one, or with the adaptive threshold, is one line."""
+        confidence = self.confidence or model.config.exit_confidence
+        if self.mode != "exit" or confidence != "head":
+            return False
+        if not model.has_exit_head:
+            raise DepthmuxError(
+                "exit confidence 'head' needs a model with a trained confidence head: run 'depthmux ee train-head'"
+            )
+        if self.adaptive is not None:
+            raise DepthmuxError(
+                "the adaptive threshold needs the shallow exit's token at every deep row, which the learned "
+                "confidence head skips: use a fixed threshold (or confidence 'margin')"
+            )
+        return True
 
     def current_threshold(self) -> float:
         return self.adaptive.threshold if self.adaptive is not None else self.threshold
@@ -175,6 +207,7 @@ class EarlyExitRunner(ModelRunner):
         super().__init__(model, kv, "lockstep", max_len, seed)
         self.ee = require_early_exit(model)
         self.policy = policy.validate()
+        self.use_head = self.policy.uses_head(self.ee)
         self.kept: dict[str, _Kept] = {}
         self.ee_stats = EarlyExitStats()
 
@@ -232,8 +265,12 @@ class EarlyExitRunner(ModelRunner):
         rids = [it.request_id for it in items]
         self.stats.decode_tokens += len(items)
         h_s = self._shallow_step(rids, [it.token_id for it in items], [it.position for it in items])
-        logits_s = ee.exit_logits(h_s[:, None])[:, 0]  # [E, V]
-        conf = top2_margin(logits_s)  # [E]
+        logits_s = None
+        if self.use_head:
+            conf = ee.head_confidence(h_s)  # [E]: no LM head yet
+        else:
+            logits_s = ee.exit_logits(h_s[:, None])[:, 0]  # [E, V]
+            conf = top2_margin(logits_s)  # [E]
         threshold = pol.current_threshold()
         st.thresholds.append(threshold)
         exits = (conf > threshold).tolist()
@@ -246,7 +283,11 @@ class EarlyExitRunner(ModelRunner):
         deep = [i for i, e in enumerate(exits) if not e]
         if out:
             idx = torch.tensor(out, device=self.device)
-            tokens = self._tokens(logits_s.index_select(0, idx), [rids[i] for i in out], params)
+            if logits_s is None:  # the learned head decided: the LM head on the exiting rows only [X, V]
+                logits_out = ee.exit_logits(h_s.index_select(0, idx)[:, None])[:, 0]
+            else:
+                logits_out = logits_s.index_select(0, idx)
+            tokens = self._tokens(logits_out, [rids[i] for i in out], params)
             for i, t in zip(out, tokens, strict=True):
                 kept = self.kept.setdefault(rids[i], _Kept())
                 kept.h.append(h_s[i])
@@ -270,13 +311,14 @@ class EarlyExitRunner(ModelRunner):
         for r, t in zip(d_rids, tokens, strict=True):
             result.sampled[r] = t
         if pol.adaptive is not None or pol.measure:
+            d_idx = torch.tensor(deep, device=self.device)
             self._compare(
                 kept,
                 h_d,
                 real,
                 last,
-                conf.index_select(0, torch.tensor(deep, device=self.device)),
-                logits_s.index_select(0, torch.tensor(deep, device=self.device)).argmax(-1),
+                conf.index_select(0, d_idx),
+                None if logits_s is None else logits_s.index_select(0, d_idx).argmax(-1),
                 logits_d.argmax(-1),
             )
 
@@ -287,12 +329,13 @@ class EarlyExitRunner(ModelRunner):
         real: torch.Tensor,
         last: torch.Tensor,
         conf_now: torch.Tensor,
-        shallow_now: torch.Tensor,
+        shallow_now: torch.Tensor | None,
         deep_now: torch.Tensor,
     ) -> None:
         """(confidence, shallow == deep) pairs of this deep pass: every kept token (its emitted token vs the
-        deep model's at its position) and every current token; counts wrong exits, refreshes the threshold."""
-        conf, agree = [conf_now], [shallow_now == deep_now]
+        deep model's at its position) and every current token (not with the learned head: ``shallow_now``
+        None, its shallow token was never computed); counts wrong exits, refreshes the threshold."""
+        conf, agree = ([conf_now], [shallow_now == deep_now]) if shallow_now is not None else ([], [])
         was_kept = real & (torch.arange(real.shape[1], device=real.device)[None, :] < last[:, None])  # [D, M]
         if bool(was_kept.any()):
             deep_kept = self.ee.exit_logits(h_d[was_kept][:, None])[:, 0].argmax(-1)
@@ -302,7 +345,7 @@ class EarlyExitRunner(ModelRunner):
             self.ee_stats.wrong_exits += int((~right).sum())
             conf.append(torch.stack([c for k in kept for c in k.confidence]))
             agree.append(right)
-        if self.policy.adaptive is not None:
+        if self.policy.adaptive is not None and conf:
             self.policy.adaptive.update(torch.cat(conf), torch.cat(agree))
 
     # -- self-speculative decoding ------------------------------------------------------------
@@ -385,6 +428,7 @@ class EarlyExitLLM(LLM):
     def __init__(self, model, tokenizer=None, *, policy: EarlyExitPolicy | None = None, seed: int = 0, **engine_kwargs):
         model = require_early_exit(model)
         policy = (policy or EarlyExitPolicy()).validate()
+        policy.uses_head(model)  # a head the model lacks, or with the adaptive threshold: one line before any work
         if engine_kwargs.get("depth_policy", "lockstep") != "lockstep":
             raise DepthmuxError("early-exit decoding runs every layer in one step: depth_policy must be 'lockstep'")
         engine_kwargs["depth_policy"] = "lockstep"

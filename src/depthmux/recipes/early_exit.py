@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from depthmux.early_exit import (
+    EXIT_CONFIDENCES,
     AdaptiveThreshold,
     EarlyExitForCausalLM,
     ShallowExit,
@@ -203,7 +204,9 @@ class EEBenchConfig:
     sequences in flight, continuous batching), after a warm-up of every configuration (the deep model on
     the whole workload, each policy on B prompts and a few tokens); configurations alternate within each
     of ``rounds`` rounds and the best round counts. ``thresholds``: fixed-threshold FREE runs;
-    ``deltas``: adaptive-threshold runs; ``draft_tokens``: self-speculative runs.
+    ``deltas``: adaptive-threshold runs; ``draft_tokens``: self-speculative runs. ``confidence``: the exit
+    test of the threshold runs, "margin" or "head" (a model from ``ee train-head``); None: the model's own.
+    The adaptive threshold is refused with the head (see :mod:`depthmux.engine.early_exit`).
     """
 
     model: str
@@ -218,6 +221,7 @@ class EEBenchConfig:
     corpus: str | None = None
     device: str = "cpu"
     plot: str | None = None
+    confidence: str | None = None
 
     def validate(self) -> EEBenchConfig:
         if not (self.thresholds or self.deltas or self.draft_tokens):
@@ -239,6 +243,8 @@ class EEBenchConfig:
         check_int("--max-new-tokens", self.max_new_tokens, 1)
         check_int("--rounds", self.rounds, 1)
         check_device("--device", self.device)
+        if self.confidence is not None and self.confidence not in EXIT_CONFIDENCES:
+            raise DepthmuxError(f"--confidence must be one of {', '.join(EXIT_CONFIDENCES)}, got {self.confidence!r}")
         if self.plot is not None:
             from matplotlib.backend_bases import FigureCanvasBase
 
@@ -264,12 +270,22 @@ def run_ee_bench(cfg: EEBenchConfig) -> dict[str, Any]:
     cfg.validate()
     model_dir = resolve_model_dir(cfg.model)
     model = require_early_exit(load_lm(model_dir)).to(cfg.device)
+    head = EarlyExitPolicy(confidence=cfg.confidence).uses_head(model)  # a head the model lacks: one line
+    if head and cfg.deltas:
+        raise DepthmuxError(
+            "--deltas (the adaptive threshold) needs the margin confidence: give --confidence margin, or no --deltas"
+        )
+    conf = cfg.confidence
     prompts = _bench_prompts(cfg, model_dir)
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, ignore_eos=True)
     configs: list[tuple[str, dict, Any]] = [("deep", {}, None)]
-    configs += [(f"exit@{t}", {"threshold": t}, lambda t=t: EarlyExitPolicy(threshold=t)) for t in cfg.thresholds]
     configs += [
-        (f"adaptive@{d}", {"delta": d}, lambda d=d: EarlyExitPolicy(adaptive=AdaptiveThreshold(d))) for d in cfg.deltas
+        (f"exit@{t}", {"threshold": t}, lambda t=t: EarlyExitPolicy(threshold=t, confidence=conf))
+        for t in cfg.thresholds
+    ]
+    configs += [
+        (f"adaptive@{d}", {"delta": d}, lambda d=d: EarlyExitPolicy(adaptive=AdaptiveThreshold(d), confidence=conf))
+        for d in cfg.deltas
     ]
     configs += [
         (f"speculative@{k}", {"draft_tokens": k}, lambda k=k: EarlyExitPolicy(mode="speculative", draft_tokens=k))
@@ -327,6 +343,7 @@ def run_ee_bench(cfg: EEBenchConfig) -> dict[str, Any]:
     out = {
         "model": str(model_dir),
         "device": cfg.device,
+        "confidence": "head" if head else "margin",
         "exit_layer": model.config.exit_layer,
         "num_layers": model.config.num_hidden_layers,
         "prompts": len(prompts),

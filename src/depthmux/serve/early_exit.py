@@ -1,5 +1,6 @@
 """Serving an early-exit model (SPEC 2, SPEC 5b): ``depthmux serve --model RUN --exit-threshold T`` (FREE)
-or ``--speculative K`` (self-speculative, output equal to deep greedy).
+or ``--speculative K`` (self-speculative, output equal to deep greedy). A model from ``depthmux ee train-head``
+decides its exits with its learned confidence head (the engine's policy default, ``confidence=None``).
 
 :class:`AsyncEarlyExitLLM` is the engine's :class:`~depthmux.engine.early_exit.EarlyExitLLM` (its runner,
 its policy checks, the lockstep depth policy) driven by :class:`~depthmux.engine.AsyncLLM`'s asyncio loop,
