@@ -117,3 +117,13 @@ def tiny_backbone_factory(tokenizer):
 def _few_threads():
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A small text file (30 paragraphs of a 17-word vocabulary) for the LM / early-exit CLI tests; files
+    that need another text define their own ``corpus``."""
+    path = tmp_path / "corpus.txt"
+    paras = [f"paragraph {i}: " + " ".join(f"word{(i * 5 + j) % 17}" for j in range(25)) for i in range(30)]
+    path.write_text("\n\n".join(paras))
+    return path

@@ -17,14 +17,6 @@ from depthmux.lm import evaluate_lm, load_lm
 
 
 @pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    paras = [f"paragraph {i}: " + " ".join(f"word{(i * 5 + j) % 17}" for j in range(25)) for i in range(30)]
-    path.write_text("\n\n".join(paras))
-    return path
-
-
-@pytest.fixture
 def llama_dir(tmp_path, corpus, tiny_llama_factory):
     """A tiny 4-layer LLaMA saved with a 300-token BPE tokenizer (the source model of ``ee train --from``)."""
     tok = train_bpe_tokenizer(load_corpus(str(corpus)), 300)

@@ -153,14 +153,6 @@ def test_old_format_models_load_without_a_head(tmp_path, tiny_llama_factory):
 
 
 @pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    paras = [f"paragraph {i}: " + " ".join(f"word{(i * 5 + j) % 17}" for j in range(25)) for i in range(30)]
-    path.write_text("\n\n".join(paras))
-    return path
-
-
-@pytest.fixture
 def ee_dir(tmp_path, corpus, tiny_llama_factory):
     """A tiny 4-layer LLaMA saved with a 300-token BPE tokenizer (``llama/``), and its early-exit conversion
     (exit after 2 layers, ``ee/``)."""

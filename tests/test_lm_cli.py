@@ -28,14 +28,6 @@ def test_root_registers_lm(capsys):
     assert "train" in capsys.readouterr().out
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    paras = [f"paragraph {i}: " + " ".join(f"word{(i * 5 + j) % 17}" for j in range(25)) for i in range(30)]
-    path.write_text("\n\n".join(paras))
-    return path
-
-
 def test_train_then_eval(tmp_path, corpus):
     out = tmp_path / "run"
     args = [

@@ -10,14 +10,6 @@ from depthmux.cli import main
 from depthmux.errors import DepthmuxError
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    paras = [f"paragraph {i}: " + " ".join(f"word{(i * 5 + j) % 17}" for j in range(25)) for i in range(30)]
-    path.write_text("\n\n".join(paras))
-    return path
-
-
 def run_cli(args, capsys):
     """``(exit status, stdout, stderr)`` of ``depthmux <args>`` (0 when main returns)."""
     try:
