@@ -138,3 +138,10 @@ def test_train_loop_config_cuts_a_default_warmup_to_short_runs(tmp_path):
     # compares equal
     assert train_loop_config(tmp_path, resume=True, steps=5, warmup=20).warmup_steps == 5
     assert train_loop_config(tmp_path, resume=True, steps=5, warmup=-1).warmup_steps == -1
+
+
+def test_eval_of_the_packaged_model_needs_a_corpus_and_says_so(capsys):
+    """``lm eval --model smollm2`` (the NLL) resolves the packaged model like every other command; it has no
+    run config, so the corpus must be given: one line naming --corpus, not "model not found"."""
+    code, _, err = run_cli(["lm", "eval", "--model", "smollm2"], capsys)
+    assert code == 2 and "give --corpus" in err and "not found" not in err

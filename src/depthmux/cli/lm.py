@@ -125,7 +125,9 @@ def train(
 
 @app.command("eval")
 def eval_(
-    model: Path = typer.Option(..., "--model", help="A run folder (from `lm train`), a checkpoint or a model folder."),
+    model: Path = typer.Option(
+        ..., "--model", help="A run folder (from `lm train`), a checkpoint, a model folder, or smollm2."
+    ),
     corpus: str | None = typer.Option(
         None, help="The corpus (default: the run's; required for a model folder without train_config.json)."
     ),
@@ -173,6 +175,10 @@ def eval_(
 
     if routing not in (None, "topk", "causal"):
         raise DepthmuxError(f"unknown routing '{routing}': use topk or causal")
+    if str(model) == "smollm2" and not model.exists():  # the packaged model, as everywhere else
+        from depthmux.lm import pretrained_model_dir
+
+        model = pretrained_model_dir("smollm2")
     spec = eval_data_spec(model, corpus=corpus, block_size=block_size, holdout=holdout, seed=seed)
     if max_blocks is not None:
         spec.max_eval_blocks = max_blocks
