@@ -175,6 +175,9 @@ def eval_(
 
     if routing not in (None, "topk", "causal"):
         raise DepthmuxError(f"unknown routing '{routing}': use topk or causal")
+    from depthmux.utils.checks import check_int
+
+    check_int("--max-blocks", max_blocks, 1, allow_none=True)
     if str(model) == "smollm2" and not model.exists():  # the packaged model, as everywhere else
         from depthmux.lm import pretrained_model_dir
 
