@@ -134,13 +134,14 @@ def test_cloze_passages_are_held_out_and_well_formed():
     assert cloze_passages(["a b c d e 12"], min_words=5) == []  # target must be a word
 
 
-def test_tasks_run_end_to_end_offline(bpe, tiny_recursive_factory, glue, tmp_path):
+def test_tasks_run_end_to_end_offline(bpe, tiny_recursive_factory, glue, tmp_path, capsys):
     folder = write_task_folder(tmp_path / "tasks", data_dir=glue, max_passages=20)
     dev = (folder / "sst2_dev.jsonl").read_text().splitlines()
     assert len(dev) == 872 and json.loads(dev[0])["label"] in (0, 1)
     model = tiny_recursive_factory(vocab_size=len(bpe), mor_router="expert")
     cfg = FewshotEvalConfig(model="tiny", limit=6, num_fewshot=1, data_dir=str(glue), max_passages=20)
     res = run_fewshot_eval(cfg, model=model, tokenizer=bpe)
+    assert capsys.readouterr().out == ""  # lm-eval's notes go to stderr: `lm eval --tasks --json` stays JSON
     assert set(res["tasks"]) == {"depthmux_sst2", "depthmux_cloze_shakespeare", "depthmux_cloze_kjv"}
     for name, metrics in res["tasks"].items():
         assert 0.0 <= metrics["acc"] <= 1.0, name

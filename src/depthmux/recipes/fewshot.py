@@ -17,8 +17,10 @@ Needs the ``eval`` extra (``lm_eval``); without it, one line says so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -167,19 +169,20 @@ def run_fewshot_eval(cfg: FewshotEvalConfig, model=None, tokenizer=None) -> dict
     with tempfile.TemporaryDirectory(prefix="depthmux-tasks-") as tmp:
         folder = write_task_folder(tmp, tuple(cfg.tasks), cfg.data_dir, cfg.max_passages, seed=cfg.seed)
         manager = TaskManager(include_path=str(folder), include_defaults=False)
-        res = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=list(cfg.tasks),
-            num_fewshot=cfg.num_fewshot,
-            limit=cfg.limit,
-            task_manager=manager,
-            bootstrap_iters=1000,
-            log_samples=False,
-            random_seed=cfg.seed,
-            numpy_random_seed=cfg.seed,
-            torch_random_seed=cfg.seed,
-            fewshot_random_seed=cfg.seed,
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints progress notes; stdout is the caller's
+            res = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=list(cfg.tasks),
+                num_fewshot=cfg.num_fewshot,
+                limit=cfg.limit,
+                task_manager=manager,
+                bootstrap_iters=1000,
+                log_samples=False,
+                random_seed=cfg.seed,
+                numpy_random_seed=cfg.seed,
+                torch_random_seed=cfg.seed,
+                fewshot_random_seed=cfg.seed,
+            )
     tasks = {}
     for name, metrics in res["results"].items():
         tasks[name] = {k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "alias"}
