@@ -88,30 +88,6 @@ async def classify_response(request: Request, serving: Serving, max_body_bytes: 
     return JSONResponse(result) if result is not None else Response(status_code=499)
 
 
-class ClassifyFastPath:
-    """An ASGI app in front of the FastAPI app: ``POST /v1/classify`` goes straight to
-    :func:`classify_response` (the same handling and errors as the FastAPI route, without its middleware
-    and routing, a fixed cost per request that single-input classification pays hundreds of times a
-    second); everything else, lifespan included, goes to ``app``."""
-
-    def __init__(self, app: FastAPI, serving: Serving, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-        self.app, self.serving, self.max_body_bytes = app, serving, max_body_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/classify" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope, receive)
-        try:
-            response = await classify_response(request, self.serving, self.max_body_bytes)
-        except APIError as e:
-            response = error_response(e, self.serving)
-        except Exception as e:  # our fault: logged, and the client gets a 500 in OpenAI's shape
-            log.exception("internal error")
-            response = error_response(APIError(500, f"internal error: {type(e).__name__}"), self.serving)
-        await response(scope, receive, send)
-
-
 def build_app(serving: Serving, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI app over ``serving`` (routes of SPEC 5b)."""
 

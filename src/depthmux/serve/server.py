@@ -19,7 +19,7 @@ from pathlib import Path
 from depthmux.errors import DepthmuxError, require
 from depthmux.serve.early_exit import AsyncEarlyExitLLM, early_exit_policy
 from depthmux.serve.handlers import ServedClassifier, Serving
-from depthmux.serve.http import DEFAULT_MAX_BODY_BYTES, ClassifyFastPath, build_app
+from depthmux.serve.http import DEFAULT_MAX_BODY_BYTES, build_app
 from depthmux.utils.checks import check_device, check_float, check_int
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -155,7 +155,7 @@ def run_server(cfg: ServeConfig, on_ready=None) -> None:
     cfg.validate()
     check_port(cfg.host, cfg.port)
     serving = build_serving(cfg)
-    app = ClassifyFastPath(build_app(serving, cfg.max_body_bytes), serving, cfg.max_body_bytes)
+    app = build_app(serving, cfg.max_body_bytes)
     # the models' objects live as long as the server: keep the garbage collector from scanning them again
     # and again under load (a full collection walks every object of torch/transformers)
     gc.collect()
