@@ -60,8 +60,8 @@ def test_speculative_through_the_server_equals_deep_greedy(folder, deep, tmp_pat
         server.stop()
 
 
-def test_exit_threshold_one_is_deep_greedy(folder, deep):
-    serving = build_serving(ServeConfig(model=str(folder), model_name="ee", exit_threshold=1.0))
+def complete_once(serving) -> dict:
+    """One non-streaming completion of ``body()`` in-process, then the serving closed."""
 
     async def run():
         try:
@@ -69,7 +69,13 @@ def test_exit_threshold_one_is_deep_greedy(folder, deep):
         finally:
             await serving.close()
 
-    out = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_exit_threshold_one_is_deep_greedy(folder, deep):
+    serving = build_serving(ServeConfig(model=str(folder), model_name="ee", exit_threshold=1.0))
+
+    out = complete_once(serving)
     assert [c["text"] for c in out["choices"]] == [d.text for d in deep]
     snap = serving.llm.snapshot()
     assert snap["early_exit_shallow_tokens"] > 0 and snap["early_exit_exited_tokens"] == 0  # the exit ran, kept none
@@ -87,13 +93,7 @@ def test_a_model_with_a_confidence_head_is_served_with_it(folder, deep, tmp_path
     load_saved_tokenizer(folder / "model").save_pretrained(tmp_path / "head")
     serving = build_serving(ServeConfig(model=str(tmp_path / "head"), model_name="ee", exit_threshold=1.0))
 
-    async def run():
-        try:
-            return await (await serving.completions(json.dumps(body()).encode()))
-        finally:
-            await serving.close()
-
-    out = asyncio.run(run())
+    out = complete_once(serving)
     assert serving.llm.runner.use_head
     assert [c["text"] for c in out["choices"]] == [d.text for d in deep]
     snap = serving.llm.snapshot()
