@@ -234,3 +234,34 @@ def test_bench_decode_reversed_length_range_names_both_bounds(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--prompt-len '50-10': the upper bound 10 is below the lower bound 50" in err
+
+
+def test_bench_decode_times_also_models_in_the_same_process(folders, tmp_path, tiny_llama_factory, capsys):
+    vanilla, mor = folders
+    tiny_llama_factory(vocab_size=64, num_hidden_layers=2, max_position_embeddings=64).eval().save_pretrained(
+        tmp_path / "short"
+    )
+    args = ["bench-decode", "--model", str(vanilla), "--mor-model", str(mor), "--num-requests", "4",
+            "--prompt-len", "3-8", "--output-len", "2-4", "--batch", "4", "--repeats", "2", "--json"]  # fmt: skip
+    res = runner.invoke(app, [*args, "--also", str(tmp_path / "short"), "--also", str(mor)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{") :])
+    assert out["also"] == {"also1": str(tmp_path / "short"), "also2": str(mor)}
+    models = ("vanilla", "mor", "also1", "also2")
+    assert set(out["configs"]) == {
+        f"{m}/{c}" for m in models for c in ("hf_static", "engine_lockstep", "engine_depthwise")
+    }
+    tps = {k: v["tokens_per_s"] for k, v in out["configs"].items()}
+    assert out["over_vanilla"]["also1"]["engine_lockstep"] == pytest.approx(
+        tps["also1/engine_lockstep"] / tps["vanilla/engine_lockstep"]
+    )
+    c = out["counts"]
+    # declared FLOPs: 2 of the vanilla's 4 layers cost less; the MoR timed twice counts the same
+    assert c["also1"]["flops_per_generated_token"] < c["vanilla"]["flops_per_generated_token"]
+    assert c["also2"]["flops_per_generated_token"] == pytest.approx(c["mor"]["flops_per_generated_token"])
+    assert 1.0 <= c["mor"]["decode_average_depth"] <= 2.0 and sum(c["mor"]["decode_exits_by_depth"]) > 0
+    tiny_llama_factory(vocab_size=80, num_hidden_layers=2).save_pretrained(tmp_path / "other-vocab")
+    for path, message in ((tmp_path / "other-vocab", "vocabulary 80"), (tmp_path / "nope", "--also")):
+        with pytest.raises(SystemExit) as e:
+            main(["lm", *args, "--also", str(path)])
+        assert e.value.code == 2 and message in capsys.readouterr().err

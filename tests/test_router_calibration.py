@@ -89,3 +89,66 @@ def test_cli_calibrate_router_on_a_trained_tiny_mor(tmp_path):
     assert RecursiveConfig.from_pretrained(out).mor_causal_thresholds == res["thresholds"]
     with pytest.raises(SystemExit):  # the folder is used now
         main(["lm", "calibrate-router", "--model", str(run), "--out", str(out)])
+    assert res["on"] == "corpus" and len(res["rounds"]) == 1 and res["before_generated"]["tokens"] == 6 * 15
+    # fitted on the model's own continuations of the calibration prompts, two rounds
+    gen = tmp_path / "calibrated-gen"
+    main(["lm", "calibrate-router", "--model", str(run), "--out", str(gen), "--cal-blocks", "12",
+          "--eval-blocks", "6", "--on", "generated", "--prompt-tokens", "10", "--rounds", "2"])  # fmt: skip
+    res = json.loads((gen / "calibration.json").read_text())
+    assert res["on"] == "generated" and res["prompt_tokens"] == 10 and len(res["rounds"]) == 2
+    fitted = res["rounds"][-1]["fitted_on"]
+    assert fitted["tokens"] == 12 * 21 and fitted["share_per_recursion"] == pytest.approx(caps, abs=0.01)
+    assert res["after_generated"]["tokens"] == 6 * 21
+    assert RecursiveConfig.from_pretrained(gen).mor_causal_thresholds == res["rounds"][-1]["thresholds"]
+    for bad in (["--on", "text"], ["--rounds", "0"], ["--prompt-tokens", "31"]):
+        with pytest.raises(SystemExit) as e:
+            main(["lm", "calibrate-router", "--model", str(run), "--out", str(tmp_path / "x"), *bad])
+        assert e.value.code == 2
+
+
+@pytest.mark.parametrize("policy", ["depthwise", "lockstep"])
+def test_generated_blocks_measure_what_the_engine_decodes(tiny_recursive_factory, policy):
+    """The shortcut (teacher-forcing the model's own continuations, counting the generated tokens) equals
+    the real path: the engine's tokens and its decode-time depth per token, for calibrated thresholds too."""
+    from depthmux.engine import LLM, SamplingParams
+    from depthmux.recursion import generated_blocks
+
+    model = tiny_recursive_factory(
+        vocab_size=61, num_hidden_layers=10, num_recursions=4, mor_router="expert", seed=1
+    ).eval()
+    with torch.no_grad():
+        for lin in model.model.router.routers:
+            lin.weight.add_(0.3 * torch.sign(lin.weight))
+    prompts = _blocks(6, 7, 61, 3).input_ids
+    for thresholds in (None, [0.0, 0.4, -0.2, 0.1]):
+        model.config.mor_causal_thresholds = thresholds
+        blocks, counted = generated_blocks(model, prompts, new_tokens=9, batch_size=4)
+        assert blocks.input_ids.shape == (6, 16) and int(counted.sum()) == 6 * 8
+        assert torch.equal(blocks.input_ids[:, :7], prompts)
+        llm = LLM(model, depth_policy=policy, max_batch_items=5)
+        outs = llm.generate(prompts.tolist(), SamplingParams(max_new_tokens=9, ignore_eos=True))
+        assert [o.token_ids for o in outs] == blocks.input_ids[:, 7:].tolist()
+        exits = llm.stats.decode_exits_by_depth  # decode tokens by recursions run
+        assert sum(exits) == 6 * 8
+        shares = [sum(exits[d] for d in range(r + 1, len(exits))) / sum(exits) for r in range(4)]
+        measured = depth_distribution(model, blocks, counted=counted)
+        assert measured["share_per_recursion"] == pytest.approx(shares, abs=1e-9)
+        assert measured["average_depth"] == pytest.approx(llm.stats.average_depth(decode_only=True))
+        # the prompt tokens count in exits_by_depth, not in the decode-only counts
+        assert sum(llm.stats.exits_by_depth) == 6 * 8 + 6 * 7
+
+
+def test_calibrating_on_generated_tokens_fits_those_tokens(tiny_recursive_factory):
+    from depthmux.recursion import generated_blocks
+
+    model = tiny_recursive_factory(
+        vocab_size=61, num_hidden_layers=10, num_recursions=4, mor_router="expert", seed=1
+    ).eval()
+    blocks, counted = generated_blocks(model, _blocks(8, 6, 61, 4).input_ids, new_tokens=25)
+    res = calibrate_causal_thresholds(model, blocks, counted=counted)
+    assert res["after"]["tokens"] == int(counted.sum()) == 8 * 24
+    assert res["after"]["share_per_recursion"] == pytest.approx([1.0, 0.75, 0.5, 0.25], abs=1 / 190)
+    everything = depth_distribution(model, blocks)  # prompts included: another population
+    assert everything["tokens"] == 8 * 31
+    with pytest.raises(DepthmuxError, match="counted has shape"):
+        depth_distribution(model, blocks, counted=counted[:, :5])

@@ -385,6 +385,15 @@ def calibrate_router(
     cal_blocks: int = typer.Option(32, "--cal-blocks", help="Held-out blocks that choose the thresholds."),
     eval_blocks: int = typer.Option(16, "--eval-blocks", help="The next held-out blocks, for the before/after report."),
     batch_size: int = typer.Option(4, "--batch-size", help="Blocks per forward."),
+    on: str = typer.Option(
+        "corpus",
+        "--on",
+        help="Fit on corpus text | generated (the model's greedy continuations, what decoding routes).",
+    ),
+    prompt_tokens: int | None = typer.Option(
+        None, "--prompt-tokens", help="Prompt length for the continuations (default: half the block)."
+    ),
+    rounds: int = typer.Option(2, "--rounds", help="--on generated: generate-and-fit rounds."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     progress: opt.ProgressOpt = True,
 ) -> None:
@@ -394,7 +403,7 @@ def calibrate_router(
     quiet_transformers()
     spec = CalibrateRouterSpec(
         model=model, out=str(out), corpus=corpus, block_size=block_size, cal_blocks=cal_blocks,
-        eval_blocks=eval_blocks, batch_size=batch_size,
+        eval_blocks=eval_blocks, batch_size=batch_size, on=on, prompt_tokens=prompt_tokens, rounds=rounds,
     ).validate()  # fmt: skip
     res = run_calibrate_router(
         spec, log=(lambda m: typer.echo(m, err=True)) if as_json else typer.echo, progress=progress
@@ -491,20 +500,25 @@ def bench_decode(
     kv_budget_mib: float = typer.Option(256.0, "--kv-budget-mib", help="KV budget for the admission numbers."),
     seed: BenchSeed = 0,
     breakdown: bool = typer.Option(False, "--breakdown", help="Add a time breakdown of the engine runs."),
+    also: list[str] = typer.Option(
+        [], "--also", help="Another model timed in the same process (repeatable): a truncated SmolLM2, another MoR..."
+    ),
     as_json: BenchJson = False,
     out: BenchOut = None,
     device: BenchDevice = "cpu",
     progress: opt.ProgressOpt = True,
 ) -> None:
     """Tokens/s and latency of HF static batching, the engine (lockstep) and the engine (depth-wise) for
-    the vanilla and the MoR model; compute ceiling, KV bytes per token, sequences admitted per budget."""
+    the vanilla and the MoR model (and --also models); compute ceiling, KV bytes per token, sequences
+    admitted per budget."""
     from depthmux.recipes.decode_bench import DecodeBenchSpec, run_decode_bench
     from depthmux.utils.checks import check_output_file
 
     quiet_transformers()
     spec = DecodeBenchSpec(
-        model=model, mor_model=mor_model, kv_budget_mib=kv_budget_mib, seed=seed, breakdown=breakdown, device=device
-    )
+        model=model, mor_model=mor_model, kv_budget_mib=kv_budget_mib, seed=seed, breakdown=breakdown, device=device,
+        also=tuple(also),
+    )  # fmt: skip
     spec = _workload(spec, quick, num_requests, prompt_len, output_len, batch=batch, repeats=repeats).validate()
     if out is not None:  # every option is checked before the benchmark runs
         check_output_file("--out", out)
@@ -516,6 +530,9 @@ def bench_decode(
         f"{res['num_recursions']}); MoR depth-wise reaches {res['fraction_of_ceiling']:.1%} of it; engine "
         f"{res['speedup_vs_hf_static']:.2f}x HF static (vanilla)"
     )
+    for name, path in res.get("also", {}).items():
+        ratios = ", ".join(f"{c} {r:.2f}" for c, r in res["over_vanilla"][name].items())
+        typer.echo(f"{name} ({path}) / vanilla: {ratios}")
     for name, kv in res["kv"].items():
         if isinstance(kv, dict):
             typer.echo(

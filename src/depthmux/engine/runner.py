@@ -177,7 +177,9 @@ class ModelRunner:
         self.generators: dict[str, torch.Generator | None] = {}
         self.carry: _Carry | None = None
         self.written: dict[tuple[str, int], int] = {}  # entries appended this step, per (request, stream)
-        self.stats = EngineStats(exits_by_depth=[0] * (self.n_steps + 1))
+        self.stats = EngineStats(
+            exits_by_depth=[0] * (self.n_steps + 1), decode_exits_by_depth=[0] * (self.n_steps + 1)
+        )
 
     # -- helpers ----------------------------------------------------------------------------
     def _context(self, positions: torch.Tensor, write: torch.Tensor, cache) -> TokenContext:
@@ -233,8 +235,10 @@ class ModelRunner:
         return tokens
 
     def _count_exits(self, ran: list[int]) -> None:
+        """Decode tokens leaving the model after ``ran[i]`` recursions."""
         for d in ran:
             self.stats.exits_by_depth[d] += 1
+            self.stats.decode_exits_by_depth[d] += 1
         self.stats.skipped_recursions += sum(self.n_steps - d for d in ran) if self.loop else 0
 
     def _block_call(self, items: int, padding: int = 0, decode: bool = True) -> None:

@@ -19,7 +19,9 @@ class EngineStats:
         skipped_recursions: (token, recursion) pairs not computed because the token had exited.
         prefill_tokens, decode_tokens: tokens that entered the model as prefill / decode.
         generated_tokens: tokens sampled.
-        exits_by_depth: tokens by number of recursions they ran (index = recursions).
+        exits_by_depth: tokens by number of recursions they ran (index = recursions), prefill and
+            decode tokens together.
+        decode_exits_by_depth: the same for decode tokens only (the tokens generation feeds back).
         preemptions: requests whose KV was taken back and recomputed.
         computed_exited: block-call items that were not in flight (bookkeeping check, stays 0).
         max_running: most requests running at once (admitted and not finished).
@@ -39,6 +41,7 @@ class EngineStats:
     decode_tokens: int = 0
     generated_tokens: int = 0
     exits_by_depth: list[int] = field(default_factory=list)
+    decode_exits_by_depth: list[int] = field(default_factory=list)
     preemptions: int = 0
     computed_exited: int = 0
     max_running: int = 0
@@ -49,14 +52,18 @@ class EngineStats:
 
     def copy(self) -> EngineStats:
         """An independent copy (a reader never changes the engine's counters)."""
-        return replace(self, exits_by_depth=list(self.exits_by_depth))
+        return replace(
+            self, exits_by_depth=list(self.exits_by_depth), decode_exits_by_depth=list(self.decode_exits_by_depth)
+        )
 
-    def average_depth(self) -> float:
-        """Mean recursions per token that left the model."""
-        n = sum(self.exits_by_depth)
-        return sum(i * c for i, c in enumerate(self.exits_by_depth)) / n if n else 0.0
+    def average_depth(self, decode_only: bool = False) -> float:
+        """Mean recursions per token that left the model (``decode_only``: decode tokens only)."""
+        counts = self.decode_exits_by_depth if decode_only else self.exits_by_depth
+        n = sum(counts)
+        return sum(i * c for i, c in enumerate(counts)) / n if n else 0.0
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
         d["average_depth"] = self.average_depth()
+        d["decode_average_depth"] = self.average_depth(decode_only=True)
         return d

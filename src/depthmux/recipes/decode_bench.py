@@ -12,7 +12,9 @@ interleaved in each repetition, by
   by gathering);
 * ``engine_depthwise``: the engine with continuous depth-wise batching;
 
-for the vanilla model (SmolLM2) and the MoR model of the same effective depth. tokens/s = generated
+for the vanilla model (SmolLM2), the MoR model of the same effective depth, and any ``also`` models
+(``also1``, ``also2``, ...: e.g. a truncated SmolLM2 or other MoR models, interleaved with the others in
+each repetition so every ratio is measured in one process). tokens/s = generated
 tokens / wall time; per-request latency = time from the start of the run (every request submitted
 at once) until its last token. The engine admits at most B sequences (``max_num_seqs = B``) and runs
 at most B items per block call.
@@ -43,7 +45,7 @@ import random
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,7 @@ class DecodeBenchSpec:
     seed: int = 0
     breakdown: bool = False
     device: str = "cpu"
+    also: tuple[str, ...] = ()  # more models timed in the same process (vanilla LLaMA or MoR)
 
     def validate(self) -> DecodeBenchSpec:
         check_int("--num-requests", self.num_requests, 1)
@@ -228,7 +231,9 @@ def counts(llm: LLM, fc: FlopCounter, summary: dict[str, Any]) -> dict[str, Any]
     return {
         "flops_per_generated_token": fc.flops / summary["tokens"],
         "average_depth": s.average_depth(),
-        "exits_by_depth": list(s.exits_by_depth),
+        "exits_by_depth": list(s.exits_by_depth),  # prefill and decode tokens
+        "decode_average_depth": s.average_depth(decode_only=True),
+        "decode_exits_by_depth": list(s.decode_exits_by_depth),
         "tokens_entered": s.prefill_tokens + s.decode_tokens,
         "kv_entries_written": s.kv_entries_written,
         "kv_page_bytes_peak": s.kv_bytes_peak,  # pages held at most (whole pages, all pools)
@@ -376,6 +381,7 @@ class BenchModels:
     tokenizer: Any
     workload: list[BenchRequest]
     context: int
+    also: dict[str, tuple[Any, RecursiveForCausalLM]] = field(default_factory=dict)  # name -> (HF side, engine side)
 
     def kv_configs(self) -> dict[str, Any]:
         """Vanilla, recursion-wise MoR and the same MoR weights served with recursive KV sharing."""
@@ -405,9 +411,24 @@ def load_bench_models(spec: DecodeBenchSpec, log=print) -> BenchModels:
         )
     if vanilla.config.num_hidden_layers != mor_lm.config.num_hidden_layers:
         log(f"note: effective depths differ ({vanilla.config.num_hidden_layers} vs {mor_lm.config.num_hidden_layers})")
+    also = {}
+    for i, path in enumerate(spec.also, 1):
+        lm, _ = _load(path, "--also", "")
+        hf = (lm.model if isinstance(lm, HFCausalLMAdapter) else lm).to(spec.device)
+        rec = as_recursive_model(hf).eval()
+        if rec.config.vocab_size != vanilla.config.vocab_size:
+            raise DepthmuxError(
+                f"--also {path}: vocabulary {rec.config.vocab_size} differs from --model's {vanilla.config.vocab_size}"
+            )
+        context = min(context, int(rec.config.max_position_embeddings))
+        also[f"also{i}"] = (hf, rec)
+    if spec.prompt_len[1] > context:
+        raise DepthmuxError(
+            f"--prompt-len up to {spec.prompt_len[1]} tokens is longer than the models' context of {context} tokens"
+        )
     vocab = min(vanilla.config.vocab_size, mor_lm.config.vocab_size)
     workload = make_workload(spec, tokenizer or mor_tok, vocab)
-    return BenchModels(hf_vanilla, vanilla, mor_lm, tokenizer, workload, context)
+    return BenchModels(hf_vanilla, vanilla, mor_lm, tokenizer, workload, context, also)
 
 
 def run_decode_bench(spec: DecodeBenchSpec, log=print, progress: bool = True) -> dict[str, Any]:
@@ -422,16 +443,20 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print, progress: bool = True) ->
         bm.workload,
         bm.context,
     )
-    spec.check_budget_fits({k: KVSpec.from_config(c) for k, c in bm.kv_configs().items()}, workload, context)
+    kv_specs = {k: KVSpec.from_config(c) for k, c in bm.kv_configs().items()}
+    kv_specs.update({k: KVSpec.from_config(rec.config) for k, (_, rec) in bm.also.items()})
+    spec.check_budget_fits(kv_specs, workload, context)
     pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
-    models = {"vanilla": (hf_vanilla, vanilla), "mor": (mor_lm, mor_lm)}
+    models = {"vanilla": (hf_vanilla, vanilla), "mor": (mor_lm, mor_lm), **bm.also}
     log(
         f"workload: {len(workload)} requests, prompts {spec.prompt_len[0]}-{spec.prompt_len[1]} tokens "
         f"(mean {statistics.mean(len(r.prompt) for r in workload):.0f}), outputs {spec.output_len[0]}-"
         f"{spec.output_len[1]} (mean {statistics.mean(r.max_new_tokens for r in workload):.0f}), B = {spec.batch}, "
         f"{torch.get_num_threads()} threads"
     )
-    runs_total = spec.repeats * len(models) * len(CONFIGS) + len(models) + 1 + (4 if spec.breakdown else 0)
+    runs_total = (
+        spec.repeats * len(models) * len(CONFIGS) + len(models) + 1 + (2 * len(models) if spec.breakdown else 0)
+    )
     bar = progress_bar(runs_total, "bench-decode", "run", progress)
     log = log_above(bar, log)
     warm = [BenchRequest(r.prompt[:8], 2) for r in workload[:2]]
@@ -490,6 +515,11 @@ def run_decode_bench(spec: DecodeBenchSpec, log=print, progress: bool = True) ->
         "depthwise_over_lockstep": {m: tps[f"{m}/engine_depthwise"] / tps[f"{m}/engine_lockstep"] for m in models},
         "mor_over_vanilla": {c: tps[f"mor/{c}"] / tps[f"vanilla/{c}"] for c in CONFIGS},
     }
+    if bm.also:
+        result["also"] = dict(zip(bm.also, spec.also, strict=True))
+        result["over_vanilla"] = {
+            m: {c: tps[f"{m}/{c}"] / tps[f"vanilla/{c}"] for c in CONFIGS} for m in ["mor", *bm.also]
+        }
     budget = int(spec.kv_budget_mib * 2**20)
     result["kv"] = kv_memory(vanilla, mor_lm, workload, spec.batch, budget, counted)
     bar.update()

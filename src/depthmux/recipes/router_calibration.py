@@ -5,6 +5,14 @@ The held-out blocks of the model's run (or of ``--corpus``) are cut in two disjo
 ``cal_blocks`` choose the thresholds (:func:`depthmux.recursion.calibrate_causal_thresholds`), the
 next ``eval_blocks`` report the depth distribution and the held-out NLL (causal routing) before and
 after, so the reported shares are measured on tokens the calibration did not see.
+
+``on="generated"`` fits on the model's own greedy continuations instead (what decoding routes): the
+first ``prompt_tokens`` of each calibration block are continued by ``block_size - prompt_tokens``
+tokens under the current rule, the thresholds are fitted on the generated tokens, and this repeats
+``rounds`` times (the continuations change with the thresholds). Either way the report gives the depth
+on both populations, before and after: the report blocks as text (``before`` / ``after``) and the
+model's continuations of the report blocks' prompts (``before_generated`` / ``after_generated``, the
+decode-time depth the engine measures: tested equal to its decode-only counts).
 """
 
 from __future__ import annotations
@@ -18,7 +26,12 @@ from depthmux.data.text import PackedBlocks
 from depthmux.errors import DepthmuxError
 from depthmux.lm import evaluate_lm, load_lm, load_saved_tokenizer, resolve_model_dir
 from depthmux.recipes.lm import eval_data_spec, prepare_lm_data
-from depthmux.recursion import RecursiveForCausalLM, calibrate_causal_thresholds, depth_distribution
+from depthmux.recursion import (
+    RecursiveForCausalLM,
+    calibrate_causal_thresholds,
+    depth_distribution,
+    generated_blocks,
+)
 from depthmux.utils.checkpoint import atomic_directory
 from depthmux.utils.checks import check_int, check_writable_parent
 from depthmux.utils.progress import log_above, progress_bar
@@ -35,8 +48,16 @@ class CalibrateRouterSpec:
     cal_blocks: int = 32
     eval_blocks: int = 16
     batch_size: int = 4
+    on: str = "corpus"  # corpus | generated: the text the thresholds are fitted on
+    prompt_tokens: int | None = None  # generated: prompt length (default: half the block)
+    rounds: int = 2  # generated: generate-and-fit rounds
 
     def validate(self) -> CalibrateRouterSpec:
+        if self.on not in ("corpus", "generated"):
+            raise DepthmuxError(f"--on must be corpus or generated, got {self.on!r}")
+        check_int("--rounds", self.rounds, 1)
+        if self.prompt_tokens is not None:
+            check_int("--prompt-tokens", self.prompt_tokens, 1)
         check_int("--cal-blocks", self.cal_blocks, 1)
         check_int("--eval-blocks", self.eval_blocks, 1)
         check_int("--batch-size", self.batch_size, 1)
@@ -54,8 +75,8 @@ def _rows(blocks: PackedBlocks, start: int, stop: int) -> PackedBlocks:
 
 def run_calibrate_router(spec: CalibrateRouterSpec, log=print, progress: bool = True) -> dict[str, Any]:
     """Calibrate, measure, save (module docstring). Returns the results (also ``<out>/calibration.json``).
-    ``progress``: a bar (stderr) over the five passes over the blocks (depth and NLL before, the
-    calibration, depth and NLL after); its ETA is rough, the calibration costing several passes."""
+    ``progress``: a bar (stderr) over the passes (depth on text and on generated tokens and NLL, before
+    and after; the calibration rounds); its ETA is rough, a calibration costing several passes."""
     spec.validate()
     model_dir = resolve_model_dir(spec.model)
     model = load_lm(model_dir)
@@ -71,41 +92,61 @@ def run_calibrate_router(spec: CalibrateRouterSpec, log=print, progress: bool = 
         )
     cal = _rows(held, 0, spec.cal_blocks)
     rep = _rows(held, spec.cal_blocks, spec.cal_blocks + spec.eval_blocks)
-    bar = progress_bar(5, "calibrate-router", "pass", progress)
+    T = held.block_size
+    P = spec.prompt_tokens if spec.prompt_tokens is not None else T // 2
+    if not 1 <= P <= T - 2:
+        raise DepthmuxError(f"--prompt-tokens {P} must leave at least 2 generated tokens in blocks of {T}")
+    generating = spec.on == "generated"
+    bar = progress_bar(7 + (spec.rounds if generating else 1), "calibrate-router", "pass", progress)
     log = log_above(bar, log)
-    before = depth_distribution(model, rep, spec.batch_size)
-    bar.update()
-    nll_before = evaluate_lm(model, rep, spec.batch_size, routing="causal")["nll"]
-    bar.update()
-    log(
-        "before: share per recursion "
-        + ", ".join(f"{s:.3f}" for s in before["share_per_recursion"])
-        + f" (capacities {', '.join(f'{c:.3f}' for c in before['capacities'])}); average depth "
-        f"{before['average_depth']:.3f} (target {before['target_average_depth']:.3f}); NLL {nll_before:.4f}"
-    )
-    fit = calibrate_causal_thresholds(model, cal, spec.batch_size)
-    bar.update()
-    after = depth_distribution(model, rep, spec.batch_size)
-    bar.update()
-    nll_after = evaluate_lm(model, rep, spec.batch_size, routing="causal")["nll"]
-    bar.update()
+
+    def measure(name: str) -> dict[str, Any]:
+        text = depth_distribution(model, rep, spec.batch_size)
+        bar.update()
+        text["nll"] = evaluate_lm(model, rep, spec.batch_size, routing="causal")["nll"]
+        bar.update()
+        gen_blocks, counted = generated_blocks(model, rep.input_ids[:, :P], T - P, spec.batch_size)
+        gen = depth_distribution(model, gen_blocks, spec.batch_size, counted=counted)
+        bar.update()
+        log(
+            f"{name}: share per recursion on text "
+            + ", ".join(f"{s:.3f}" for s in text["share_per_recursion"])
+            + f" (capacities {', '.join(f'{c:.3f}' for c in text['capacities'])}); average depth on text "
+            f"{text['average_depth']:.3f}, on generated tokens {gen['average_depth']:.3f} "
+            f"(target {text['target_average_depth']:.3f}); NLL {text['nll']:.4f}"
+        )
+        return {"text": text, "generated": gen}
+
+    before = measure("before")
+    rounds = []
+    if generating:
+        for _ in range(spec.rounds):
+            blocks, counted = generated_blocks(model, cal.input_ids[:, :P], T - P, spec.batch_size)
+            fit = calibrate_causal_thresholds(model, blocks, spec.batch_size, counted=counted)
+            rounds.append({"thresholds": fit["thresholds"], "fitted_on": fit["after"], "before_fit": fit["before"]})
+            bar.update()
+    else:
+        fit = calibrate_causal_thresholds(model, cal, spec.batch_size)
+        rounds.append({"thresholds": fit["thresholds"], "fitted_on": fit["after"], "before_fit": fit["before"]})
+        bar.update()
+    after = measure("after")
     bar.close()
-    log(
-        "after:  share per recursion "
-        + ", ".join(f"{s:.3f}" for s in after["share_per_recursion"])
-        + f"; average depth {after['average_depth']:.3f}; NLL {nll_after:.4f}; thresholds "
-        + ", ".join(f"{t:.3f}" for t in fit["thresholds"])
-    )
+    log("thresholds " + ", ".join(f"{t:.3f}" for t in fit["thresholds"]) + f" (fitted on {spec.on} text)")
     results = {
         "model": str(model_dir),
         "corpus": data.corpus,
-        "block_size": data.block_size,
+        "block_size": T,
         "cal_blocks": spec.cal_blocks,
         "eval_blocks": spec.eval_blocks,
+        "on": spec.on,
+        "prompt_tokens": P,
         "thresholds": fit["thresholds"],
         "calibration_set_after": fit["after"],
-        "before": {**before, "nll": nll_before},
-        "after": {**after, "nll": nll_after},
+        "rounds": rounds,
+        "before": before["text"],
+        "after": after["text"],
+        "before_generated": before["generated"],
+        "after_generated": after["generated"],
     }
     tokenizer = load_saved_tokenizer(model_dir)
     with atomic_directory(Path(spec.out)) as tmp:

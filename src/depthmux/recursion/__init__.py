@@ -14,7 +14,7 @@ SPEC 3 (Relaxed Recursive Transformers) and SPEC 4 (Mixture-of-Recursions). Publ
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from depthmux.recursion.calibration import calibrate_causal_thresholds, depth_distribution
+from depthmux.recursion.calibration import calibrate_causal_thresholds, depth_distribution, generated_blocks
 from depthmux.recursion.config import (
     MOR_KV_STRATEGIES,
     MOR_ROUTERS,
@@ -67,6 +67,7 @@ __all__ = [
     "default_capacities",
     "depth_distribution",
     "expected_counts",
+    "generated_blocks",
     "kv_cache_entries",
     "load_recursive_model",
     "recursive_config_from_llama",
