@@ -847,6 +847,13 @@ def lm_other_cases() -> list[Case]:
         Case("lm-truncate-ok", LTR, "ok", check=exists("out/config.json"), cost=2),
         Case("lm-calibrate-router-ok", LCR, "ok", check=exists("out/config.json"), cost=2),
         Case("lm-calibrate-router-vanilla", _with(LCR, "--model", "{lmrun_vanilla}")),
+        Case(
+            "lm-calibrate-router-ok-generated",
+            [*LCR, "--on", "generated", "--rounds", "1", "--prompt-tokens", "4"],
+            "ok",
+            check=exists("out/calibration.json"),
+            cost=3,
+        ),
     ]
     c += bad_values(
         "lm-truncate-",
@@ -868,6 +875,9 @@ def lm_other_cases() -> list[Case]:
             "--block-size": ["0", "-1"],
             "--model": ["{missing}", "{userfile}"],
             "--out": ["{userdir}", "{userfile}", "", "{unwritable}"],
+            "--on": ["text", "", "GENERATED"],
+            "--rounds": ["0", "-1", "x"],
+            "--prompt-tokens": ["0", "-3", "99999", "nan"],
         },
     )
     # lm convert
@@ -1133,8 +1143,19 @@ def lm_other_cases() -> list[Case]:
             "--seed": [U64],
             "--model": ["{missing}", "{llama_trunc}", "{llama_heads0}", "{tiny_bert}", "{file}"],
             "--mor-model": ["{missing}", "{tiny_llama}", "{llama_garbage}", "{emptydir}"],
+            "--also": ["{missing}", "{llama_garbage}", "{emptydir}", "{tiny_bert}", "{file}", ""],
         },
         cost=3,
+    )
+    c.append(
+        Case(
+            "lm-bench-decode-ok-also",
+            [*LBD, "--also", "{tiny_llama}", "--json"],
+            "ok",
+            check=json_stdout(finite_numbers),
+            cost=12,
+            timeout=240,
+        )
     )
     # lm bench-kv
     c += [
