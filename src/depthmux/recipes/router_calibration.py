@@ -97,7 +97,7 @@ def run_calibrate_router(spec: CalibrateRouterSpec, log=print, progress: bool = 
     if not 1 <= P <= T - 2:
         raise DepthmuxError(f"--prompt-tokens {P} must leave at least 2 generated tokens in blocks of {T}")
     generating = spec.on == "generated"
-    bar = progress_bar(7 + (spec.rounds if generating else 1), "calibrate-router", "pass", progress)
+    bar = progress_bar(6 + (spec.rounds if generating else 1), "calibrate-router", "pass", progress)
     log = log_above(bar, log)
 
     def measure(name: str) -> dict[str, Any]:
