@@ -76,7 +76,7 @@ def test_eval_and_calibrate_router_bars_leave_json_clean(tiny_mor_run, tmp_path,
     argv = ["lm", "calibrate-router", "--model", tiny_mor_run, "--cal-blocks", "4", "--eval-blocks", "2", "--json"]
     out, err = run([*argv, "--out", tmp_path / "cal"], capsys)
     assert json.loads(out)["thresholds"]
-    assert re.search(r"calibrate-router: 100%.*5/5 \[" + ETA.pattern, err), err
+    assert re.search(r"calibrate-router: 100%.*7/7 \[" + ETA.pattern, err), err  # 6 measuring passes + 1 fit
     assert err.index("before:") < err.index("after:")  # the log lines print above the bar
     _, err = run([*argv, "--out", tmp_path / "cal2", "--no-progress"], capsys)
     assert "calibrate-router" not in err
