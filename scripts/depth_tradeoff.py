@@ -35,13 +35,22 @@ TASKS = (
 )
 
 
+def _fail(message: str) -> None:
+    """One line on stderr, exit status 2 (a bad manifest or a missing / malformed result file)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _load(base: Path, name: str):
     path = base / name
     if not path.is_file():
-        sys.exit(f"error: {path} (named in the manifest) does not exist")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(path.read_text())
+        _fail(f"{path} (named in the manifest) does not exist")
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        _fail(f"{path} is not valid JSON: {e}")
 
 
 def read_nll(base: Path, spec: dict) -> float:
@@ -50,7 +59,7 @@ def read_nll(base: Path, spec: dict) -> float:
     for line in _load(base, spec["train_log"]):
         if line.get("step") == spec["step"] and "eval" in line:
             return float(line["eval"]["nll"])
-    sys.exit(f"error: {spec['train_log']} has no evaluation at step {spec['step']}")
+    _fail(f"{spec['train_log']} has no evaluation at step {spec['step']}")
 
 
 def read_speed(base: Path, spec: dict) -> dict:
@@ -74,7 +83,7 @@ def read_speed(base: Path, spec: dict) -> dict:
                 "exit_rate": row.get("exit_rate"),
                 "acceptance_rate": row.get("acceptance_rate"),
             }
-    sys.exit(f"error: {spec['file']} has no config {spec['config']!r} at batch size {spec.get('batch_size', 1)}")
+    _fail(f"{spec['file']} has no config {spec['config']!r} at batch size {spec.get('batch_size', 1)}")
 
 
 def read_flops(base: Path, spec: dict) -> dict:
@@ -85,7 +94,10 @@ def read_flops(base: Path, spec: dict) -> dict:
 def collect(manifest: Path) -> list[dict]:
     base = manifest.parent
     rows = []
-    for spec in json.loads(manifest.read_text())["rows"]:
+    specs = _load(base, manifest.name)
+    if not isinstance(specs, dict) or not isinstance(specs.get("rows"), list):
+        _fail(f'{manifest} has no list of "rows"')
+    for spec in specs["rows"]:
         row = {"name": spec["name"], "group": spec.get("group", ""), "budget": spec.get("budget", "")}
         if "nll" in spec:
             row["nll"] = read_nll(base, spec["nll"])
