@@ -1,5 +1,6 @@
 """Issue 19's quality/speed table and plot, read from measured result files (nothing typed in by hand).
 
+    rm -f docs/results/depth/tradeoff.md docs/results/depth/tradeoff.png   # outputs must be new files
     python scripts/depth_tradeoff.py docs/results/depth/tradeoff.json \
         --markdown docs/results/depth/tradeoff.md --plot docs/results/depth/tradeoff.png
 
@@ -27,6 +28,9 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+from depthmux.errors import DepthmuxError
+from depthmux.utils.checks import check_output_file
 
 TASKS = (
     ("depthmux_sst2", "SST-2 4-shot"),
@@ -207,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not a.manifest.is_file():
         p.error(f"manifest {a.manifest} does not exist")
+    for option, path in (("--markdown", a.markdown), ("--plot", a.plot)):
+        if path is not None:  # a new file only: a user's file is never replaced
+            try:
+                check_output_file(option, path, {"md"} if option == "--markdown" else {"png", "pdf", "svg"})
+            except DepthmuxError as e:
+                _fail(str(e))
     rows = collect(a.manifest)
     table = markdown(rows)
     if a.markdown:

@@ -67,6 +67,11 @@ def test_table_and_plot_come_from_the_named_files(tmp_path, capsys):
     assert "| trunc | 150 steps | 3.790 | 0.610 ± 0.030 |" in table and "**1.50** (1.10-1.50)" in table
     assert "0.500 (depth 2.25)" in table and "0.960 / 0.40" in table
     assert (tmp_path / "p.png").stat().st_size > 1000
+    (tmp_path / "mine.md").write_text("a user's notes")  # an existing file is refused, untouched
+    with pytest.raises(SystemExit) as e:
+        mod.main([str(tmp_path / "m.json"), "--markdown", str(tmp_path / "mine.md")])
+    assert e.value.code == 2 and "already exists" in capsys.readouterr().err
+    assert (tmp_path / "mine.md").read_text() == "a user's notes"
     manifest["rows"][0]["nll"]["step"] = 300  # a step the log does not have: one clear line
     (tmp_path / "m.json").write_text(json.dumps(manifest))
     with pytest.raises(SystemExit) as e:

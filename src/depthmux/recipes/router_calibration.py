@@ -119,14 +119,11 @@ def run_calibrate_router(spec: CalibrateRouterSpec, log=print, progress: bool = 
 
     before = measure("before")
     rounds = []
-    if generating:
-        for _ in range(spec.rounds):
-            blocks, counted = generated_blocks(model, cal.input_ids[:, :P], T - P, spec.batch_size)
-            fit = calibrate_causal_thresholds(model, blocks, spec.batch_size, counted=counted)
-            rounds.append({"thresholds": fit["thresholds"], "fitted_on": fit["after"], "before_fit": fit["before"]})
-            bar.update()
-    else:
-        fit = calibrate_causal_thresholds(model, cal, spec.batch_size)
+    for _ in range(spec.rounds if generating else 1):
+        blocks, counted = (
+            generated_blocks(model, cal.input_ids[:, :P], T - P, spec.batch_size) if generating else (cal, None)
+        )
+        fit = calibrate_causal_thresholds(model, blocks, spec.batch_size, counted=counted)
         rounds.append({"thresholds": fit["thresholds"], "fitted_on": fit["after"], "before_fit": fit["before"]})
         bar.update()
     after = measure("after")
